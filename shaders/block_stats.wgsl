@@ -1,0 +1,99 @@
+// block_stats: per-block errors of METHOD.md §2 over V = W + U, for one chunk.
+// Bindings: 0 ChunkParams (uniform), 1 layers, 2 pieces, 3 W, 4 U (read), 5 prune keys,
+// 6 unify keys, 7 mean |v| per block, 8 first bad (non-finite) index per layer (atomic min).
+// Dispatch: one invocation per padded block served by the chunk, STATS_WG per workgroup,
+// workgroups laid out 2-D when needed.
+
+override STATS_WG: u32;
+
+@group(0) @binding(0) var<uniform> chunk: ChunkParams;
+@group(0) @binding(1) var<storage, read> layers: array<Layer>;
+@group(0) @binding(2) var<storage, read> pieces: array<Piece>;
+@group(0) @binding(3) var<storage, read> w: array<f32>;
+@group(0) @binding(4) var<storage, read> u: array<f32>;
+@group(0) @binding(5) var<storage, read_write> key_prune: array<u32>;
+@group(0) @binding(6) var<storage, read_write> key_unify: array<u32>;
+@group(0) @binding(7) var<storage, read_write> mean_abs: array<f32>;
+@group(0) @binding(8) var<storage, read_write> first_bad: array<atomic<u32>>;
+
+// The last piece of this chunk whose first block is at or below b.
+fn find_piece(b: u32) -> u32 {
+    var lo = chunk.piece_begin;
+    var hi = chunk.piece_end - 1u;
+    while (lo < hi) {
+        let mid = (lo + hi + 1u) / 2u;
+        if (pieces[mid].block_begin <= b) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
+}
+
+@compute @workgroup_size(STATS_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = linear_workgroup(wid, nwg) * STATS_WG + lid;
+    if (t >= chunk.num_threads) {
+        return;
+    }
+    let b = chunk.block_begin + t;
+    let piece = pieces[find_piece(b)];
+    let layer = layers[piece.layer];
+    let lb = b - layer.block_start;
+    if (lb >= layer.num_blocks) {
+        key_prune[b] = KEY_EXCLUDED;
+        key_unify[b] = KEY_EXCLUDED;
+        mean_abs[b] = 0.0;
+        return;
+    }
+    let brow = lb / layer.block_cols;
+    let bcol = lb - brow * layer.block_cols;
+    let row0 = brow * layer.br;
+    let col0 = bcol * layer.bc;
+    let h = min(layer.br, layer.rows - row0);
+    let wd = min(layer.bc, layer.cols - col0);
+    let base = piece.elem_offset + (brow - piece.block_row0) * layer.br * layer.cols + col0;
+
+    // Shifted sums keep e_u = Σ(x-K)² - (Σ(x-K))²/n accurate for near-uniform blocks; per-row
+    // partial sums keep the rounding error growing with rows + cols, not rows · cols.
+    let shift = abs(w[base] + u[base]);
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var sq = 0.0;
+    var bad = 0xffffffffu;
+    for (var r = 0u; r < h; r++) {
+        var r1 = 0.0;
+        var r2 = 0.0;
+        var rq = 0.0;
+        let rb = base + r * layer.cols;
+        for (var c = 0u; c < wd; c++) {
+            let v = w[rb + c] + u[rb + c];
+            if (!is_finite_f32(v)) {
+                bad = min(bad, (row0 + r) * layer.cols + col0 + c);
+            }
+            let x = abs(v);
+            let d = x - shift;
+            r1 += d;
+            r2 += d * d;
+            rq += x * x;
+        }
+        s1 += r1;
+        s2 += r2;
+        sq += rq;
+    }
+    if (bad != 0xffffffffu) {
+        atomicMin(&first_bad[piece.layer], bad);
+    }
+    let n = f32(h * wd);
+    var e_u = max(s2 - s1 * s1 / n, 0.0);
+    var e_p = sq;
+    if (layer.normalise != 0u) {
+        e_u = e_u / n;
+        e_p = e_p / n;
+    }
+    key_prune[b] = order_key(e_p);
+    key_unify[b] = order_key(e_u);
+    mean_abs[b] = shift + s1 / n;
+}

@@ -1,0 +1,80 @@
+// radix_histogram: one pass of the per-group radix select over composite (key, block) keys.
+// Counts, per group, the digit `params.shift` of every candidate whose decided bits match
+// the group's prefix. Candidates: all blocks (prune selection) or the blocks not pruned
+// (unify selection).
+// Bindings: 0 PassParams (uniform), 1 groups, 2 prune keys, 3 unify keys, 4 selection states
+// (prune states then unify states), 5 histograms (RADIX bins per group, atomic).
+// Dispatch: one workgroup per SELECT_WG * SELECT_ITEMS padded blocks; a workgroup never
+// straddles two groups because every layer's numbering starts at a multiple of that.
+
+override SELECT_WG: u32;
+override SELECT_ITEMS: u32;
+
+@group(0) @binding(0) var<uniform> params: PassParams;
+@group(0) @binding(1) var<storage, read> groups: array<Group>;
+@group(0) @binding(2) var<storage, read> key_prune: array<u32>;
+@group(0) @binding(3) var<storage, read> key_unify: array<u32>;
+@group(0) @binding(4) var<storage, read> states: array<SelState>;
+@group(0) @binding(5) var<storage, read_write> hist: array<atomic<u32>>;
+
+var<workgroup> local_hist: array<atomic<u32>, RADIX>;
+
+fn find_group(b: u32) -> u32 {
+    var lo = 0u;
+    var hi = params.num_groups - 1u;
+    while (lo < hi) {
+        let mid = (lo + hi + 1u) / 2u;
+        if (groups[mid].block_begin <= b) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
+}
+
+@compute @workgroup_size(SELECT_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= params.num_workgroups) {
+        return;
+    }
+    for (var i = lid; i < RADIX; i += SELECT_WG) {
+        atomicStore(&local_hist[i], 0u);
+    }
+    workgroupBarrier();
+
+    let first = wg * SELECT_WG * SELECT_ITEMS;
+    let g = find_group(first);
+    let st = states[params.which * params.num_groups + g];
+    let prune_st = states[g];
+    if (st.k > 0u) {
+        for (var i = 0u; i < SELECT_ITEMS; i++) {
+            let b = first + i * SELECT_WG + lid;
+            var key = key_prune[b];
+            if (params.which == 1u) {
+                if (is_selected(key, b, prune_st)) {
+                    continue;
+                }
+                key = key_unify[b];
+            }
+            if ((key & params.key_mask) != (st.key & params.key_mask)
+                || (b & params.idx_mask) != (st.idx & params.idx_mask)) {
+                continue;
+            }
+            var digit = (key >> params.shift) & (RADIX - 1u);
+            if (params.on_index != 0u) {
+                digit = (b >> params.shift) & (RADIX - 1u);
+            }
+            atomicAdd(&local_hist[digit], 1u);
+        }
+    }
+    workgroupBarrier();
+    for (var i = lid; i < RADIX; i += SELECT_WG) {
+        let c = atomicLoad(&local_hist[i]);
+        if (c != 0u) {
+            atomicAdd(&hist[g * RADIX + i], c);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+// radix_resolve: after a histogram pass, each group picks the digit bucket that holds its
+// rem-th remaining candidate, extends its prefix and clears its histogram for the next pass.
+// Bindings: 0 PassParams (uniform), 1 selection states (read_write), 2 histograms.
+// Dispatch: one invocation per group, RESOLVE_WG per workgroup.
+
+override RESOLVE_WG: u32;
+
+@group(0) @binding(0) var<uniform> params: PassParams;
+@group(0) @binding(1) var<storage, read_write> states: array<SelState>;
+@group(0) @binding(2) var<storage, read_write> hist: array<u32>;
+
+@compute @workgroup_size(RESOLVE_WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.x;
+    if (g >= params.num_groups) {
+        return;
+    }
+    let si = params.which * params.num_groups + g;
+    var st = states[si];
+    var below = 0u;
+    var found = false;
+    for (var d = 0u; d < RADIX; d++) {
+        let c = hist[g * RADIX + d];
+        hist[g * RADIX + d] = 0u;
+        if (!found && st.k > 0u && below + c >= st.rem) {
+            found = true;
+            st.rem -= below;
+            if (params.on_index != 0u) {
+                st.idx |= d << params.shift;
+            } else {
+                st.key |= d << params.shift;
+            }
+        }
+        below += c;
+    }
+    states[si] = st;
+}

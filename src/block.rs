@@ -1,0 +1,394 @@
+//! The block model of METHOD.md §1: GEMM views of weight tensors and their block grids.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A block of `rows × cols` weights (the paper's micro-structure unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockShape {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl BlockShape {
+    /// A block shape; both sides must be at least 1.
+    pub fn new(rows: usize, cols: usize) -> Result<Self> {
+        if rows == 0 || cols == 0 || rows > u16::MAX as usize || cols > u16::MAX as usize {
+            return Err(Error::BlockShape(format!("{rows}x{cols}")));
+        }
+        Ok(Self { rows, cols })
+    }
+
+    /// Number of weights in a full (non-edge) block.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Always false: a block has at least one weight.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Default for BlockShape {
+    fn default() -> Self {
+        Self { rows: 4, cols: 4 }
+    }
+}
+
+impl fmt::Display for BlockShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.rows, self.cols)
+    }
+}
+
+impl FromStr for BlockShape {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::BlockShape(s.to_string());
+        let (r, c) = s.trim().split_once(['x', 'X', '×']).ok_or_else(bad)?;
+        let r = r.trim().parse().map_err(|_| bad())?;
+        let c = c.trim().parse().map_err(|_| bad())?;
+        Self::new(r, c).map_err(|_| bad())
+    }
+}
+
+/// How a conv2d weight `[Cout, Cin, kh, kw]` is flattened into GEMM columns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvLayout {
+    /// PyTorch's own flatten order: column = `(ci·kh + y)·kw + x`.
+    #[default]
+    ChannelMajor,
+    /// NHWC im2col order: column = `(y·kw + x)·Cin + ci`.
+    PositionMajor,
+}
+
+/// The rows × cols matrix a weight tensor is seen as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmView {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl GemmView {
+    /// The GEMM view of a tensor shape: 2-D is `[out, in]`, 4-D is a conv `[Cout, Cin, kh, kw]`.
+    pub fn of_shape(layer: &str, shape: &[usize]) -> Result<Self> {
+        let view = match shape {
+            [out, inp] => Self {
+                rows: *out,
+                cols: *inp,
+            },
+            [cout, cin, kh, kw] => Self {
+                rows: *cout,
+                cols: cin * kh * kw,
+            },
+            _ => {
+                return Err(Error::Shape {
+                    layer: layer.into(),
+                    why: format!(
+                        "shape {shape:?} has no GEMM view (expected [out, in] or [Cout, Cin, kh, kw])"
+                    ),
+                });
+            }
+        };
+        if view.rows == 0 || view.cols == 0 {
+            return Err(Error::Shape {
+                layer: layer.into(),
+                why: format!("shape {shape:?} is empty"),
+            });
+        }
+        Ok(view)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Permutes a conv weight from PyTorch order into the GEMM view of `layout` (a copy for 2-D).
+pub fn to_gemm(data: &[f32], shape: &[usize], layout: ConvLayout) -> Vec<f32> {
+    match (shape, layout) {
+        ([cout, cin, kh, kw], ConvLayout::PositionMajor) => {
+            let (cout, cin, khw) = (*cout, *cin, kh * kw);
+            let mut out = vec![0.0; data.len()];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for p in 0..khw {
+                        out[(o * khw + p) * cin + c] = data[(o * cin + c) * khw + p];
+                    }
+                }
+            }
+            out
+        }
+        _ => data.to_vec(),
+    }
+}
+
+/// The inverse of [`to_gemm`]: back to PyTorch order.
+pub fn from_gemm(data: &[f32], shape: &[usize], layout: ConvLayout) -> Vec<f32> {
+    match (shape, layout) {
+        ([cout, cin, kh, kw], ConvLayout::PositionMajor) => {
+            let (cout, cin, khw) = (*cout, *cin, kh * kw);
+            let mut out = vec![0.0; data.len()];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for p in 0..khw {
+                        out[(o * cin + c) * khw + p] = data[(o * khw + p) * cin + c];
+                    }
+                }
+            }
+            out
+        }
+        _ => data.to_vec(),
+    }
+}
+
+/// One block's place in its matrix: top-left corner and (possibly ragged) extent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockExtent {
+    pub row0: usize,
+    pub col0: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl BlockExtent {
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Flat row-major indices of the block's weights in a matrix with `cols` columns.
+    pub fn indices(&self, matrix_cols: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.rows).flat_map(move |r| {
+            let start = (self.row0 + r) * matrix_cols + self.col0;
+            start..start + self.cols
+        })
+    }
+}
+
+/// A matrix tiled into blocks, numbered row-major over the block grid.
+/// Edge blocks are smaller where the block shape does not divide the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockGrid {
+    pub view: GemmView,
+    pub block: BlockShape,
+}
+
+impl BlockGrid {
+    pub fn new(view: GemmView, block: BlockShape) -> Self {
+        Self { view, block }
+    }
+
+    pub fn block_rows(&self) -> usize {
+        self.view.rows.div_ceil(self.block.rows)
+    }
+
+    pub fn block_cols(&self) -> usize {
+        self.view.cols.div_ceil(self.block.cols)
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.block_rows() * self.block_cols()
+    }
+
+    /// Where block `b` (row-major block number) lies.
+    pub fn extent(&self, b: usize) -> BlockExtent {
+        let (br, bc) = (b / self.block_cols(), b % self.block_cols());
+        let row0 = br * self.block.rows;
+        let col0 = bc * self.block.cols;
+        BlockExtent {
+            row0,
+            col0,
+            rows: self.block.rows.min(self.view.rows - row0),
+            cols: self.block.cols.min(self.view.cols - col0),
+        }
+    }
+
+    /// The block holding matrix element `(row, col)`.
+    pub fn block_of(&self, row: usize, col: usize) -> usize {
+        (row / self.block.rows) * self.block_cols() + col / self.block.cols
+    }
+}
+
+/// Prune and unify ratios of METHOD.md §2 (fractions of a layer's blocks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub prune: f64,
+    pub unify: f64,
+}
+
+impl Ratios {
+    /// Ratios in [0, 1] whose sum is at most 1; `scope` names where they apply in errors.
+    pub fn new(prune: f64, unify: f64, scope: &str) -> Result<Self> {
+        let err = |why| Error::Ratios {
+            scope: scope.to_string(),
+            prune,
+            unify,
+            why,
+        };
+        if !(0.0..=1.0).contains(&prune) {
+            return Err(err("prune must lie in [0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&unify) {
+            return Err(err("unify must lie in [0, 1]"));
+        }
+        if prune + unify > 1.0 + 1e-9 {
+            return Err(err("prune + unify must not exceed 1"));
+        }
+        Ok(Self { prune, unify })
+    }
+
+    /// Block counts `(pruned, unified)` for `n` blocks: `⌈r·n⌉` each, with a 1e-9 slack so
+    /// that decimal ratios like 0.3·10 do not round up past their exact value, and the
+    /// unified count clamped so the two never exceed `n`.
+    pub fn counts(&self, n: usize) -> (usize, usize) {
+        let count = |r: f64| (((r * n as f64) - 1e-9).ceil().max(0.0) as usize).min(n);
+        let p = count(self.prune);
+        (p, count(self.unify).min(n - p))
+    }
+}
+
+/// One weight matrix to project: its name, GEMM view and block shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub name: String,
+    pub view: GemmView,
+    pub block: BlockShape,
+}
+
+impl LayerSpec {
+    /// A layer from a tensor shape (2-D linear or 4-D conv).
+    pub fn new(name: impl Into<String>, shape: &[usize], block: BlockShape) -> Result<Self> {
+        let name = name.into();
+        let view = GemmView::of_shape(&name, shape)?;
+        Ok(Self { name, view, block })
+    }
+
+    pub fn grid(&self) -> BlockGrid {
+        BlockGrid::new(self.view, self.block)
+    }
+}
+
+/// The three states of METHOD.md §1, with their 2-bit codes in the block-state map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum BlockState {
+    Dense = 0,
+    Unified = 1,
+    Pruned = 2,
+}
+
+impl BlockState {
+    /// Decodes a 2-bit code; 3 is not a state.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Dense),
+            1 => Some(Self::Unified),
+            2 => Some(Self::Pruned),
+            _ => None,
+        }
+    }
+}
+
+/// Per-layer ratios, or one pair ranked across the whole network (METHOD.md §2, global mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SelectionMode {
+    PerLayer(Vec<Ratios>),
+    Global(Ratios),
+}
+
+impl SelectionMode {
+    /// Checks the mode against a layer list (one ratio pair per layer in per-layer mode).
+    pub fn check(&self, layers: &[LayerSpec]) -> Result<()> {
+        if let SelectionMode::PerLayer(r) = self
+            && r.len() != layers.len()
+        {
+            return Err(Error::Shape {
+                layer: "<network>".into(),
+                why: format!("{} ratio pairs given for {} layers", r.len(), layers.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_block_shapes() {
+        assert_eq!(
+            "4x4".parse::<BlockShape>().unwrap(),
+            BlockShape { rows: 4, cols: 4 }
+        );
+        assert_eq!(
+            "1X8".parse::<BlockShape>().unwrap(),
+            BlockShape { rows: 1, cols: 8 }
+        );
+        for bad in ["0x4", "4x0", "4", "ax4", "", "4x4x4"] {
+            assert!(bad.parse::<BlockShape>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn ratios_are_checked() {
+        assert!(Ratios::new(0.5, 0.5, "l").is_ok());
+        assert!(Ratios::new(0.6, 0.5, "l").is_err());
+        assert!(Ratios::new(-0.1, 0.0, "l").is_err());
+        assert!(Ratios::new(0.0, 1.1, "l").is_err());
+        assert!(Ratios::new(f64::NAN, 0.0, "l").is_err());
+    }
+
+    #[test]
+    fn counts_are_ceilings_and_fit() {
+        let r = Ratios::new(0.3, 0.7, "l").unwrap();
+        assert_eq!(r.counts(10), (3, 7));
+        let r = Ratios::new(0.5, 0.5, "l").unwrap();
+        assert_eq!(r.counts(3), (2, 1));
+        assert_eq!(Ratios::new(0.01, 0.0, "l").unwrap().counts(7), (1, 0));
+    }
+
+    #[test]
+    fn ragged_edges() {
+        let g = BlockGrid::new(
+            GemmView { rows: 5, cols: 7 },
+            BlockShape::new(4, 4).unwrap(),
+        );
+        assert_eq!(g.num_blocks(), 4);
+        assert_eq!(
+            g.extent(3),
+            BlockExtent {
+                row0: 4,
+                col0: 4,
+                rows: 1,
+                cols: 3
+            }
+        );
+        let total: usize = (0..4).map(|b| g.extent(b).len()).sum();
+        assert_eq!(total, 35);
+        assert_eq!(g.block_of(4, 6), 3);
+    }
+
+    #[test]
+    fn conv_layouts_round_trip() {
+        let shape = [3, 2, 2, 3];
+        let data: Vec<f32> = (0..36).map(|i| i as f32).collect();
+        let g = to_gemm(&data, &shape, ConvLayout::PositionMajor);
+        // Output 0, position (y=0,x=1), channel 1 is PyTorch index (0*2+1)*6+1 = 7.
+        assert_eq!(g[2 + 1], 7.0);
+        assert_eq!(from_gemm(&g, &shape, ConvLayout::PositionMajor), data);
+        assert_eq!(to_gemm(&data, &shape, ConvLayout::ChannelMajor), data);
+    }
+}

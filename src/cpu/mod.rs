@@ -1,0 +1,3 @@
+//! CPU references for the GPU kernels: slow, obvious, in f64 where it matters.
+
+pub mod projection;

@@ -1,0 +1,59 @@
+//! The library's one error type: every failure a user can cause names its culprit.
+
+use thiserror::Error;
+
+/// Everything the library can refuse or fail at.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A block shape with a zero side, or one that does not parse as `RxC`.
+    #[error("invalid block shape {0:?}: expected ROWSxCOLS with both at least 1 (e.g. 4x4)")]
+    BlockShape(String),
+    /// Prune/unify ratios outside [0, 1] or summing past 1.
+    #[error("invalid ratios for {scope}: prune {prune}, unify {unify} ({why})")]
+    Ratios {
+        scope: String,
+        prune: f64,
+        unify: f64,
+        why: &'static str,
+    },
+    /// A weight tensor whose shape has no GEMM view (wrong rank, zero size, length mismatch).
+    #[error("layer {layer:?}: {why}")]
+    Shape { layer: String, why: String },
+    /// A NaN or infinite value in the input of a projection.
+    #[error(
+        "layer {layer:?}: non-finite value {value} at flat index {index} (row {row}, col {col})"
+    )]
+    NonFinite {
+        layer: String,
+        index: usize,
+        row: usize,
+        col: usize,
+        value: f32,
+    },
+    /// The network does not fit the adapter's limits even after splitting.
+    #[error("too large for the adapter: {0}")]
+    TooLarge(String),
+    /// No adapter matched the request, or none exists.
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The adapter refused to create a device.
+    #[error("requesting a device failed: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+    /// A wgpu validation or out-of-memory error, captured through an error scope.
+    #[error("wgpu error in {context}: {source}")]
+    Wgpu {
+        context: String,
+        #[source]
+        source: wgpu::Error,
+    },
+    /// Reading a buffer back from the GPU failed.
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+    /// A WGSL shader failed to parse or validate.
+    #[error("shader {file}: {message}")]
+    Shader { file: String, message: String },
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,87 @@
+//! A vec4 copy: the memory-bandwidth yardstick for memory-bound kernels on the same adapter.
+
+use crate::error::{Error, Result};
+use crate::gpu::buffers::{storage, uniform_slots};
+use crate::gpu::kernels::{self, COPY_VEC4};
+use crate::gpu::{Gpu, grid};
+
+/// Two buffers of the same size and the pipeline that copies one into the other.
+pub struct VecCopy {
+    pub src: wgpu::Buffer,
+    pub dst: wgpu::Buffer,
+    bind: wgpu::BindGroup,
+    pipeline: wgpu::ComputePipeline,
+    vec4s: u32,
+}
+
+impl VecCopy {
+    /// Buffers of `bytes` each (rounded down to whole vec4s, capped to one binding).
+    pub fn new(gpu: &Gpu, bytes: u64) -> Result<Self> {
+        let limits = gpu.limits();
+        let cap = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let bytes = bytes.min(cap) / 16 * 16;
+        if bytes == 0 {
+            return Err(Error::TooLarge(
+                "copy benchmark needs at least 16 bytes".into(),
+            ));
+        }
+        let vec4s = (bytes / 16) as u32;
+        let pipeline = gpu.pipeline(&COPY_VEC4)?;
+        gpu.scoped("allocating the copy benchmark", || {
+            let src = storage(gpu, "copy src", bytes);
+            let dst = storage(gpu, "copy dst", bytes);
+            let params = uniform_slots(gpu, "copy params", &[[vec4s, 0, 0, 0]], 16);
+            let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("copy_vec4"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: dst.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: params.as_entire_binding(),
+                    },
+                ],
+            });
+            Self {
+                src,
+                dst,
+                bind,
+                pipeline,
+                vec4s,
+            }
+        })
+    }
+
+    /// Records one copy.
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) {
+        let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+        let (x, y) = grid(self.vec4s.div_ceil(kernels::COPY_WG), max_dim);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("copy_vec4"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Copies once and waits.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.record(gpu, &mut encoder);
+        gpu.scoped("copy", || gpu.queue.submit([encoder.finish()]))?;
+        gpu.wait()
+    }
+
+    /// Bytes read plus bytes written by one copy.
+    pub fn bytes_moved(&self) -> u64 {
+        2 * 16 * self.vec4s as u64
+    }
+}

@@ -1,0 +1,117 @@
+//! The WGSL kernels: their sources, entry points and the override constants Rust sets.
+//! Tile and workgroup sizes live here only; the shaders declare them as `override`s.
+
+/// Threads per workgroup of the radix-select histogram.
+pub const SELECT_WG: u32 = 256;
+/// Blocks each histogram thread visits.
+pub const SELECT_ITEMS: u32 = 4;
+/// Blocks one selection workgroup covers; layers are padded to a multiple of it.
+pub const SELECT_BLOCKS_PER_WORKGROUP: u32 = SELECT_WG * SELECT_ITEMS;
+/// Threads per workgroup of the state-map packer (16 blocks per thread).
+pub const PACK_WG: u32 = 64;
+const _: () = assert!(PACK_WG * 16 == SELECT_BLOCKS_PER_WORKGROUP);
+/// Threads per workgroup of the per-block statistics and apply kernels.
+pub const BLOCK_WG: u32 = 64;
+/// Threads per workgroup of the resolve step (one thread per group).
+pub const RESOLVE_WG: u32 = 64;
+/// Threads per workgroup of the vec4 copy.
+pub const COPY_WG: u32 = 256;
+
+/// Declarations shared by the projection kernels, prepended to their sources.
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// One compute kernel: a WGSL file with a `main` entry point.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// File name under `shaders/`.
+    pub file: &'static str,
+    source: &'static str,
+    /// Whether `common.wgsl` is prepended.
+    pub uses_common: bool,
+    /// Values of the shader's `override` constants.
+    pub constants: &'static [(&'static str, f64)],
+}
+
+impl Kernel {
+    /// The complete WGSL text handed to the compiler.
+    pub fn source(&self) -> String {
+        if self.uses_common {
+            format!("{COMMON}\n{}", self.source)
+        } else {
+            self.source.to_string()
+        }
+    }
+
+    /// A label for wgpu objects built from this kernel.
+    pub fn label(&self) -> &'static str {
+        self.file
+    }
+}
+
+macro_rules! kernel {
+    ($file:literal, $common:expr, $consts:expr) => {
+        Kernel {
+            file: $file,
+            source: include_str!(concat!("../../shaders/", $file)),
+            uses_common: $common,
+            constants: $consts,
+        }
+    };
+}
+
+pub const BLOCK_STATS: Kernel = kernel!("block_stats.wgsl", true, &[("STATS_WG", BLOCK_WG as f64)]);
+pub const RADIX_HISTOGRAM: Kernel = kernel!(
+    "radix_histogram.wgsl",
+    true,
+    &[
+        ("SELECT_WG", SELECT_WG as f64),
+        ("SELECT_ITEMS", SELECT_ITEMS as f64)
+    ]
+);
+pub const RADIX_RESOLVE: Kernel = kernel!(
+    "radix_resolve.wgsl",
+    true,
+    &[("RESOLVE_WG", RESOLVE_WG as f64)]
+);
+pub const PACK_STATES: Kernel = kernel!("pack_states.wgsl", true, &[("PACK_WG", PACK_WG as f64)]);
+pub const APPLY_PROJECTION: Kernel = kernel!(
+    "apply_projection.wgsl",
+    true,
+    &[("APPLY_WG", BLOCK_WG as f64)]
+);
+pub const COPY_VEC4: Kernel = kernel!("copy_vec4.wgsl", false, &[("COPY_WG", COPY_WG as f64)]);
+
+/// Every kernel the library dispatches.
+pub const ALL: &[Kernel] = &[
+    BLOCK_STATS,
+    RADIX_HISTOGRAM,
+    RADIX_RESOLVE,
+    PACK_STATES,
+    APPLY_PROJECTION,
+    COPY_VEC4,
+];
+
+/// Parses and validates a kernel with naga (no device needed), then resolves its override
+/// constants; errors carry the file name and naga's rendered diagnostic with spans.
+pub fn validate(kernel: &Kernel) -> crate::Result<()> {
+    let src = kernel.source();
+    let err = |message: String| crate::Error::Shader {
+        file: kernel.file.to_string(),
+        message,
+    };
+    let module = naga::front::wgsl::parse_str(&src).map_err(|e| err(e.emit_to_string(&src)))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .map_err(|e| err(e.emit_to_string(&src)))?;
+    let constants: naga::back::PipelineConstants = kernel
+        .constants
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+        .map_err(|e| err(format!("override constants: {e}")))?;
+    Ok(())
+}

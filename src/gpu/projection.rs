@@ -1,0 +1,705 @@
+//! The batched projection on the GPU: block statistics, per-group radix select of the
+//! pruned and then the unified blocks (no per-block data leaves the GPU), and the apply
+//! pass fused with the ADMM dual update. All layers go in one pass: the number of
+//! dispatches depends on the number of chunks (network size over the binding limit),
+//! never on the number of layers.
+
+use crate::block::{BlockState, LayerSpec, SelectionMode};
+use crate::error::{Error, Result};
+use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots};
+use crate::gpu::kernels::{self, SELECT_BLOCKS_PER_WORKGROUP};
+use crate::gpu::{Gpu, grid};
+use crate::layout::{NetworkLayout, PackLimits};
+use bytemuck::{Pod, Zeroable};
+
+/// Rust twin of WGSL `Layer` (shaders/common.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct GpuLayer {
+    rows: u32,
+    cols: u32,
+    br: u32,
+    bc: u32,
+    block_cols: u32,
+    num_blocks: u32,
+    block_start: u32,
+    sign_offset: u32,
+    words_per_block: u32,
+    normalise: u32,
+    _pad: [u32; 2],
+}
+
+/// Rust twin of WGSL `Piece`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct GpuPiece {
+    layer: u32,
+    block_row0: u32,
+    elem_offset: u32,
+    block_begin: u32,
+}
+
+/// Rust twin of WGSL `ChunkParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct ChunkParams {
+    piece_begin: u32,
+    piece_end: u32,
+    block_begin: u32,
+    num_threads: u32,
+}
+
+/// Rust twin of WGSL `Group`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct GpuGroup {
+    block_begin: u32,
+    block_end: u32,
+    prune: u32,
+    unify: u32,
+}
+
+/// Rust twin of WGSL `SelState`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SelState {
+    k: u32,
+    rem: u32,
+    key: u32,
+    idx: u32,
+}
+
+/// Rust twin of WGSL `PassParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct PassParams {
+    which: u32,
+    on_index: u32,
+    shift: u32,
+    key_mask: u32,
+    idx_mask: u32,
+    num_groups: u32,
+    num_workgroups: u32,
+    _pad: u32,
+}
+
+/// Which of the per-chunk tensors to move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tensor {
+    /// Weights `W` (input).
+    W,
+    /// Scaled dual `U` (input, updated in place to `U + W − Z`).
+    U,
+    /// Projection `Z = Π(W + U)` (output).
+    Z,
+}
+
+/// One layer's results read back from the GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProjectedLayer {
+    pub z: Vec<f32>,
+    pub u: Vec<f32>,
+    pub states: Vec<BlockState>,
+    /// `a` of unified blocks, 0 elsewhere.
+    pub magnitudes: Vec<f32>,
+    /// `words_per_block` words per block (see [`crate::cpu::projection::sign_words`]).
+    pub signs: Vec<u32>,
+}
+
+/// The radix-select passes: four 8-bit key digits, then as many 8-bit digits of the block
+/// number as the network needs (ties in error go to the lower block number).
+fn passes(total_blocks: usize, num_groups: u32, hist_workgroups: u32) -> Vec<PassParams> {
+    let idx_bits = (usize::BITS - total_blocks.saturating_sub(1).leading_zeros()).max(1);
+    let idx_digits = idx_bits.div_ceil(8);
+    let mut out = Vec::new();
+    let high = |bits_below: u32| -> u32 {
+        if bits_below >= 32 {
+            0
+        } else {
+            !((1u64 << bits_below) - 1) as u32
+        }
+    };
+    for which in 0..2 {
+        for d in 0..4u32 {
+            let shift = 24 - 8 * d;
+            out.push(PassParams {
+                which,
+                on_index: 0,
+                shift,
+                key_mask: high(shift + 8),
+                idx_mask: 0,
+                num_groups,
+                num_workgroups: hist_workgroups,
+                _pad: 0,
+            });
+        }
+        for d in 0..idx_digits {
+            let shift = 8 * (idx_digits - 1 - d);
+            out.push(PassParams {
+                which,
+                on_index: 1,
+                shift,
+                key_mask: u32::MAX,
+                idx_mask: high(shift + 8),
+                num_groups,
+                num_workgroups: hist_workgroups,
+                _pad: 0,
+            });
+        }
+    }
+    out
+}
+
+struct ChunkBuffers {
+    w: wgpu::Buffer,
+    u: wgpu::Buffer,
+    z: wgpu::Buffer,
+    stats: wgpu::BindGroup,
+    apply: wgpu::BindGroup,
+    threads: u32,
+}
+
+/// A network resident on the GPU, ready to be projected again and again (one ADMM Z/U
+/// step per [`NetworkProjection::run`]).
+pub struct NetworkProjection {
+    pub layout: NetworkLayout,
+    pub mode: SelectionMode,
+    chunks: Vec<ChunkBuffers>,
+    key_prune: wgpu::Buffer,
+    key_unify: wgpu::Buffer,
+    magnitude: wgpu::Buffer,
+    signs: wgpu::Buffer,
+    state_map: wgpu::Buffer,
+    hist: wgpu::Buffer,
+    states: wgpu::Buffer,
+    first_bad: wgpu::Buffer,
+    initial_states: Vec<SelState>,
+    select: Vec<(wgpu::BindGroup, wgpu::BindGroup)>,
+    pack: wgpu::BindGroup,
+    num_groups: u32,
+    hist_workgroups: u32,
+    pipelines: [wgpu::ComputePipeline; 5],
+}
+
+impl NetworkProjection {
+    /// Allocates a network on the GPU with the device's own binding limits.
+    pub fn new(gpu: &Gpu, layers: Vec<LayerSpec>, mode: SelectionMode) -> Result<Self> {
+        let limits = PackLimits::of(&gpu.limits());
+        Self::with_limits(gpu, layers, mode, limits)
+    }
+
+    /// As [`new`](Self::new), with chosen (smaller) limits, e.g. to exercise splitting.
+    pub fn with_limits(
+        gpu: &Gpu,
+        layers: Vec<LayerSpec>,
+        mode: SelectionMode,
+        limits: PackLimits,
+    ) -> Result<Self> {
+        mode.check(&layers)?;
+        let device_limits = PackLimits::of(&gpu.limits());
+        let limits = PackLimits {
+            max_binding_bytes: limits
+                .max_binding_bytes
+                .min(device_limits.max_binding_bytes),
+            offset_alignment: limits.offset_alignment.max(device_limits.offset_alignment),
+        };
+        let layout = NetworkLayout::new(layers, limits)?;
+        gpu.scoped("allocating the projection", || {
+            Self::allocate(gpu, layout, mode)
+        })?
+    }
+
+    fn allocate(gpu: &Gpu, layout: NetworkLayout, mode: SelectionMode) -> Result<Self> {
+        let pipelines = [
+            gpu.pipeline(&kernels::BLOCK_STATS)?,
+            gpu.pipeline(&kernels::RADIX_HISTOGRAM)?,
+            gpu.pipeline(&kernels::RADIX_RESOLVE)?,
+            gpu.pipeline(&kernels::PACK_STATES)?,
+            gpu.pipeline(&kernels::APPLY_PROJECTION)?,
+        ];
+        let global = matches!(mode, SelectionMode::Global(_));
+        let gpu_layers: Vec<GpuLayer> = layout
+            .layers
+            .iter()
+            .zip(&layout.placements)
+            .map(|(l, p)| GpuLayer {
+                rows: l.view.rows as u32,
+                cols: l.view.cols as u32,
+                br: l.block.rows as u32,
+                bc: l.block.cols as u32,
+                block_cols: l.grid().block_cols() as u32,
+                num_blocks: p.num_blocks as u32,
+                block_start: p.block_start as u32,
+                sign_offset: p.sign_offset as u32,
+                words_per_block: p.words_per_block as u32,
+                normalise: u32::from(global),
+                _pad: [0; 2],
+            })
+            .collect();
+        let gpu_pieces: Vec<GpuPiece> = layout
+            .pieces
+            .iter()
+            .map(|p| GpuPiece {
+                layer: p.layer as u32,
+                block_row0: p.block_rows.start as u32,
+                elem_offset: p.offset as u32,
+                block_begin: p.blocks.start as u32,
+            })
+            .collect();
+        let groups: Vec<GpuGroup> = match &mode {
+            SelectionMode::PerLayer(ratios) => layout
+                .placements
+                .iter()
+                .zip(ratios)
+                .map(|(p, r)| {
+                    let (kp, ku) = r.counts(p.num_blocks);
+                    GpuGroup {
+                        block_begin: p.block_start as u32,
+                        block_end: (p.block_start + p.padded_blocks) as u32,
+                        prune: kp as u32,
+                        unify: ku as u32,
+                    }
+                })
+                .collect(),
+            SelectionMode::Global(r) => {
+                let real: usize = layout.placements.iter().map(|p| p.num_blocks).sum();
+                let (kp, ku) = r.counts(real);
+                vec![GpuGroup {
+                    block_begin: 0,
+                    block_end: layout.total_blocks as u32,
+                    prune: kp as u32,
+                    unify: ku as u32,
+                }]
+            }
+        };
+        let num_groups = groups.len() as u32;
+        let initial_states: Vec<SelState> = groups
+            .iter()
+            .map(|g| (g.prune, g))
+            .chain(groups.iter().map(|g| (g.unify, g)))
+            .map(|(k, _)| SelState {
+                k,
+                rem: k,
+                key: 0,
+                idx: 0,
+            })
+            .collect();
+
+        let limits = gpu.limits();
+        let ustride = limits.min_uniform_buffer_offset_alignment as u64;
+        let blocks = layout.total_blocks as u64;
+        let layers_buf = storage_init(gpu, "projection layers", &gpu_layers);
+        let pieces_buf = storage_init(gpu, "projection pieces", &gpu_pieces);
+        let groups_buf = storage_init(gpu, "projection groups", &groups);
+        let states = storage_init(gpu, "selection states", &initial_states);
+        let hist = storage(gpu, "radix histograms", num_groups as u64 * 256 * 4);
+        let key_prune = storage(gpu, "prune keys", blocks * 4);
+        let key_unify = storage(gpu, "unify keys", blocks * 4);
+        let magnitude = storage(gpu, "magnitudes", blocks * 4);
+        let state_map = storage(gpu, "block-state map", blocks / 16 * 4);
+        let signs = storage(gpu, "sign words", layout.total_sign_words as u64 * 4);
+        let first_bad = storage(
+            gpu,
+            "first non-finite index",
+            layout.layers.len() as u64 * 4,
+        );
+
+        let chunk_params: Vec<ChunkParams> = layout
+            .chunks
+            .iter()
+            .map(|c| {
+                let b = c.blocks(&layout.pieces);
+                ChunkParams {
+                    piece_begin: c.pieces.start as u32,
+                    piece_end: c.pieces.end as u32,
+                    block_begin: b.start as u32,
+                    num_threads: (b.end - b.start) as u32,
+                }
+            })
+            .collect();
+        let chunk_uniform = uniform_slots(gpu, "chunk params", &chunk_params, ustride);
+        let hist_workgroups = (layout.total_blocks as u32) / SELECT_BLOCKS_PER_WORKGROUP;
+        let pass_list = passes(layout.total_blocks, num_groups, hist_workgroups);
+        let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, ustride);
+        fn slot(buf: &wgpu::Buffer, i: usize, size: u64, stride: u64) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: buf,
+                offset: i as u64 * stride,
+                size: std::num::NonZeroU64::new(size),
+            })
+        }
+        let bind =
+            |label: &str, pipeline: &wgpu::ComputePipeline, res: Vec<wgpu::BindingResource>| {
+                let entries: Vec<wgpu::BindGroupEntry> = res
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, resource)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource,
+                    })
+                    .collect();
+                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(label),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            };
+
+        let chunks: Vec<ChunkBuffers> = layout
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bytes = c.len as u64 * 4;
+                let w = storage(gpu, &format!("W chunk {i}"), bytes);
+                let u = storage(gpu, &format!("U chunk {i}"), bytes);
+                let z = storage(gpu, &format!("Z chunk {i}"), bytes);
+                let cp = slot(&chunk_uniform, i, 16, ustride);
+                let stats = bind(
+                    "block_stats",
+                    &pipelines[0],
+                    vec![
+                        cp.clone(),
+                        layers_buf.as_entire_binding(),
+                        pieces_buf.as_entire_binding(),
+                        w.as_entire_binding(),
+                        u.as_entire_binding(),
+                        key_prune.as_entire_binding(),
+                        key_unify.as_entire_binding(),
+                        magnitude.as_entire_binding(),
+                        first_bad.as_entire_binding(),
+                    ],
+                );
+                let apply = bind(
+                    "apply_projection",
+                    &pipelines[4],
+                    vec![
+                        cp,
+                        layers_buf.as_entire_binding(),
+                        pieces_buf.as_entire_binding(),
+                        w.as_entire_binding(),
+                        u.as_entire_binding(),
+                        z.as_entire_binding(),
+                        state_map.as_entire_binding(),
+                        magnitude.as_entire_binding(),
+                        signs.as_entire_binding(),
+                    ],
+                );
+                ChunkBuffers {
+                    w,
+                    u,
+                    z,
+                    stats,
+                    apply,
+                    threads: chunk_params[i].num_threads,
+                }
+            })
+            .collect();
+        let select = (0..pass_list.len())
+            .map(|i| {
+                let p = slot(&pass_uniform, i, 32, ustride);
+                (
+                    bind(
+                        "radix_histogram",
+                        &pipelines[1],
+                        vec![
+                            p.clone(),
+                            groups_buf.as_entire_binding(),
+                            key_prune.as_entire_binding(),
+                            key_unify.as_entire_binding(),
+                            states.as_entire_binding(),
+                            hist.as_entire_binding(),
+                        ],
+                    ),
+                    bind(
+                        "radix_resolve",
+                        &pipelines[2],
+                        vec![p, states.as_entire_binding(), hist.as_entire_binding()],
+                    ),
+                )
+            })
+            .collect();
+        let pack = bind(
+            "pack_states",
+            &pipelines[3],
+            vec![
+                slot(&pass_uniform, 0, 32, ustride),
+                groups_buf.as_entire_binding(),
+                key_prune.as_entire_binding(),
+                key_unify.as_entire_binding(),
+                states.as_entire_binding(),
+                state_map.as_entire_binding(),
+            ],
+        );
+        Ok(Self {
+            layout,
+            mode,
+            chunks,
+            key_prune,
+            key_unify,
+            magnitude,
+            signs,
+            state_map,
+            hist,
+            states,
+            first_bad,
+            initial_states,
+            select,
+            pack,
+            num_groups,
+            hist_workgroups,
+            pipelines,
+        })
+    }
+
+    fn chunk_buffer(&self, t: Tensor, chunk: usize) -> &wgpu::Buffer {
+        let c = &self.chunks[chunk];
+        match t {
+            Tensor::W => &c.w,
+            Tensor::U => &c.u,
+            Tensor::Z => &c.z,
+        }
+    }
+
+    fn check_layer(&self, layer: usize, len: usize) -> Result<()> {
+        let spec = self.layout.layers.get(layer).ok_or_else(|| Error::Shape {
+            layer: format!("#{layer}"),
+            why: format!("the network has {} layers", self.layout.layers.len()),
+        })?;
+        if len != spec.view.len() {
+            return Err(Error::Shape {
+                layer: spec.name.clone(),
+                why: format!(
+                    "{len} values given for a {}x{} matrix",
+                    spec.view.rows, spec.view.cols
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Uploads one layer's `W` or `U` (row-major GEMM view).
+    pub fn write(&self, gpu: &Gpu, t: Tensor, layer: usize, data: &[f32]) -> Result<()> {
+        self.check_layer(layer, data.len())?;
+        let spec = &self.layout.layers[layer];
+        for p in self.layout.pieces_of(layer) {
+            let src = &data[p.source(spec)];
+            gpu.queue.write_buffer(
+                self.chunk_buffer(t, p.chunk),
+                p.offset as u64 * 4,
+                bytemuck::cast_slice(src),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets `U` to zero everywhere (a one-shot projection, or the start of ADMM).
+    pub fn zero_dual(&self, gpu: &Gpu) {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for c in &self.chunks {
+            enc.clear_buffer(&c.u, 0, None);
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Fills every output buffer with `bits`, so that a kernel that skips a write is caught.
+    pub fn poison(&self, gpu: &Gpu, bits: u32) {
+        let fill = |b: &wgpu::Buffer| {
+            let v = vec![bits; (b.size() / 4) as usize];
+            gpu.queue.write_buffer(b, 0, bytemuck::cast_slice(&v));
+        };
+        for c in &self.chunks {
+            fill(&c.z);
+        }
+        for b in [
+            &self.key_prune,
+            &self.key_unify,
+            &self.magnitude,
+            &self.signs,
+            &self.state_map,
+        ] {
+            fill(b);
+        }
+    }
+
+    /// Records the whole projection into `encoder` (the caller submits): statistics, both
+    /// selections, the state map, then apply with the dual update.
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) {
+        gpu.queue
+            .write_buffer(&self.states, 0, bytemuck::cast_slice(&self.initial_states));
+        let none = vec![u32::MAX; self.layout.layers.len()];
+        gpu.queue
+            .write_buffer(&self.first_bad, 0, bytemuck::cast_slice(&none));
+        encoder.clear_buffer(&self.hist, 0, None);
+        let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("projection"),
+            timestamp_writes: None,
+        });
+        let per_block = |threads: u32| grid(threads.div_ceil(kernels::BLOCK_WG), max_dim);
+        pass.set_pipeline(&self.pipelines[0]);
+        for c in &self.chunks {
+            pass.set_bind_group(0, &c.stats, &[]);
+            let (x, y) = per_block(c.threads);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        let (hx, hy) = grid(self.hist_workgroups, max_dim);
+        let resolve = self.num_groups.div_ceil(kernels::RESOLVE_WG);
+        for (hist, res) in &self.select {
+            pass.set_pipeline(&self.pipelines[1]);
+            pass.set_bind_group(0, hist, &[]);
+            pass.dispatch_workgroups(hx, hy, 1);
+            pass.set_pipeline(&self.pipelines[2]);
+            pass.set_bind_group(0, res, &[]);
+            pass.dispatch_workgroups(resolve, 1, 1);
+        }
+        pass.set_pipeline(&self.pipelines[3]);
+        pass.set_bind_group(0, &self.pack, &[]);
+        pass.dispatch_workgroups(hx, hy, 1);
+        pass.set_pipeline(&self.pipelines[4]);
+        for c in &self.chunks {
+            pass.set_bind_group(0, &c.apply, &[]);
+            let (x, y) = per_block(c.threads);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+
+    /// Projects once: `Z = Π(W + U)`, `U ← U + W − Z`, and the compact outputs. Waits for
+    /// the GPU and fails, naming the layer and index, if `W + U` held a NaN or infinity.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("projection"),
+            });
+        self.record(gpu, &mut encoder);
+        gpu.scoped("projection", || gpu.queue.submit([encoder.finish()]))?;
+        self.check_finite(gpu)
+    }
+
+    /// Reads the per-layer non-finite markers written by the statistics kernel.
+    pub fn check_finite(&self, gpu: &Gpu) -> Result<()> {
+        let n = self.layout.layers.len() as u64 * 4;
+        let bad: Vec<u32> = read_ranges(gpu, &[(&self.first_bad, 0, n)])?.remove(0);
+        let Some((l, &index)) = bad.iter().enumerate().find(|(_, i)| **i != u32::MAX) else {
+            return Ok(());
+        };
+        let index = index as usize;
+        let spec = &self.layout.layers[l];
+        let (row, col) = (index / spec.view.cols, index % spec.view.cols);
+        let piece = self
+            .layout
+            .pieces_of(l)
+            .find(|p| p.source(spec).contains(&index))
+            .expect("index inside its layer");
+        let at = (piece.offset + index - piece.source(spec).start) as u64 * 4;
+        let vals: Vec<Vec<f32>> = read_ranges(
+            gpu,
+            &[
+                (self.chunk_buffer(Tensor::W, piece.chunk), at, 4),
+                (self.chunk_buffer(Tensor::U, piece.chunk), at, 4),
+            ],
+        )?;
+        Err(Error::NonFinite {
+            layer: spec.name.clone(),
+            index,
+            row,
+            col,
+            value: vals[0][0] + vals[1][0],
+        })
+    }
+
+    /// Reads one layer's `W`, `U` or `Z` back (row-major GEMM view).
+    pub fn read(&self, gpu: &Gpu, t: Tensor, layer: usize) -> Result<Vec<f32>> {
+        self.check_layer(
+            layer,
+            self.layout.layers.get(layer).map_or(0, |l| l.view.len()),
+        )?;
+        let spec = &self.layout.layers[layer];
+        let parts: Vec<(&wgpu::Buffer, u64, u64)> = self
+            .layout
+            .pieces_of(layer)
+            .map(|p| {
+                (
+                    self.chunk_buffer(t, p.chunk),
+                    p.offset as u64 * 4,
+                    p.source(spec).len() as u64 * 4,
+                )
+            })
+            .collect();
+        Ok(read_ranges::<f32>(gpu, &parts)?.concat())
+    }
+
+    /// Reads everything the projection produced for one layer.
+    pub fn read_layer(&self, gpu: &Gpu, layer: usize) -> Result<ProjectedLayer> {
+        let z = self.read(gpu, Tensor::Z, layer)?;
+        let u = self.read(gpu, Tensor::U, layer)?;
+        let p = &self.layout.placements[layer];
+        let (b0, n) = (p.block_start as u64, p.num_blocks as u64);
+        let words = n.div_ceil(16) * 4;
+        let mut raw: Vec<Vec<u32>> = read_ranges(
+            gpu,
+            &[
+                (&self.state_map, b0 / 16 * 4, words),
+                (&self.magnitude, b0 * 4, n * 4),
+                (
+                    &self.signs,
+                    p.sign_offset as u64 * 4,
+                    n * p.words_per_block as u64 * 4,
+                ),
+            ],
+        )?;
+        let signs = raw.pop().unwrap_or_default();
+        let magnitudes: Vec<f32> = bytemuck::cast_slice(&raw.pop().unwrap_or_default()).to_vec();
+        let map = raw.pop().unwrap_or_default();
+        let states = (0..n as usize)
+            .map(|i| {
+                let code = (map[i / 16] >> (2 * (i % 16))) & 3;
+                BlockState::from_code(code).ok_or_else(|| {
+                    Error::Readback(format!(
+                        "layer {:?}: block {i} has state code 3",
+                        self.layout.layers[layer].name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ProjectedLayer {
+            z,
+            u,
+            states,
+            magnitudes,
+            signs,
+        })
+    }
+
+    /// Block counts `(dense, unified, pruned)` of every layer, read from the state map.
+    pub fn counts(&self, gpu: &Gpu) -> Result<Vec<[usize; 3]>> {
+        let words = self.layout.total_blocks as u64 / 16 * 4;
+        let map: Vec<u32> = read_ranges(gpu, &[(&self.state_map, 0, words)])?.remove(0);
+        Ok(self
+            .layout
+            .placements
+            .iter()
+            .map(|p| {
+                let mut c = [0usize; 3];
+                for b in p.block_start..p.block_start + p.num_blocks {
+                    c[((map[b / 16] >> (2 * (b % 16))) & 3) as usize % 3] += 1;
+                }
+                c
+            })
+            .collect())
+    }
+
+    /// Bytes a projection must move: read W and U, write Z and U, plus the compact outputs
+    /// (state map, magnitudes, sign words).
+    pub fn bytes_moved(&self) -> u64 {
+        let weights = self.layout.num_weights() as u64;
+        let blocks: u64 = self
+            .layout
+            .placements
+            .iter()
+            .map(|p| p.num_blocks as u64)
+            .sum();
+        16 * weights + blocks / 4 + 4 * blocks + 4 * self.layout.total_sign_words as u64
+    }
+}

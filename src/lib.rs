@@ -1,0 +1,14 @@
+//! microunify: micro-structured weight unification and pruning (METHOD.md), with the
+//! batched projection and sparse GEMM as WGSL compute kernels run through wgpu.
+
+pub mod block;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod layout;
+pub mod nets;
+
+pub use block::{
+    BlockGrid, BlockShape, BlockState, ConvLayout, GemmView, LayerSpec, Ratios, SelectionMode,
+};
+pub use error::{Error, Result};
