@@ -323,26 +323,24 @@ fn networks_larger_than_one_binding_are_split() {
 #[test]
 fn non_finite_input_names_layer_and_index() {
     let Some(gpu) = common::gpu() else { return };
-    let layers = vec![
-        LayerSpec::new("ok", &[4, 4], BlockShape::default()).unwrap(),
-        LayerSpec::new("bad", &[6, 10], BlockShape::default()).unwrap(),
-    ];
-    let mode = cpu::per_layer(&layers, 0.5, 0.25).unwrap();
-    let net = NetworkProjection::new(&gpu, layers, mode).unwrap();
-    net.write(&gpu, Tensor::W, 0, &[0.5; 16]).unwrap();
-    let mut w = vec![1.0f32; 60];
-    w[27] = f32::NAN;
-    w[45] = f32::INFINITY;
-    net.write(&gpu, Tensor::W, 1, &w).unwrap();
-    net.zero_dual(&gpu);
-    let e = net.run(&gpu).unwrap_err().to_string();
-    assert!(
-        e.contains("\"bad\"")
-            && e.contains("index 27")
-            && e.contains("row 2")
-            && e.contains("col 7"),
-        "{e}"
-    );
+    // 10 columns take the scalar path of the kernels, 12 the vec4 path.
+    for cols in [10usize, 12] {
+        let layers = vec![
+            LayerSpec::new("ok", &[4, 4], BlockShape::default()).unwrap(),
+            LayerSpec::new("bad", &[6, cols], BlockShape::default()).unwrap(),
+        ];
+        let mode = cpu::per_layer(&layers, 0.5, 0.25).unwrap();
+        let net = NetworkProjection::new(&gpu, layers, mode).unwrap();
+        net.write(&gpu, Tensor::W, 0, &[0.5; 16]).unwrap();
+        let mut w = vec![1.0f32; 6 * cols];
+        w[2 * cols + 7] = f32::NAN;
+        w[4 * cols + 5] = f32::INFINITY;
+        net.write(&gpu, Tensor::W, 1, &w).unwrap();
+        net.zero_dual(&gpu);
+        let e = net.run(&gpu).unwrap_err().to_string();
+        let want = format!("index {} (row 2, col 7)", 2 * cols + 7);
+        assert!(e.contains("\"bad\"") && e.contains(&want), "{e}");
+    }
 }
 
 #[test]

@@ -10,9 +10,9 @@ override APPLY_WG: u32;
 @group(0) @binding(0) var<uniform> chunk: ChunkParams;
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
 @group(0) @binding(2) var<storage, read> pieces: array<Piece>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-@group(0) @binding(4) var<storage, read_write> u: array<f32>;
-@group(0) @binding(5) var<storage, read_write> z: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> u: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> z: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> state_map: array<u32>;
 @group(0) @binding(7) var<storage, read_write> magnitude: array<f32>;
 @group(0) @binding(8) var<storage, read_write> signs: array<u32>;
@@ -65,25 +65,54 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var word = 0u;
     var bit = 0u;
     var widx = 0u;
-    for (var r = 0u; r < h; r++) {
-        let rb = base + r * layer.cols;
-        for (var c = 0u; c < wd; c++) {
-            let v = w[rb + c] + u[rb + c];
-            var zv = 0.0;
-            if (state == 0u) {
-                zv = v;
-            } else if (unified) {
-                zv = select(a, -a, v < 0.0);
-                word |= select(0u, 1u, v < 0.0) << bit;
+    if (layer.vec4_rows != 0u) {
+        // Whole vec4s; `bit` stays a multiple of 4, so 4 sign bits never straddle a word.
+        for (var r = 0u; r < h; r++) {
+            let rb = (base + r * layer.cols) >> 2u;
+            for (var c = 0u; c < wd / 4u; c++) {
+                let v = w[rb + c] + u[rb + c];
+                let neg = v < vec4<f32>(0.0);
+                var zv = vec4<f32>(0.0);
+                if (state == 0u) {
+                    zv = v;
+                } else if (unified) {
+                    zv = select(vec4<f32>(a), vec4<f32>(-a), neg);
+                    let nb = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), neg);
+                    word |= (nb.x | nb.y | nb.z | nb.w) << bit;
+                }
+                z[rb + c] = zv;
+                u[rb + c] = v - zv;
+                bit += 4u;
+                if (bit == 32u) {
+                    signs[sign_base + widx] = word;
+                    widx += 1u;
+                    word = 0u;
+                    bit = 0u;
+                }
             }
-            z[rb + c] = zv;
-            u[rb + c] = v - zv;
-            bit += 1u;
-            if (bit == 32u) {
-                signs[sign_base + widx] = word;
-                widx += 1u;
-                word = 0u;
-                bit = 0u;
+        }
+    } else {
+        for (var r = 0u; r < h; r++) {
+            let rb = base + r * layer.cols;
+            for (var c = 0u; c < wd; c++) {
+                let i = rb + c;
+                let v = w[i >> 2u][i & 3u] + u[i >> 2u][i & 3u];
+                var zv = 0.0;
+                if (state == 0u) {
+                    zv = v;
+                } else if (unified) {
+                    zv = select(a, -a, v < 0.0);
+                    word |= select(0u, 1u, v < 0.0) << bit;
+                }
+                z[i >> 2u][i & 3u] = zv;
+                u[i >> 2u][i & 3u] = v - zv;
+                bit += 1u;
+                if (bit == 32u) {
+                    signs[sign_base + widx] = word;
+                    widx += 1u;
+                    word = 0u;
+                    bit = 0u;
+                }
             }
         }
     }

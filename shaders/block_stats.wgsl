@@ -9,8 +9,8 @@ override STATS_WG: u32;
 @group(0) @binding(0) var<uniform> chunk: ChunkParams;
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
 @group(0) @binding(2) var<storage, read> pieces: array<Piece>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-@group(0) @binding(4) var<storage, read> u: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> u: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> key_prune: array<u32>;
 @group(0) @binding(6) var<storage, read_write> key_unify: array<u32>;
 @group(0) @binding(7) var<storage, read_write> mean_abs: array<f32>;
@@ -57,31 +57,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = piece.elem_offset + (brow - piece.block_row0) * layer.br * layer.cols + col0;
 
     // Shifted sums keep e_u = Σ(x-K)² - (Σ(x-K))²/n accurate for near-uniform blocks; per-row
-    // partial sums keep the rounding error growing with rows + cols, not rows · cols.
-    let shift = abs(w[base] + u[base]);
+    // (and per-lane) partial sums keep the rounding error growing with rows + cols, not
+    // rows · cols. W and U are read as vec4s where block rows allow it: on CPU drivers
+    // (lavapipe) scalar per-invocation loads cost several times more per byte.
+    let shift = abs(w[base >> 2u][base & 3u] + u[base >> 2u][base & 3u]);
     var s1 = 0.0;
     var s2 = 0.0;
     var sq = 0.0;
     var bad = 0xffffffffu;
-    for (var r = 0u; r < h; r++) {
-        var r1 = 0.0;
-        var r2 = 0.0;
-        var rq = 0.0;
-        let rb = base + r * layer.cols;
-        for (var c = 0u; c < wd; c++) {
-            let v = w[rb + c] + u[rb + c];
-            if (!is_finite_f32(v)) {
-                bad = min(bad, (row0 + r) * layer.cols + col0 + c);
+    if (layer.vec4_rows != 0u) {
+        let sh = vec4<f32>(shift);
+        for (var r = 0u; r < h; r++) {
+            var r1 = vec4<f32>(0.0);
+            var r2 = vec4<f32>(0.0);
+            var rq = vec4<f32>(0.0);
+            let rb = (base + r * layer.cols) >> 2u;
+            for (var c = 0u; c < wd / 4u; c++) {
+                let v = w[rb + c] + u[rb + c];
+                let fin = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) != vec4<u32>(0x7f800000u);
+                if (!all(fin)) {
+                    for (var k = 0u; k < 4u; k++) {
+                        if (!fin[k]) {
+                            bad = min(bad, (row0 + r) * layer.cols + col0 + 4u * c + k);
+                        }
+                    }
+                }
+                let x = abs(v);
+                let d = x - sh;
+                r1 += d;
+                r2 += d * d;
+                rq += x * x;
             }
-            let x = abs(v);
-            let d = x - shift;
-            r1 += d;
-            r2 += d * d;
-            rq += x * x;
+            s1 += (r1.x + r1.y) + (r1.z + r1.w);
+            s2 += (r2.x + r2.y) + (r2.z + r2.w);
+            sq += (rq.x + rq.y) + (rq.z + rq.w);
         }
-        s1 += r1;
-        s2 += r2;
-        sq += rq;
+    } else {
+        for (var r = 0u; r < h; r++) {
+            var r1 = 0.0;
+            var r2 = 0.0;
+            var rq = 0.0;
+            let rb = base + r * layer.cols;
+            for (var c = 0u; c < wd; c++) {
+                let i = rb + c;
+                let v = w[i >> 2u][i & 3u] + u[i >> 2u][i & 3u];
+                if (!is_finite_f32(v)) {
+                    bad = min(bad, (row0 + r) * layer.cols + col0 + c);
+                }
+                let x = abs(v);
+                let d = x - shift;
+                r1 += d;
+                r2 += d * d;
+                rq += x * x;
+            }
+            s1 += r1;
+            s2 += r2;
+            sq += rq;
+        }
     }
     if (bad != 0xffffffffu) {
         atomicMin(&first_bad[piece.layer], bad);

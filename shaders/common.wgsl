@@ -13,7 +13,7 @@ struct Layer {
     sign_offset: u32,   // first sign word of the layer
     words_per_block: u32,
     normalise: u32,     // 1 in global mode: keys are errors divided by the block size
-    _pad0: u32,
+    vec4_rows: u32,     // 1 when bc and cols are multiples of 4: block rows are whole vec4s
     _pad1: u32,
 }
 

@@ -249,11 +249,15 @@ impl Ratios {
         Ok(Self { prune, unify })
     }
 
-    /// Block counts `(pruned, unified)` for `n` blocks: `⌈r·n⌉` each, with a 1e-9 slack so
-    /// that decimal ratios like 0.3·10 do not round up past their exact value, and the
-    /// unified count clamped so the two never exceed `n`.
+    /// Block counts `(pruned, unified)` for `n` blocks: `⌈r·n⌉` each, with a slack of
+    /// max(1e-9, 1e-12·r·n) so that decimal ratios like 0.3·10 do not round up past their
+    /// exact value (the product's rounding error is ~1e-16 relative), and the unified count
+    /// clamped so the two never exceed `n`.
     pub fn counts(&self, n: usize) -> (usize, usize) {
-        let count = |r: f64| (((r * n as f64) - 1e-9).ceil().max(0.0) as usize).min(n);
+        let count = |r: f64| {
+            let x = r * n as f64;
+            ((x - 1e-9f64.max(x * 1e-12)).ceil().max(0.0) as usize).min(n)
+        };
         let p = count(self.prune);
         (p, count(self.unify).min(n - p))
     }
@@ -323,9 +327,50 @@ impl SelectionMode {
     }
 }
 
+/// Storage of a layer in bits as METHOD.md §1 counts it: 32 per dense weight, one sign bit
+/// per unified weight plus one f32 per unified block, nothing for pruned blocks, and the
+/// 2-bit state map.
+pub fn storage_bits(grid: &BlockGrid, states: &[BlockState]) -> u64 {
+    let payload: u64 = states
+        .iter()
+        .enumerate()
+        .map(|(b, s)| {
+            let n = grid.extent(b).len() as u64;
+            match s {
+                BlockState::Dense => 32 * n,
+                BlockState::Unified => n + 32,
+                BlockState::Pruned => 0,
+            }
+        })
+        .sum();
+    payload + 2 * states.len() as u64
+}
+
+/// Compression ratio: dense f32 bits over [`storage_bits`].
+pub fn compression_ratio(grid: &BlockGrid, states: &[BlockState]) -> f64 {
+    32.0 * grid.view.len() as f64 / storage_bits(grid, states) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_counts_every_bit() {
+        let g = BlockGrid::new(
+            GemmView { rows: 4, cols: 6 },
+            BlockShape::new(4, 4).unwrap(),
+        );
+        // One full block (16 weights) and one ragged 4x2 edge block (8 weights).
+        let bits = storage_bits(&g, &[BlockState::Unified, BlockState::Dense]);
+        assert_eq!(bits, (16 + 32) + 32 * 8 + 2 * 2);
+        let all_pruned = storage_bits(&g, &[BlockState::Pruned, BlockState::Pruned]);
+        assert_eq!(all_pruned, 4);
+        assert_eq!(
+            compression_ratio(&g, &[BlockState::Pruned; 2]),
+            32.0 * 24.0 / 4.0
+        );
+    }
 
     #[test]
     fn parse_block_shapes() {

@@ -22,7 +22,8 @@ impl PackLimits {
     /// The limits of a device.
     pub fn of(limits: &wgpu::Limits) -> Self {
         Self {
-            max_binding_bytes: (limits.max_storage_buffer_binding_size as u64)
+            max_binding_bytes: limits
+                .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
             offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
         }

@@ -1,6 +1,7 @@
 //! microunify: micro-structured weight unification and pruning (METHOD.md), with the
 //! batched projection and sparse GEMM as WGSL compute kernels run through wgpu.
 
+pub mod bench;
 pub mod block;
 pub mod cpu;
 pub mod error;

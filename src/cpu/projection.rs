@@ -134,11 +134,13 @@ pub fn groups(layers: &[LayerSpec], mode: &SelectionMode) -> Vec<Group> {
 /// Selection keys `(e_p, e_u)` of every block in network order; the global mode ranks
 /// errors normalised by block size so that ragged edge blocks compete fairly.
 pub fn selection_keys(stats: &[Vec<BlockStats>], normalise: bool) -> (Vec<f64>, Vec<f64>) {
-    let scale = |s: &BlockStats| if normalise { 1.0 / s.len as f64 } else { 1.0 };
+    // Divide rather than multiply by 1/n: division is correctly rounded, so equal errors
+    // per weight stay exactly tied (49 · (1/49) is not 1 in floating point).
+    let norm = |e: f64, s: &BlockStats| if normalise { e / s.len as f64 } else { e };
     let all = stats.iter().flatten();
     (
-        all.clone().map(|s| s.prune_err * scale(s)).collect(),
-        all.map(|s| s.unify_err * scale(s)).collect(),
+        all.clone().map(|s| norm(s.prune_err, s)).collect(),
+        all.map(|s| norm(s.unify_err, s)).collect(),
     )
 }
 

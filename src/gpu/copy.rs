@@ -18,7 +18,9 @@ impl VecCopy {
     /// Buffers of `bytes` each (rounded down to whole vec4s, capped to one binding).
     pub fn new(gpu: &Gpu, bytes: u64) -> Result<Self> {
         let limits = gpu.limits();
-        let cap = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let cap = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let bytes = bytes.min(cap) / 16 * 16;
         if bytes == 0 {
             return Err(Error::TooLarge(

@@ -26,7 +26,8 @@ struct GpuLayer {
     sign_offset: u32,
     words_per_block: u32,
     normalise: u32,
-    _pad: [u32; 2],
+    vec4_rows: u32,
+    _pad: u32,
 }
 
 /// Rust twin of WGSL `Piece`.
@@ -233,7 +234,8 @@ impl NetworkProjection {
                 sign_offset: p.sign_offset as u32,
                 words_per_block: p.words_per_block as u32,
                 normalise: u32::from(global),
-                _pad: [0; 2],
+                vec4_rows: u32::from(l.block.cols % 4 == 0 && l.view.cols % 4 == 0),
+                _pad: 0,
             })
             .collect();
         let gpu_pieces: Vec<GpuPiece> = layout
@@ -672,22 +674,25 @@ impl NetworkProjection {
         })
     }
 
-    /// Block counts `(dense, unified, pruned)` of every layer, read from the state map.
-    pub fn counts(&self, gpu: &Gpu) -> Result<Vec<[usize; 3]>> {
+    /// Block states of every layer, read from the state map.
+    pub fn states(&self, gpu: &Gpu) -> Result<Vec<Vec<BlockState>>> {
         let words = self.layout.total_blocks as u64 / 16 * 4;
         let map: Vec<u32> = read_ranges(gpu, &[(&self.state_map, 0, words)])?.remove(0);
-        Ok(self
-            .layout
+        self.layout
             .placements
             .iter()
-            .map(|p| {
-                let mut c = [0usize; 3];
-                for b in p.block_start..p.block_start + p.num_blocks {
-                    c[((map[b / 16] >> (2 * (b % 16))) & 3) as usize % 3] += 1;
-                }
-                c
+            .zip(&self.layout.layers)
+            .map(|(p, l)| {
+                (p.block_start..p.block_start + p.num_blocks)
+                    .map(|b| {
+                        let code = (map[b / 16] >> (2 * (b % 16))) & 3;
+                        BlockState::from_code(code).ok_or_else(|| {
+                            Error::Readback(format!("layer {:?}: block state code 3", l.name))
+                        })
+                    })
+                    .collect()
             })
-            .collect())
+            .collect()
     }
 
     /// Bytes a projection must move: read W and U, write Z and U, plus the compact outputs

@@ -1,0 +1,174 @@
+//! Measurements shared by `microunify bench` and the criterion benches: medians of
+//! wall-clock runs that wait for the GPU, and throughput against a copy on the same adapter.
+
+use crate::block::{BlockShape, Ratios, SelectionMode, storage_bits};
+use crate::cpu::projection as cpu;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::gpu::copy::VecCopy;
+use crate::gpu::projection::{NetworkProjection, Tensor};
+use crate::nets::NetShapes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The adapter a measurement ran on.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterJson {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+}
+
+impl AdapterJson {
+    pub fn of(gpu: &Gpu) -> Self {
+        Self {
+            name: gpu.info.name.clone(),
+            backend: format!("{:?}", gpu.info.backend),
+            driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info)
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+/// Median of `runs` timings of `f` in milliseconds, after `warmup` untimed calls.
+pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Bandwidth of the vec4 copy kernel in GB/s (bytes read + written).
+pub fn copy_gbps(gpu: &Gpu, bytes: u64, runs: usize) -> Result<f64> {
+    let copy = VecCopy::new(gpu, bytes)?;
+    let ms = median_ms(2, runs, || copy.run(gpu))?;
+    Ok(copy.bytes_moved() as f64 / (ms * 1e6))
+}
+
+/// Reproducible weights in [-1, 1) for benchmarks.
+pub fn random_weights(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// One projection case of `microunify bench projection`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectionCase {
+    pub name: String,
+    pub params: usize,
+    pub layers: usize,
+    pub gpu_ms: f64,
+    pub gbps: f64,
+    pub ratio_to_copy: f64,
+    pub cpu_ms: Option<f64>,
+    pub chunks: usize,
+    pub compression_ratio: f64,
+}
+
+/// A network's weights resident on the GPU with random W and U, ready to project.
+pub struct ProjectionWorkload {
+    pub net: NetworkProjection,
+    pub w: Vec<Vec<f32>>,
+    pub u: Vec<Vec<f32>>,
+}
+
+impl ProjectionWorkload {
+    /// The same ratios for every layer.
+    pub fn new(gpu: &Gpu, shapes: &NetShapes, block: BlockShape, ratios: Ratios) -> Result<Self> {
+        let mode = SelectionMode::PerLayer(vec![ratios; shapes.layers.len()]);
+        Self::with_mode(gpu, shapes, block, mode)
+    }
+
+    /// Any selection mode.
+    pub fn with_mode(
+        gpu: &Gpu,
+        shapes: &NetShapes,
+        block: BlockShape,
+        mode: SelectionMode,
+    ) -> Result<Self> {
+        let layers = shapes.specs(block)?;
+        let net = NetworkProjection::new(gpu, layers, mode)?;
+        let mut w = Vec::new();
+        let mut u = Vec::new();
+        for (l, spec) in net.layout.layers.iter().enumerate() {
+            let wl = random_weights(2 * l as u64, spec.view.len());
+            let ul: Vec<f32> = random_weights(2 * l as u64 + 1, spec.view.len())
+                .iter()
+                .map(|x| x * 0.01)
+                .collect();
+            net.write(gpu, Tensor::W, l, &wl)?;
+            net.write(gpu, Tensor::U, l, &ul)?;
+            w.push(wl);
+            u.push(ul);
+        }
+        Ok(Self { net, w, u })
+    }
+
+    /// Restores the original U (each run updates it in place) so runs see the same input.
+    pub fn reset(&self, gpu: &Gpu) -> Result<()> {
+        for (l, u) in self.u.iter().enumerate() {
+            self.net.write(gpu, Tensor::U, l, u)?;
+        }
+        Ok(())
+    }
+}
+
+/// Measures one network: GPU median time, throughput against `copy_gbps`, and optionally
+/// the CPU reference's time on the same input.
+pub fn projection_case(
+    gpu: &Gpu,
+    shapes: &NetShapes,
+    block: BlockShape,
+    ratios: Ratios,
+    runs: usize,
+    copy_gbps: f64,
+    with_cpu: bool,
+) -> Result<ProjectionCase> {
+    let work = ProjectionWorkload::new(gpu, shapes, block, ratios)?;
+    let gpu_ms = median_ms(2, runs, || work.net.run(gpu))?;
+    let states = work.net.states(gpu)?;
+    let bits: u64 = work
+        .net
+        .layout
+        .layers
+        .iter()
+        .zip(&states)
+        .map(|(l, s)| storage_bits(&l.grid(), s))
+        .sum();
+    let cpu_ms = if with_cpu {
+        let v: Vec<Vec<f32>> = work
+            .w
+            .iter()
+            .zip(&work.u)
+            .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
+            .collect();
+        let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
+        let start = Instant::now();
+        cpu::project(&work.net.layout.layers, &refs, &work.net.mode)?;
+        Some(start.elapsed().as_secs_f64() * 1e3)
+    } else {
+        None
+    };
+    let gbps = work.net.bytes_moved() as f64 / (gpu_ms * 1e6);
+    Ok(ProjectionCase {
+        name: shapes.name.to_string(),
+        params: shapes.params(),
+        layers: shapes.layers.len(),
+        gpu_ms,
+        gbps,
+        ratio_to_copy: gbps / copy_gbps,
+        cpu_ms,
+        chunks: work.net.layout.chunks.len(),
+        compression_ratio: 32.0 * work.net.layout.num_weights() as f64 / bits as f64,
+    })
+}

@@ -1,0 +1,134 @@
+//! `microunify bench projection`: the batched projection on real networks' weight shapes,
+//! reported against a vec4 copy measured in the same run on the same adapter.
+
+use anyhow::{Context, Result};
+use microunify::bench::{AdapterJson, ProjectionCase, copy_gbps, projection_case};
+use microunify::gpu::Gpu;
+use microunify::{BlockShape, Ratios, nets};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    kernel: Kernel,
+}
+
+#[derive(clap::Subcommand)]
+enum Kernel {
+    /// The batched projection (stats, GPU selection, apply + dual update).
+    Projection(ProjectionArgs),
+}
+
+#[derive(clap::Args)]
+struct ProjectionArgs {
+    /// Write the results as JSON here too (written atomically).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Networks to project (comma separated): lenet5, resnet18, bert-base-encoder.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lenet5,resnet18,bert-base-encoder"
+    )]
+    nets: Vec<String>,
+    /// Block shape for every layer.
+    #[arg(long, default_value = "4x4")]
+    block: BlockShape,
+    /// Fraction of blocks pruned per layer.
+    #[arg(long, default_value_t = 0.5)]
+    prune: f64,
+    /// Fraction of blocks unified per layer.
+    #[arg(long, default_value_t = 0.3)]
+    unify: f64,
+    /// Timed runs per case (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Skip timing the CPU reference.
+    #[arg(long)]
+    no_cpu: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    adapter: AdapterJson,
+    copy_gbps: f64,
+    block: String,
+    prune: f64,
+    unify: f64,
+    cases: Vec<ProjectionCase>,
+}
+
+pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
+    match &args.kernel {
+        Kernel::Projection(a) => projection(gpu, a),
+    }
+}
+
+fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
+    let ratios = Ratios::new(args.prune, args.unify, "--prune/--unify")?;
+    let shapes = args
+        .nets
+        .iter()
+        .map(|n| {
+            nets::by_name(n).with_context(|| {
+                format!("unknown network {n:?} (try lenet5, resnet18, bert-base-encoder)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let copy = copy_gbps(gpu, 64 << 20, args.runs)?;
+    println!("adapter: {}", gpu.info.name);
+    println!("copy (vec4, 64 MiB): {copy:.2} GB/s");
+    println!(
+        "{:<20} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>10} {:>8}",
+        "network", "params", "layers", "chunks", "gpu ms", "GB/s", "x copy", "cpu ms", "ratio"
+    );
+    let mut cases = Vec::new();
+    for s in &shapes {
+        let c = projection_case(gpu, s, args.block, ratios, args.runs, copy, !args.no_cpu)
+            .with_context(|| format!("projecting {}", s.name))?;
+        println!(
+            "{:<20} {:>11} {:>6} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>10} {:>7.1}x",
+            c.name,
+            c.params,
+            c.layers,
+            c.chunks,
+            c.gpu_ms,
+            c.gbps,
+            c.ratio_to_copy,
+            c.cpu_ms.map_or("-".into(), |m| format!("{m:.1}")),
+            c.compression_ratio
+        );
+        cases.push(c);
+    }
+    if let Some(path) = &args.json {
+        let report = Report {
+            adapter: AdapterJson::of(gpu),
+            copy_gbps: copy,
+            block: args.block.to_string(),
+            prune: args.prune,
+            unify: args.unify,
+            cases,
+        };
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes via a temporary file in the same folder and a rename, so a crash never leaves a
+/// half-written file behind.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    Ok(())
+}

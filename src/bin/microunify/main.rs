@@ -1,0 +1,63 @@
+//! `microunify`: list adapters, benchmark kernels, run the projection demo.
+
+mod adapters;
+mod bench;
+mod demo;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use microunify::gpu::{BackendChoice, Gpu, GpuOptions};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Micro-structured weight unification and pruning on any GPU"
+)]
+struct Cli {
+    /// Use the adapter whose name contains this (case-insensitive); env MICROUNIFY_ADAPTER.
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Restrict to one wgpu backend; env MICROUNIFY_BACKEND.
+    #[arg(long, global = true, value_enum)]
+    backend: Option<BackendChoice>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the adapters wgpu sees, with their limits and features.
+    Adapters(adapters::Args),
+    /// Benchmark a kernel against the copy bandwidth of the same adapter.
+    Bench(bench::Args),
+    /// Project a real network's weight shapes on the GPU and check it against the CPU.
+    Demo(demo::Args),
+}
+
+impl Cli {
+    fn gpu_options(&self) -> GpuOptions {
+        GpuOptions {
+            adapter: self.adapter.clone(),
+            backend: self.backend,
+        }
+    }
+
+    fn open_gpu(&self) -> Result<Gpu> {
+        let gpu = Gpu::new(&self.gpu_options())?;
+        eprintln!("adapter: {gpu:?}");
+        Ok(gpu)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Adapters(a) => adapters::run(&cli.gpu_options(), a),
+        Command::Bench(a) => cli.open_gpu().and_then(|g| bench::run(&g, a)),
+        Command::Demo(a) => cli.open_gpu().and_then(|g| demo::run(&g, a)),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
