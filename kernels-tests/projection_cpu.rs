@@ -435,7 +435,7 @@ fn check_blocks_l2(net: &Net, out: &[LayerProjection]) -> TestResult {
             "layer {}",
             layer.name
         );
-        let words = proj::sign_words(&grid, &net.data[l], &o.states);
+        let words = proj::sign_words(&grid, &net.data[l]);
         let wpb = grid.block.len().div_ceil(32);
         prop_assert_eq!(words.len(), grid.num_blocks() * wpb);
         let stats = proj::block_stats(&grid, &net.data[l]);
@@ -464,15 +464,25 @@ fn check_blocks_l2(net: &Net, out: &[LayerProjection]) -> TestResult {
                 blk.eu
             );
             let w = &words[b * wpb..(b + 1) * wpb];
+            // Sign words cover every block: bit k is set exactly when weight k is negative.
+            for (k, &vi) in blk.v.iter().enumerate() {
+                let bit = w[k / 32] >> (k % 32) & 1 == 1;
+                prop_assert!(
+                    bit == (vi < 0.0),
+                    "layer {name} block {b} weight {k}: sign bit actual {bit}, expected {} (v = {vi})",
+                    vi < 0.0
+                );
+            }
+            let used = blk.v.len().div_ceil(32);
+            prop_assert!(
+                w[used..].iter().all(|&x| x == 0),
+                "layer {name} block {b}: unused sign words {w:?} must be 0"
+            );
             match st {
                 BlockState::Pruned | BlockState::Dense => {
                     prop_assert!(
                         a == 0.0,
                         "layer {name} block {b} ({st:?}): magnitude actual {a}, expected 0"
-                    );
-                    prop_assert!(
-                        w.iter().all(|&x| x == 0),
-                        "layer {name} block {b} ({st:?}): sign words actual {w:?}, expected 0"
                     );
                     if st == BlockState::Pruned {
                         for (k, &zi) in z.iter().enumerate() {
@@ -508,17 +518,6 @@ fn check_blocks_l2(net: &Net, out: &[LayerProjection]) -> TestResult {
                             zi.abs() == a && zi.is_sign_negative() == neg,
                             "layer {name} block {b} (unified) weight {k}: actual {zi}, expected {}{a} (v = {vi})",
                             if neg { "-" } else { "+" }
-                        );
-                        let bit = w[k / 32] >> (k % 32) & 1 == 1;
-                        prop_assert_eq!(
-                            bit,
-                            neg,
-                            "layer {} block {} weight {}: sign bit actual {}, expected {}",
-                            name,
-                            b,
-                            k,
-                            bit,
-                            neg
                         );
                     }
                     // Optimality of a: no perturbation ±δ reduces Σ (v − z)².

@@ -101,16 +101,27 @@ fn random_case(rng: &mut SmallRng, max_layers: usize) -> Case {
 
 /// Checks one selection step: GPU and CPU agree on the chosen set except for blocks whose
 /// keys are near-ties with the CPU's threshold.
+/// Per-block data every selection check needs: keys, near-tie scale, block sizes, groups.
+struct Ranking<'a> {
+    keys: &'a [f64],
+    scale: &'a [f64],
+    lens: &'a [usize],
+    groups: &'a [cpu::Group],
+}
+
 fn check_selection(
     what: &str,
-    keys: &[f64],
-    scale: &[f64],
-    lens: &[usize],
+    rank: &Ranking,
     eligible: &[bool],
     cpu_sel: &[bool],
     gpu_sel: &[bool],
-    groups: &[cpu::Group],
 ) {
+    let Ranking {
+        keys,
+        scale,
+        lens,
+        groups,
+    } = *rank;
     for (gi, g) in groups.iter().enumerate() {
         let r = g.begin..g.end;
         let n_cpu = cpu_sel[r.clone()].iter().filter(|s| **s).count();
@@ -207,29 +218,33 @@ fn run_case(gpu: &Gpu, case: &Case, limits: Option<PackLimits>) {
         .map(|s| *s == BlockState::Unified)
         .collect();
     let all = vec![true; kp.len()];
+    let prune_rank = Ranking {
+        keys: &kp,
+        scale: &scale,
+        lens: &lens,
+        groups: &groups,
+    };
     check_selection(
         "prune",
-        &kp,
-        &scale,
-        &lens,
+        &prune_rank,
         &all,
         &cpu::select_pruned(&kp, &groups),
         &gpu_pruned,
-        &groups,
     );
     // Unification is checked against the CPU's choice among the blocks the GPU left, so a
     // legitimate near-tie in pruning does not cascade into a false failure here.
     let not_pruned: Vec<bool> = gpu_pruned.iter().map(|p| !p).collect();
     let cpu_unified = cpu::select_unified(&ku, &gpu_pruned, &groups);
+    let unify_rank = Ranking {
+        keys: &ku,
+        ..prune_rank
+    };
     check_selection(
         "unify",
-        &ku,
-        &scale,
-        &lens,
+        &unify_rank,
         &not_pruned,
         &cpu_unified,
         &gpu_unified,
-        &groups,
     );
 
     for (l, layer) in case.layers.iter().enumerate() {
@@ -257,7 +272,7 @@ fn run_case(gpu: &Gpu, case: &Case, limits: Option<PackLimits>) {
                 layer.name
             );
         }
-        let signs = cpu::sign_words(&layer.grid(), &v[l], &o.states);
+        let signs = cpu::sign_words(&layer.grid(), &v[l]);
         assert_eq!(o.signs, signs, "{}: sign words", layer.name);
     }
 }

@@ -1,10 +1,16 @@
-// block_stats: per-block errors of METHOD.md §2 over V = W + U, for one chunk.
+// block_stats: per-block errors of METHOD.md §2 over V = W + U, and the packed signs of V,
+// for one chunk.
 // Bindings: 0 ChunkParams (uniform), 1 layers, 2 pieces, 3 W, 4 U (read), 5 prune keys,
-// 6 unify keys, 7 mean |v| per block, 8 first bad (non-finite) index per layer (atomic min).
-// Dispatch: one invocation per padded block served by the chunk, STATS_WG per workgroup,
+// 6 unify keys, 7 mean |v| per block, 8 first bad (non-finite) index per layer (atomic min),
+// 9 sign words (words_per_block per block; bit i set when the block's i-th weight, in
+// row-major order inside the block, is negative).
+// Dispatch: one invocation per padded block served by the chunk (pieces rounded up to whole
+// workgroups), STATS_WG per workgroup,
 // workgroups laid out 2-D when needed.
 
 override STATS_WG: u32;
+// Blocks per invocation: fewer, longer-lived invocations amortise per-workgroup costs.
+override STATS_ITEMS: u32;
 
 @group(0) @binding(0) var<uniform> chunk: ChunkParams;
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
@@ -15,14 +21,16 @@ override STATS_WG: u32;
 @group(0) @binding(6) var<storage, read_write> key_unify: array<u32>;
 @group(0) @binding(7) var<storage, read_write> mean_abs: array<f32>;
 @group(0) @binding(8) var<storage, read_write> first_bad: array<atomic<u32>>;
+@group(0) @binding(9) var<storage, read_write> signs: array<u32>;
 
-// The last piece of this chunk whose first block is at or below b.
-fn find_piece(b: u32) -> u32 {
+// The piece holding thread t. Called with a workgroup's first thread, so the search is
+// uniform: a per-invocation search here costs lavapipe more than the block's arithmetic.
+fn find_piece(t: u32) -> u32 {
     var lo = chunk.piece_begin;
     var hi = chunk.piece_end - 1u;
     while (lo < hi) {
         let mid = (lo + hi + 1u) / 2u;
-        if (pieces[mid].block_begin <= b) {
+        if (pieces[mid].thread_begin <= t) {
             lo = mid;
         } else {
             hi = mid - 1u;
@@ -34,13 +42,23 @@ fn find_piece(b: u32) -> u32 {
 @compute @workgroup_size(STATS_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = linear_workgroup(wid, nwg) * STATS_WG + lid;
-    if (t >= chunk.num_threads) {
+    let per_wg = STATS_WG * STATS_ITEMS;
+    let t0 = linear_workgroup(wid, nwg) * per_wg;
+    if (t0 >= chunk.num_threads) {
         return;
     }
-    let b = chunk.block_begin + t;
-    let piece = pieces[find_piece(b)];
+    let piece = pieces[find_piece(t0)];
     let layer = layers[piece.layer];
+    let first = piece.block_begin + (t0 - piece.thread_begin) + lid;
+    for (var i = 0u; i < STATS_ITEMS; i++) {
+        let b = first + i * STATS_WG;
+        if (b < piece.block_end) {
+            one_block(b, piece, layer);
+        }
+    }
+}
+
+fn one_block(b: u32, piece: Piece, layer: Layer) {
     let lb = b - layer.block_start;
     if (lb >= layer.num_blocks) {
         key_prune[b] = KEY_EXCLUDED;
@@ -65,6 +83,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var s2 = 0.0;
     var sq = 0.0;
     var bad = 0xffffffffu;
+    let sign_base = layer.sign_offset + lb * layer.words_per_block;
+    var word = 0u;
+    var bit = 0u;
+    var widx = 0u;
     if (layer.vec4_rows != 0u) {
         let sh = vec4<f32>(shift);
         for (var r = 0u; r < h; r++) {
@@ -87,6 +109,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 r1 += d;
                 r2 += d * d;
                 rq += x * x;
+                // `bit` stays a multiple of 4, so 4 sign bits never straddle a word.
+                let nb = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v < vec4<f32>(0.0));
+                word |= (nb.x | nb.y | nb.z | nb.w) << bit;
+                bit += 4u;
+                if (bit == 32u) {
+                    signs[sign_base + widx] = word;
+                    widx += 1u;
+                    word = 0u;
+                    bit = 0u;
+                }
             }
             s1 += (r1.x + r1.y) + (r1.z + r1.w);
             s2 += (r2.x + r2.y) + (r2.z + r2.w);
@@ -109,11 +141,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 r1 += d;
                 r2 += d * d;
                 rq += x * x;
+                word |= select(0u, 1u, v < 0.0) << bit;
+                bit += 1u;
+                if (bit == 32u) {
+                    signs[sign_base + widx] = word;
+                    widx += 1u;
+                    word = 0u;
+                    bit = 0u;
+                }
             }
             s1 += r1;
             s2 += r2;
             sq += rq;
         }
+    }
+    if (bit != 0u) {
+        signs[sign_base + widx] = word;
+        widx += 1u;
+    }
+    for (; widx < layer.words_per_block; widx++) {
+        signs[sign_base + widx] = 0u;
     }
     if (bad != 0xffffffffu) {
         atomicMin(&first_bad[piece.layer], bad);

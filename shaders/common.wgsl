@@ -21,14 +21,19 @@ struct Piece {
     layer: u32,
     block_row0: u32,    // first block row of the layer stored in this piece
     elem_offset: u32,   // element offset of that row inside the chunk
-    block_begin: u32,   // first padded block number served by this piece
+    block_begin: u32,   // padded block numbers served by this piece: [begin, end)
+    block_end: u32,
+    thread_begin: u32,  // first block slot of the piece in its chunk's per-block dispatch
+                        // (a multiple of a workgroup's blocks: no workgroup spans two pieces)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
-    block_begin: u32,   // padded block number of thread 0
-    num_threads: u32,
+    num_threads: u32,   // block slots of the per-block dispatches
+    _pad: u32,
 }
 
 struct Group {
@@ -39,8 +44,8 @@ struct Group {
 }
 
 // Radix-select state of one group: the composite (key, block) prefix decided so far and how
-// many blocks are still to be taken inside it. After the last pass (key, idx) is the
-// composite of the k-th smallest selected block.
+// many blocks are still to be taken inside it (0 once exact: (key, idx) is then the
+// largest composite selected, with undecided low bits set to ones).
 struct SelState {
     k: u32,
     rem: u32,

@@ -1,5 +1,6 @@
 // radix_resolve: after a histogram pass, each group picks the digit bucket that holds its
 // rem-th remaining candidate, extends its prefix and clears its histogram for the next pass.
+// When that bucket is taken whole, the selection is exact and rem becomes 0.
 // Bindings: 0 PassParams (uniform), 1 selection states (read_write), 2 histograms.
 // Dispatch: one invocation per group, RESOLVE_WG per workgroup.
 
@@ -22,13 +23,25 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var d = 0u; d < RADIX; d++) {
         let c = hist[g * RADIX + d];
         hist[g * RADIX + d] = 0u;
-        if (!found && st.k > 0u && below + c >= st.rem) {
+        if (!found && st.rem > 0u && below + c >= st.rem) {
             found = true;
             st.rem -= below;
             if (params.on_index != 0u) {
                 st.idx |= d << params.shift;
             } else {
                 st.key |= d << params.shift;
+            }
+            if (c == st.rem) {
+                // The whole bucket is taken: every lower bit may be anything, so set them
+                // all and mark the selection exact (rem 0) to skip the remaining passes.
+                let low = (1u << params.shift) - 1u;
+                if (params.on_index != 0u) {
+                    st.idx |= low;
+                } else {
+                    st.key |= low;
+                    st.idx = 0xffffffffu;
+                }
+                st.rem = 0u;
             }
         }
         below += c;

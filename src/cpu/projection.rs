@@ -248,15 +248,13 @@ pub fn project(
         .collect())
 }
 
-/// Sign bits of unified blocks, `ceil(br·bc / 32)` words per block: bit `i` is set when the
-/// block's `i`-th weight (row-major within the block) is negative. Zero for other blocks.
-pub fn sign_words(grid: &BlockGrid, data: &[f32], states: &[BlockState]) -> Vec<u32> {
+/// Sign bits of every block, `ceil(br·bc / 32)` words per block: bit `i` is set when the
+/// block's `i`-th weight (row-major within the block) is negative. Unified blocks are the
+/// ones that need them; computing them for all keeps them a by-product of one pass.
+pub fn sign_words(grid: &BlockGrid, data: &[f32]) -> Vec<u32> {
     let wpb = grid.block.len().div_ceil(32);
-    let mut words = vec![0u32; states.len() * wpb];
-    for (b, &s) in states.iter().enumerate() {
-        if s != BlockState::Unified {
-            continue;
-        }
+    let mut words = vec![0u32; grid.num_blocks() * wpb];
+    for b in 0..grid.num_blocks() {
         for (bit, i) in grid.extent(b).indices(grid.view.cols).enumerate() {
             if data[i] < 0.0 {
                 words[b * wpb + bit / 32] |= 1 << (bit % 32);

@@ -2,9 +2,9 @@
 //! Tile and workgroup sizes live here only; the shaders declare them as `override`s.
 
 /// Threads per workgroup of the radix-select histogram.
-pub const SELECT_WG: u32 = 256;
+pub const SELECT_WG: u32 = 64;
 /// Blocks each histogram thread visits.
-pub const SELECT_ITEMS: u32 = 4;
+pub const SELECT_ITEMS: u32 = 16;
 /// Blocks one selection workgroup covers; layers are padded to a multiple of it.
 pub const SELECT_BLOCKS_PER_WORKGROUP: u32 = SELECT_WG * SELECT_ITEMS;
 /// Threads per workgroup of the state-map packer (16 blocks per thread).
@@ -12,6 +12,11 @@ pub const PACK_WG: u32 = 64;
 const _: () = assert!(PACK_WG * 16 == SELECT_BLOCKS_PER_WORKGROUP);
 /// Threads per workgroup of the per-block statistics and apply kernels.
 pub const BLOCK_WG: u32 = 64;
+/// Blocks each statistics/apply invocation handles (strided by the workgroup size).
+pub const BLOCK_ITEMS: u32 = 8;
+/// Blocks one statistics/apply workgroup covers; pieces are rounded up to it.
+pub const BLOCKS_PER_WORKGROUP: u32 = BLOCK_WG * BLOCK_ITEMS;
+
 /// Threads per workgroup of the resolve step (one thread per group).
 pub const RESOLVE_WG: u32 = 64;
 /// Threads per workgroup of the vec4 copy.
@@ -59,7 +64,14 @@ macro_rules! kernel {
     };
 }
 
-pub const BLOCK_STATS: Kernel = kernel!("block_stats.wgsl", true, &[("STATS_WG", BLOCK_WG as f64)]);
+pub const BLOCK_STATS: Kernel = kernel!(
+    "block_stats.wgsl",
+    true,
+    &[
+        ("STATS_WG", BLOCK_WG as f64),
+        ("STATS_ITEMS", BLOCK_ITEMS as f64)
+    ]
+);
 pub const RADIX_HISTOGRAM: Kernel = kernel!(
     "radix_histogram.wgsl",
     true,
@@ -77,7 +89,10 @@ pub const PACK_STATES: Kernel = kernel!("pack_states.wgsl", true, &[("PACK_WG", 
 pub const APPLY_PROJECTION: Kernel = kernel!(
     "apply_projection.wgsl",
     true,
-    &[("APPLY_WG", BLOCK_WG as f64)]
+    &[
+        ("APPLY_WG", BLOCK_WG as f64),
+        ("APPLY_ITEMS", BLOCK_ITEMS as f64)
+    ]
 );
 pub const COPY_VEC4: Kernel = kernel!("copy_vec4.wgsl", false, &[("COPY_WG", COPY_WG as f64)]);
 

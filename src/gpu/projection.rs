@@ -38,6 +38,9 @@ struct GpuPiece {
     block_row0: u32,
     elem_offset: u32,
     block_begin: u32,
+    block_end: u32,
+    thread_begin: u32,
+    _pad: [u32; 2],
 }
 
 /// Rust twin of WGSL `ChunkParams`.
@@ -46,8 +49,8 @@ struct GpuPiece {
 struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
-    block_begin: u32,
     num_threads: u32,
+    _pad: u32,
 }
 
 /// Rust twin of WGSL `Group`.
@@ -103,7 +106,8 @@ pub struct ProjectedLayer {
     pub states: Vec<BlockState>,
     /// `a` of unified blocks, 0 elsewhere.
     pub magnitudes: Vec<f32>,
-    /// `words_per_block` words per block (see [`crate::cpu::projection::sign_words`]).
+    /// Signs of `W + U`, `words_per_block` words per block, for every block (only unified
+    /// blocks need them; see [`crate::cpu::projection::sign_words`]).
     pub signs: Vec<u32>,
 }
 
@@ -157,7 +161,7 @@ struct ChunkBuffers {
     z: wgpu::Buffer,
     stats: wgpu::BindGroup,
     apply: wgpu::BindGroup,
-    threads: u32,
+    block_slots: u32,
 }
 
 /// A network resident on the GPU, ready to be projected again and again (one ADMM Z/U
@@ -238,14 +242,25 @@ impl NetworkProjection {
                 _pad: 0,
             })
             .collect();
+        // Each piece's slots start at a whole workgroup of its chunk's dispatches, so that
+        // kernels find their piece once per workgroup.
+        let mut block_slots = vec![0u32; layout.chunks.len()];
         let gpu_pieces: Vec<GpuPiece> = layout
             .pieces
             .iter()
-            .map(|p| GpuPiece {
-                layer: p.layer as u32,
-                block_row0: p.block_rows.start as u32,
-                elem_offset: p.offset as u32,
-                block_begin: p.blocks.start as u32,
+            .map(|p| {
+                let thread_begin = block_slots[p.chunk];
+                block_slots[p.chunk] +=
+                    (p.blocks.len() as u32).next_multiple_of(kernels::BLOCKS_PER_WORKGROUP);
+                GpuPiece {
+                    layer: p.layer as u32,
+                    block_row0: p.block_rows.start as u32,
+                    elem_offset: p.offset as u32,
+                    block_begin: p.blocks.start as u32,
+                    block_end: p.blocks.end as u32,
+                    thread_begin,
+                    _pad: [0; 2],
+                }
             })
             .collect();
         let groups: Vec<GpuGroup> = match &mode {
@@ -309,14 +324,12 @@ impl NetworkProjection {
         let chunk_params: Vec<ChunkParams> = layout
             .chunks
             .iter()
-            .map(|c| {
-                let b = c.blocks(&layout.pieces);
-                ChunkParams {
-                    piece_begin: c.pieces.start as u32,
-                    piece_end: c.pieces.end as u32,
-                    block_begin: b.start as u32,
-                    num_threads: (b.end - b.start) as u32,
-                }
+            .enumerate()
+            .map(|(i, c)| ChunkParams {
+                piece_begin: c.pieces.start as u32,
+                piece_end: c.pieces.end as u32,
+                num_threads: block_slots[i],
+                _pad: 0,
             })
             .collect();
         let chunk_uniform = uniform_slots(gpu, "chunk params", &chunk_params, ustride);
@@ -370,6 +383,7 @@ impl NetworkProjection {
                         key_unify.as_entire_binding(),
                         magnitude.as_entire_binding(),
                         first_bad.as_entire_binding(),
+                        signs.as_entire_binding(),
                     ],
                 );
                 let apply = bind(
@@ -384,7 +398,6 @@ impl NetworkProjection {
                         z.as_entire_binding(),
                         state_map.as_entire_binding(),
                         magnitude.as_entire_binding(),
-                        signs.as_entire_binding(),
                     ],
                 );
                 ChunkBuffers {
@@ -393,7 +406,7 @@ impl NetworkProjection {
                     z,
                     stats,
                     apply,
-                    threads: chunk_params[i].num_threads,
+                    block_slots: chunk_params[i].num_threads,
                 }
             })
             .collect();
@@ -431,6 +444,7 @@ impl NetworkProjection {
                 key_unify.as_entire_binding(),
                 states.as_entire_binding(),
                 state_map.as_entire_binding(),
+                magnitude.as_entire_binding(),
             ],
         );
         Ok(Self {
@@ -538,11 +552,13 @@ impl NetworkProjection {
             label: Some("projection"),
             timestamp_writes: None,
         });
-        let per_block = |threads: u32| grid(threads.div_ceil(kernels::BLOCK_WG), max_dim);
         pass.set_pipeline(&self.pipelines[0]);
         for c in &self.chunks {
             pass.set_bind_group(0, &c.stats, &[]);
-            let (x, y) = per_block(c.threads);
+            let (x, y) = grid(
+                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
+                max_dim,
+            );
             pass.dispatch_workgroups(x, y, 1);
         }
         let (hx, hy) = grid(self.hist_workgroups, max_dim);
@@ -561,7 +577,10 @@ impl NetworkProjection {
         pass.set_pipeline(&self.pipelines[4]);
         for c in &self.chunks {
             pass.set_bind_group(0, &c.apply, &[]);
-            let (x, y) = per_block(c.threads);
+            let (x, y) = grid(
+                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
+                max_dim,
+            );
             pass.dispatch_workgroups(x, y, 1);
         }
     }
