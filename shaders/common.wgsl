@@ -61,7 +61,13 @@ struct PassParams {
     idx_mask: u32,      // block-number bits already decided
     num_groups: u32,
     num_workgroups: u32,
-    _pad: u32,
+    next_args: u32,     // u32 index of the next histogram pass's indirect arguments, or
+                        // 0xffffffff when the next pass needs no arming (last, or first of
+                        // a selection, which the host arms)
+    grid_x: u32,        // the full histogram dispatch, written there while work remains
+    grid_y: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const RADIX: u32 = 256u;

@@ -1,7 +1,10 @@
 // radix_resolve: after a histogram pass, each group picks the digit bucket that holds its
 // rem-th remaining candidate, extends its prefix and clears its histogram for the next pass.
 // When that bucket is taken whole, the selection is exact and rem becomes 0.
-// Bindings: 0 PassParams (uniform), 1 selection states (read_write), 2 histograms.
+// A group still unresolved arms the next histogram pass's indirect dispatch; passes after
+// every group is exact dispatch no workgroups.
+// Bindings: 0 PassParams (uniform), 1 selection states (read_write), 2 histograms,
+// 3 indirect dispatch arguments of the histogram passes.
 // Dispatch: one invocation per group, RESOLVE_WG per workgroup.
 
 override RESOLVE_WG: u32;
@@ -9,6 +12,7 @@ override RESOLVE_WG: u32;
 @group(0) @binding(0) var<uniform> params: PassParams;
 @group(0) @binding(1) var<storage, read_write> states: array<SelState>;
 @group(0) @binding(2) var<storage, read_write> hist: array<u32>;
+@group(0) @binding(3) var<storage, read_write> args: array<u32>;
 
 @compute @workgroup_size(RESOLVE_WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -47,4 +51,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         below += c;
     }
     states[si] = st;
+    if (st.rem > 0u && params.next_args != 0xffffffffu) {
+        // Every unresolved group stores the same values: the race is benign.
+        args[params.next_args] = params.grid_x;
+        args[params.next_args + 1u] = params.grid_y;
+    }
 }

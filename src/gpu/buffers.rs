@@ -32,7 +32,15 @@ pub fn storage_init<T: bytemuck::Pod>(gpu: &Gpu, label: &str, data: &[T]) -> wgp
         })
 }
 
-/// A uniform buffer holding `slots` records of `T`, each at a multiple of `stride` bytes.
+/// The distance between uniform records of `T` bound at fixed offsets: the size of `T`
+/// rounded up to the device's uniform offset alignment.
+pub fn uniform_stride<T>(gpu: &Gpu) -> u64 {
+    let align = gpu.limits().min_uniform_buffer_offset_alignment as u64;
+    (std::mem::size_of::<T>() as u64).next_multiple_of(align)
+}
+
+/// A uniform buffer holding `slots` records of `T`, each at a multiple of `stride` bytes
+/// (at least the record's size; see [`uniform_stride`]).
 pub fn uniform_slots<T: bytemuck::Pod>(
     gpu: &Gpu,
     label: &str,

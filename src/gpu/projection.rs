@@ -6,11 +6,12 @@
 
 use crate::block::{BlockState, LayerSpec, SelectionMode};
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots};
+use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
 use crate::gpu::kernels::{self, SELECT_BLOCKS_PER_WORKGROUP};
 use crate::gpu::{Gpu, grid};
 use crate::layout::{NetworkLayout, PackLimits};
 use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
 
 /// Rust twin of WGSL `Layer` (shaders/common.wgsl).
 #[repr(C)]
@@ -84,7 +85,10 @@ struct PassParams {
     idx_mask: u32,
     num_groups: u32,
     num_workgroups: u32,
-    _pad: u32,
+    next_args: u32,
+    grid_x: u32,
+    grid_y: u32,
+    _pad: [u32; 2],
 }
 
 /// Which of the per-chunk tensors to move.
@@ -113,7 +117,12 @@ pub struct ProjectedLayer {
 
 /// The radix-select passes: four 8-bit key digits, then as many 8-bit digits of the block
 /// number as the network needs (ties in error go to the lower block number).
-fn passes(total_blocks: usize, num_groups: u32, hist_workgroups: u32) -> Vec<PassParams> {
+fn passes(
+    total_blocks: usize,
+    num_groups: u32,
+    hist_workgroups: u32,
+    grid: (u32, u32),
+) -> Vec<PassParams> {
     let idx_bits = (usize::BITS - total_blocks.saturating_sub(1).leading_zeros()).max(1);
     let idx_digits = idx_bits.div_ceil(8);
     let mut out = Vec::new();
@@ -135,7 +144,7 @@ fn passes(total_blocks: usize, num_groups: u32, hist_workgroups: u32) -> Vec<Pas
                 idx_mask: 0,
                 num_groups,
                 num_workgroups: hist_workgroups,
-                _pad: 0,
+                ..Default::default()
             });
         }
         for d in 0..idx_digits {
@@ -148,9 +157,17 @@ fn passes(total_blocks: usize, num_groups: u32, hist_workgroups: u32) -> Vec<Pas
                 idx_mask: high(shift + 8),
                 num_groups,
                 num_workgroups: hist_workgroups,
-                _pad: 0,
+                ..Default::default()
             });
         }
+    }
+    // Each resolve arms the next pass of the same selection; the first pass of each
+    // selection is armed by the host.
+    let per_selection = out.len() / 2;
+    for (i, p) in out.iter_mut().enumerate() {
+        let last = (i + 1) % per_selection == 0;
+        p.next_args = if last { u32::MAX } else { 3 * (i as u32 + 1) };
+        (p.grid_x, p.grid_y) = grid;
     }
     out
 }
@@ -179,6 +196,8 @@ pub struct NetworkProjection {
     states: wgpu::Buffer,
     first_bad: wgpu::Buffer,
     initial_states: Vec<SelState>,
+    indirect: wgpu::Buffer,
+    initial_args: Vec<[u32; 3]>,
     select: Vec<(wgpu::BindGroup, wgpu::BindGroup)>,
     pack: wgpu::BindGroup,
     num_groups: u32,
@@ -303,7 +322,6 @@ impl NetworkProjection {
             .collect();
 
         let limits = gpu.limits();
-        let ustride = limits.min_uniform_buffer_offset_alignment as u64;
         let blocks = layout.total_blocks as u64;
         let layers_buf = storage_init(gpu, "projection layers", &gpu_layers);
         let pieces_buf = storage_init(gpu, "projection pieces", &gpu_pieces);
@@ -332,10 +350,34 @@ impl NetworkProjection {
                 _pad: 0,
             })
             .collect();
-        let chunk_uniform = uniform_slots(gpu, "chunk params", &chunk_params, ustride);
+        let chunk_stride = uniform_stride::<ChunkParams>(gpu);
+        let chunk_uniform = uniform_slots(gpu, "chunk params", &chunk_params, chunk_stride);
         let hist_workgroups = (layout.total_blocks as u32) / SELECT_BLOCKS_PER_WORKGROUP;
-        let pass_list = passes(layout.total_blocks, num_groups, hist_workgroups);
-        let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, ustride);
+        let hist_grid = grid(hist_workgroups, limits.max_compute_workgroups_per_dimension);
+        let pass_list = passes(layout.total_blocks, num_groups, hist_workgroups, hist_grid);
+        // Indirect arguments of every histogram pass: the first pass of a selection gets
+        // the full grid when any group selects something, the others start at zero
+        // workgroups and are armed by the preceding resolve while work remains.
+        let per_selection = pass_list.len() / 2;
+        let mut initial_args = vec![[0u32, 1, 1]; pass_list.len()];
+        if groups.iter().any(|g| g.prune > 0) {
+            initial_args[0] = [hist_grid.0, hist_grid.1, 1];
+        }
+        if groups.iter().any(|g| g.unify > 0) {
+            initial_args[per_selection] = [hist_grid.0, hist_grid.1, 1];
+        }
+        let indirect = gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("radix pass dispatch arguments"),
+                contents: bytemuck::cast_slice(&initial_args),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::INDIRECT
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            });
+        let pass_stride = uniform_stride::<PassParams>(gpu);
+        let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, pass_stride);
         fn slot(buf: &wgpu::Buffer, i: usize, size: u64, stride: u64) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: buf,
@@ -369,7 +411,7 @@ impl NetworkProjection {
                 let w = storage(gpu, &format!("W chunk {i}"), bytes);
                 let u = storage(gpu, &format!("U chunk {i}"), bytes);
                 let z = storage(gpu, &format!("Z chunk {i}"), bytes);
-                let cp = slot(&chunk_uniform, i, 16, ustride);
+                let cp = slot(&chunk_uniform, i, 16, chunk_stride);
                 let stats = bind(
                     "block_stats",
                     &pipelines[0],
@@ -412,7 +454,7 @@ impl NetworkProjection {
             .collect();
         let select = (0..pass_list.len())
             .map(|i| {
-                let p = slot(&pass_uniform, i, 32, ustride);
+                let p = slot(&pass_uniform, i, 48, pass_stride);
                 (
                     bind(
                         "radix_histogram",
@@ -429,7 +471,12 @@ impl NetworkProjection {
                     bind(
                         "radix_resolve",
                         &pipelines[2],
-                        vec![p, states.as_entire_binding(), hist.as_entire_binding()],
+                        vec![
+                            p,
+                            states.as_entire_binding(),
+                            hist.as_entire_binding(),
+                            indirect.as_entire_binding(),
+                        ],
                     ),
                 )
             })
@@ -438,7 +485,7 @@ impl NetworkProjection {
             "pack_states",
             &pipelines[3],
             vec![
-                slot(&pass_uniform, 0, 32, ustride),
+                slot(&pass_uniform, 0, 48, pass_stride),
                 groups_buf.as_entire_binding(),
                 key_prune.as_entire_binding(),
                 key_unify.as_entire_binding(),
@@ -460,6 +507,8 @@ impl NetworkProjection {
             states,
             first_bad,
             initial_states,
+            indirect,
+            initial_args,
             select,
             pack,
             num_groups,
@@ -543,6 +592,8 @@ impl NetworkProjection {
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) {
         gpu.queue
             .write_buffer(&self.states, 0, bytemuck::cast_slice(&self.initial_states));
+        gpu.queue
+            .write_buffer(&self.indirect, 0, bytemuck::cast_slice(&self.initial_args));
         let none = vec![u32::MAX; self.layout.layers.len()];
         gpu.queue
             .write_buffer(&self.first_bad, 0, bytemuck::cast_slice(&none));
@@ -563,10 +614,10 @@ impl NetworkProjection {
         }
         let (hx, hy) = grid(self.hist_workgroups, max_dim);
         let resolve = self.num_groups.div_ceil(kernels::RESOLVE_WG);
-        for (hist, res) in &self.select {
+        for (i, (hist, res)) in self.select.iter().enumerate() {
             pass.set_pipeline(&self.pipelines[1]);
             pass.set_bind_group(0, hist, &[]);
-            pass.dispatch_workgroups(hx, hy, 1);
+            pass.dispatch_workgroups_indirect(&self.indirect, 12 * i as u64);
             pass.set_pipeline(&self.pipelines[2]);
             pass.set_bind_group(0, res, &[]);
             pass.dispatch_workgroups(resolve, 1, 1);
