@@ -35,10 +35,10 @@ struct ProjectionArgs {
     #[arg(long, default_value = "4x4")]
     block: BlockShape,
     /// Fraction of blocks pruned per layer.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     prune: f64,
     /// Fraction of blocks unified per layer.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     unify: f64,
     /// Timed runs per case (the median is reported).
     #[arg(long, default_value_t = 7)]
