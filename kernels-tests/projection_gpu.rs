@@ -281,7 +281,7 @@ fn run_case(gpu: &Gpu, case: &Case, limits: Option<PackLimits>) {
 fn random_networks_match_the_cpu_reference() {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng(0x5eed);
-    for case_no in 0..40 {
+    for case_no in 0..100 {
         let max_layers = if case_no % 10 == 9 { 50 } else { 8 };
         let case = random_case(&mut rng, max_layers);
         eprintln!(

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod block;
+pub mod compressed;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
