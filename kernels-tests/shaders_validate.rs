@@ -22,7 +22,8 @@ fn every_wgsl_file_belongs_to_a_kernel() {
             continue;
         }
         seen += 1;
-        let used = name == "common.wgsl" || kernels::ALL.iter().any(|k| k.file == name);
+        let used = kernels::PRELUDES.iter().any(|(f, _)| *f == name)
+            || kernels::ALL.iter().any(|k| k.file == name);
         assert!(
             used,
             "shaders/{name} is not registered in src/gpu/kernels.rs"

@@ -1,6 +1,6 @@
 // apply_projection: Z = Π(W + U) block by block and the fused dual update U ← U + W − Z,
 // for one chunk. The state map and the magnitudes come from pack_states.
-// Bindings: 0 ChunkParams (uniform), 1 layers, 2 pieces, 3 W (read), 4 U (read_write, in
+// Bindings: 0-2 from chunk_pieces.wgsl (chunk, layers, pieces), 3 W (read), 4 U (in
 // place), 5 Z, 6 the state map, 7 magnitudes (a for unified blocks, 0 otherwise).
 // Dispatch: APPLY_WG * APPLY_ITEMS block slots per workgroup (pieces rounded up to whole
 // workgroups, ChunkParams.num_threads slots in all), 2-D when needed. One invocation per
@@ -11,29 +11,11 @@ override APPLY_WG: u32;
 // Blocks per invocation, strided by the workgroup size.
 override APPLY_ITEMS: u32;
 
-@group(0) @binding(0) var<uniform> chunk: ChunkParams;
-@group(0) @binding(1) var<storage, read> layers: array<Layer>;
-@group(0) @binding(2) var<storage, read> pieces: array<Piece>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> u: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> z: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> state_map: array<u32>;
 @group(0) @binding(7) var<storage, read> magnitude: array<f32>;
-
-// The piece holding block slot t; called with a workgroup's first slot, so it is uniform.
-fn find_piece(t: u32) -> u32 {
-    var lo = chunk.piece_begin;
-    var hi = chunk.piece_end - 1u;
-    while (lo < hi) {
-        let mid = (lo + hi + 1u) / 2u;
-        if (pieces[mid].thread_begin <= t) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
-    return lo;
-}
 
 @compute @workgroup_size(APPLY_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

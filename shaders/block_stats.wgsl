@@ -1,20 +1,16 @@
 // block_stats: per-block errors of METHOD.md §2 over V = W + U, and the packed signs of V,
 // for one chunk.
-// Bindings: 0 ChunkParams (uniform), 1 layers, 2 pieces, 3 W, 4 U (read), 5 prune keys,
+// Bindings: 0-2 from chunk_pieces.wgsl (chunk, layers, pieces), 3 W, 4 U (read), 5 prune keys,
 // 6 unify keys, 7 mean |v| per block, 8 first bad (non-finite) index per layer (atomic min),
 // 9 sign words (words_per_block per block; bit i set when the block's i-th weight, in
 // row-major order inside the block, is negative).
 // Dispatch: one invocation per padded block served by the chunk (pieces rounded up to whole
-// workgroups), STATS_WG per workgroup,
-// workgroups laid out 2-D when needed.
+// workgroups), STATS_WG * STATS_ITEMS blocks per workgroup, laid out 2-D when needed.
 
 override STATS_WG: u32;
 // Blocks per invocation: fewer, longer-lived invocations amortise per-workgroup costs.
 override STATS_ITEMS: u32;
 
-@group(0) @binding(0) var<uniform> chunk: ChunkParams;
-@group(0) @binding(1) var<storage, read> layers: array<Layer>;
-@group(0) @binding(2) var<storage, read> pieces: array<Piece>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> u: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> key_prune: array<u32>;
@@ -22,22 +18,6 @@ override STATS_ITEMS: u32;
 @group(0) @binding(7) var<storage, read_write> mean_abs: array<f32>;
 @group(0) @binding(8) var<storage, read_write> first_bad: array<atomic<u32>>;
 @group(0) @binding(9) var<storage, read_write> signs: array<u32>;
-
-// The piece holding thread t. Called with a workgroup's first thread, so the search is
-// uniform: a per-invocation search here costs lavapipe more than the block's arithmetic.
-fn find_piece(t: u32) -> u32 {
-    var lo = chunk.piece_begin;
-    var hi = chunk.piece_end - 1u;
-    while (lo < hi) {
-        let mid = (lo + hi + 1u) / 2u;
-        if (pieces[mid].thread_begin <= t) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
-    return lo;
-}
 
 @compute @workgroup_size(STATS_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

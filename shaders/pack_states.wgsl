@@ -1,34 +1,18 @@
 // pack_states: the block-state map, 2 bits per block (0 dense, 1 unified, 2 pruned), 16
 // blocks per word, decided from the finished prune and unify selections.
 // Also finishes the magnitudes: a = mean |v| stays for unified blocks, 0 for the others.
-// Bindings: 0 PassParams (uniform; num_groups and num_workgroups used), 1 groups,
+// Bindings: 0-1 from select_groups.wgsl (params: num_groups, num_workgroups; groups),
 // 2 prune keys, 3 unify keys, 4 selection states, 5 the state map, 6 magnitudes.
 // Dispatch: one invocation per word, PACK_WG per workgroup (PACK_WG * 16 blocks per
 // workgroup, which must divide the layer padding so that a workgroup has one group).
 
 override PACK_WG: u32;
 
-@group(0) @binding(0) var<uniform> params: PassParams;
-@group(0) @binding(1) var<storage, read> groups: array<Group>;
 @group(0) @binding(2) var<storage, read> key_prune: array<u32>;
 @group(0) @binding(3) var<storage, read> key_unify: array<u32>;
 @group(0) @binding(4) var<storage, read> states: array<SelState>;
 @group(0) @binding(5) var<storage, read_write> state_map: array<u32>;
 @group(0) @binding(6) var<storage, read_write> magnitude: array<f32>;
-
-fn find_group(b: u32) -> u32 {
-    var lo = 0u;
-    var hi = params.num_groups - 1u;
-    while (lo < hi) {
-        let mid = (lo + hi + 1u) / 2u;
-        if (groups[mid].block_begin <= b) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
-    return lo;
-}
 
 @compute @workgroup_size(PACK_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

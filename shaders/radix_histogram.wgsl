@@ -2,7 +2,7 @@
 // Counts, per group, the digit `params.shift` of every candidate whose decided bits match
 // the group's prefix. Candidates: all blocks (prune selection) or the blocks not pruned
 // (unify selection).
-// Bindings: 0 PassParams (uniform), 1 groups, 2 prune keys, 3 unify keys, 4 selection states
+// Bindings: 0-1 from select_groups.wgsl (params, groups), 2 prune keys, 3 unify keys, 4 states
 // (prune states then unify states), 5 histograms (RADIX bins per group, atomic).
 // Dispatch: one workgroup per SELECT_WG * SELECT_ITEMS padded blocks; a workgroup never
 // straddles two groups because every layer's numbering starts at a multiple of that.
@@ -10,28 +10,12 @@
 override SELECT_WG: u32;
 override SELECT_ITEMS: u32;
 
-@group(0) @binding(0) var<uniform> params: PassParams;
-@group(0) @binding(1) var<storage, read> groups: array<Group>;
 @group(0) @binding(2) var<storage, read> key_prune: array<u32>;
 @group(0) @binding(3) var<storage, read> key_unify: array<u32>;
 @group(0) @binding(4) var<storage, read> states: array<SelState>;
 @group(0) @binding(5) var<storage, read_write> hist: array<atomic<u32>>;
 
 
-
-fn find_group(b: u32) -> u32 {
-    var lo = 0u;
-    var hi = params.num_groups - 1u;
-    while (lo < hi) {
-        let mid = (lo + hi + 1u) / 2u;
-        if (groups[mid].block_begin <= b) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
-    return lo;
-}
 
 @compute @workgroup_size(SELECT_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

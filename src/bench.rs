@@ -114,12 +114,13 @@ impl ProjectionWorkload {
         Ok(Self { net, w, u })
     }
 
-    /// Restores the original U (each run updates it in place) so runs see the same input.
-    pub fn reset(&self, gpu: &Gpu) -> Result<()> {
-        for (l, u) in self.u.iter().enumerate() {
-            self.net.write(gpu, Tensor::U, l, u)?;
-        }
-        Ok(())
+    /// The projection's input `V = W + U` per layer (the same f32 additions the GPU does).
+    pub fn input(&self) -> Vec<Vec<f32>> {
+        self.w
+            .iter()
+            .zip(&self.u)
+            .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
+            .collect()
     }
 }
 
@@ -146,12 +147,7 @@ pub fn projection_case(
         .map(|(l, s)| storage_bits(&l.grid(), s))
         .sum();
     let cpu_ms = if with_cpu {
-        let v: Vec<Vec<f32>> = work
-            .w
-            .iter()
-            .zip(&work.u)
-            .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
-            .collect();
+        let v = work.input();
         let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
         let start = Instant::now();
         cpu::project(&work.net.layout.layers, &refs, &work.net.mode)?;

@@ -112,19 +112,25 @@ impl GemmView {
     }
 }
 
+/// For a position-major conv weight, pairs (PyTorch index, GEMM index) of every weight.
+fn position_major_pairs(shape: &[usize]) -> Option<impl Iterator<Item = (usize, usize)>> {
+    let &[cout, cin, kh, kw] = shape else {
+        return None;
+    };
+    let khw = kh * kw;
+    Some((0..cout).flat_map(move |o| {
+        (0..cin).flat_map(move |c| {
+            (0..khw).map(move |p| ((o * cin + c) * khw + p, (o * khw + p) * cin + c))
+        })
+    }))
+}
+
 /// Permutes a conv weight from PyTorch order into the GEMM view of `layout` (a copy for 2-D).
 pub fn to_gemm(data: &[f32], shape: &[usize], layout: ConvLayout) -> Vec<f32> {
-    match (shape, layout) {
-        ([cout, cin, kh, kw], ConvLayout::PositionMajor) => {
-            let (cout, cin, khw) = (*cout, *cin, kh * kw);
+    match (layout, position_major_pairs(shape)) {
+        (ConvLayout::PositionMajor, Some(pairs)) => {
             let mut out = vec![0.0; data.len()];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for p in 0..khw {
-                        out[(o * khw + p) * cin + c] = data[(o * cin + c) * khw + p];
-                    }
-                }
-            }
+            pairs.for_each(|(torch, gemm)| out[gemm] = data[torch]);
             out
         }
         _ => data.to_vec(),
@@ -133,17 +139,10 @@ pub fn to_gemm(data: &[f32], shape: &[usize], layout: ConvLayout) -> Vec<f32> {
 
 /// The inverse of [`to_gemm`]: back to PyTorch order.
 pub fn from_gemm(data: &[f32], shape: &[usize], layout: ConvLayout) -> Vec<f32> {
-    match (shape, layout) {
-        ([cout, cin, kh, kw], ConvLayout::PositionMajor) => {
-            let (cout, cin, khw) = (*cout, *cin, kh * kw);
+    match (layout, position_major_pairs(shape)) {
+        (ConvLayout::PositionMajor, Some(pairs)) => {
             let mut out = vec![0.0; data.len()];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for p in 0..khw {
-                        out[(o * cin + c) * khw + p] = data[(o * khw + p) * cin + c];
-                    }
-                }
-            }
+            pairs.for_each(|(torch, gemm)| out[torch] = data[gemm]);
             out
         }
         _ => data.to_vec(),

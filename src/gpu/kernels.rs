@@ -24,6 +24,17 @@ pub const COPY_WG: u32 = 256;
 
 /// Declarations shared by the projection kernels, prepended to their sources.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+/// Bindings 0-2 (chunk, layers, pieces) and the piece lookup of the per-chunk kernels.
+pub const CHUNK_PIECES: &str = include_str!("../../shaders/chunk_pieces.wgsl");
+/// Bindings 0-1 (pass params, groups) and the group lookup of the selection kernels.
+pub const SELECT_GROUPS: &str = include_str!("../../shaders/select_groups.wgsl");
+
+/// Shared WGSL files that kernels may prepend, by file name (for the validation test).
+pub const PRELUDES: &[(&str, &str)] = &[
+    ("common.wgsl", COMMON),
+    ("chunk_pieces.wgsl", CHUNK_PIECES),
+    ("select_groups.wgsl", SELECT_GROUPS),
+];
 
 /// One compute kernel: a WGSL file with a `main` entry point.
 #[derive(Clone, Copy, Debug)]
@@ -31,8 +42,8 @@ pub struct Kernel {
     /// File name under `shaders/`.
     pub file: &'static str,
     source: &'static str,
-    /// Whether `common.wgsl` is prepended.
-    pub uses_common: bool,
+    /// Shared files prepended, in order (see [`PRELUDES`]).
+    pub preludes: &'static [&'static str],
     /// Values of the shader's `override` constants.
     pub constants: &'static [(&'static str, f64)],
 }
@@ -40,11 +51,10 @@ pub struct Kernel {
 impl Kernel {
     /// The complete WGSL text handed to the compiler.
     pub fn source(&self) -> String {
-        if self.uses_common {
-            format!("{COMMON}\n{}", self.source)
-        } else {
-            self.source.to_string()
-        }
+        let mut text = self.preludes.join("\n");
+        text.push('\n');
+        text.push_str(self.source);
+        text
     }
 
     /// A label for wgpu objects built from this kernel.
@@ -54,19 +64,26 @@ impl Kernel {
 }
 
 macro_rules! kernel {
-    ($file:literal, $common:expr, $consts:expr) => {
+    ($file:literal, [$($prelude:expr),*], $consts:expr) => {
         Kernel {
             file: $file,
             source: include_str!(concat!("../../shaders/", $file)),
-            uses_common: $common,
+            preludes: &[$($prelude),*],
             constants: $consts,
         }
+    };
+    // `true`: only common.wgsl; `false`: a self-contained kernel.
+    ($file:literal, true, $consts:expr) => {
+        kernel!($file, [COMMON], $consts)
+    };
+    ($file:literal, false, $consts:expr) => {
+        kernel!($file, [], $consts)
     };
 }
 
 pub const BLOCK_STATS: Kernel = kernel!(
     "block_stats.wgsl",
-    true,
+    [COMMON, CHUNK_PIECES],
     &[
         ("STATS_WG", BLOCK_WG as f64),
         ("STATS_ITEMS", BLOCK_ITEMS as f64)
@@ -74,7 +91,7 @@ pub const BLOCK_STATS: Kernel = kernel!(
 );
 pub const RADIX_HISTOGRAM: Kernel = kernel!(
     "radix_histogram.wgsl",
-    true,
+    [COMMON, SELECT_GROUPS],
     &[
         ("SELECT_WG", SELECT_WG as f64),
         ("SELECT_ITEMS", SELECT_ITEMS as f64)
@@ -85,10 +102,14 @@ pub const RADIX_RESOLVE: Kernel = kernel!(
     true,
     &[("RESOLVE_WG", RESOLVE_WG as f64)]
 );
-pub const PACK_STATES: Kernel = kernel!("pack_states.wgsl", true, &[("PACK_WG", PACK_WG as f64)]);
+pub const PACK_STATES: Kernel = kernel!(
+    "pack_states.wgsl",
+    [COMMON, SELECT_GROUPS],
+    &[("PACK_WG", PACK_WG as f64)]
+);
 pub const APPLY_PROJECTION: Kernel = kernel!(
     "apply_projection.wgsl",
-    true,
+    [COMMON, CHUNK_PIECES],
     &[
         ("APPLY_WG", BLOCK_WG as f64),
         ("APPLY_ITEMS", BLOCK_ITEMS as f64)

@@ -61,12 +61,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
     let states = work.net.states(gpu)?;
 
-    let v: Vec<Vec<f32>> = work
-        .w
-        .iter()
-        .zip(&work.u)
-        .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
-        .collect();
+    let v = work.input();
     let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
     let start = Instant::now();
     let reference = cpu::project(&work.net.layout.layers, &refs, &work.net.mode)?;
