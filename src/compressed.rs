@@ -2,8 +2,9 @@
 //! (BSR-like), the block-state map, dense block values, unified magnitudes and sign bits.
 //! This is what the micro-structured GEMM consumes and what the file format stores.
 
-use crate::block::{BlockGrid, BlockShape, BlockState, GemmView, storage_bits};
+use crate::block::{BlockGrid, BlockShape, BlockState, GemmView, LayerSpec, storage_bits};
 use crate::error::{Error, Result};
+use crate::gpu::projection::ProjectedLayer;
 
 /// Marks an entry of [`CompressedMatrix::entries`] as unified (else dense).
 pub const UNIFIED_FLAG: u32 = 1 << 31;
@@ -138,6 +139,82 @@ impl CompressedMatrix {
         Ok(m)
     }
 
+    /// Builds the compressed form straight from the GPU projection's outputs: the state map,
+    /// the unified magnitudes and sign words, and the dense tiles taken from `z`. The GPU
+    /// numbers sign bits within a block's actual (possibly ragged) extent, bit `r·w + c`;
+    /// here they move to the full-tile position `r·bc + c` the format and GEMM use.
+    pub fn from_projection(spec: &LayerSpec, p: &ProjectedLayer) -> Result<Self> {
+        let grid = spec.grid();
+        let (view, block) = (spec.view, spec.block);
+        let n = grid.num_blocks();
+        let wpb = block.len().div_ceil(32);
+        let bad = |why: String| Error::Shape {
+            layer: spec.name.clone(),
+            why,
+        };
+        for (what, got, want) in [
+            ("z values", p.z.len(), view.len()),
+            ("states", p.states.len(), n),
+            ("magnitudes", p.magnitudes.len(), n),
+            ("sign words", p.signs.len(), n * wpb),
+        ] {
+            if got != want {
+                return Err(bad(format!(
+                    "projection gave {got} {what}, expected {want}"
+                )));
+            }
+        }
+        let mut m = Self {
+            view,
+            block,
+            states: p.states.clone(),
+            row_ptr: Vec::with_capacity(grid.block_rows() + 1),
+            entries: Vec::new(),
+            values: Vec::new(),
+            magnitudes: Vec::new(),
+            signs: Vec::new(),
+        };
+        m.row_ptr.push(0);
+        for row in 0..grid.block_rows() {
+            for col in 0..grid.block_cols() {
+                let b = row * grid.block_cols() + col;
+                let ext = grid.extent(b);
+                match p.states[b] {
+                    BlockState::Pruned => {}
+                    BlockState::Dense => {
+                        m.entries.push([col as u32, m.values.len() as u32]);
+                        for r in 0..block.rows {
+                            for c in 0..block.cols {
+                                let inside = r < ext.rows && c < ext.cols;
+                                let i = (ext.row0 + r) * view.cols + ext.col0 + c;
+                                m.values.push(if inside { p.z[i] } else { 0.0 });
+                            }
+                        }
+                    }
+                    BlockState::Unified => {
+                        let u = m.magnitudes.len();
+                        m.entries.push([col as u32, UNIFIED_FLAG | u as u32]);
+                        m.magnitudes.push(p.magnitudes[b]);
+                        let src = &p.signs[b * wpb..(b + 1) * wpb];
+                        let mut words = vec![0u32; wpb];
+                        for r in 0..ext.rows {
+                            for c in 0..ext.cols {
+                                let from = r * ext.cols + c;
+                                if src[from / 32] >> (from % 32) & 1 == 1 {
+                                    let to = r * block.cols + c;
+                                    words[to / 32] |= 1 << (to % 32);
+                                }
+                            }
+                        }
+                        m.signs.extend(words);
+                    }
+                }
+            }
+            m.row_ptr.push(m.entries.len() as u32);
+        }
+        Ok(m)
+    }
+
     /// The dense matrix back (row-major). Exact: `from_dense(to_dense())` round-trips.
     pub fn to_dense(&self) -> Vec<f32> {
         let grid = self.grid();
@@ -217,6 +294,46 @@ mod tests {
         assert_eq!(m.magnitudes, vec![0.5, 2.0]);
         assert_eq!(m.to_dense(), d);
         assert_eq!(m.counts(), [1, 2, 1]);
+    }
+
+    /// A `ProjectedLayer` as the GPU reports it, made by the CPU reference: signs of `v`
+    /// numbered within each block's actual extent, magnitudes 0 outside unified blocks.
+    fn cpu_projected(spec: &LayerSpec, v: &[f32], prune: f64, unify: f64) -> ProjectedLayer {
+        use crate::cpu::projection as cpu;
+        let mode = cpu::per_layer(std::slice::from_ref(spec), prune, unify).unwrap();
+        let p = cpu::project(std::slice::from_ref(spec), &[v], &mode)
+            .unwrap()
+            .remove(0);
+        ProjectedLayer {
+            signs: cpu::sign_words(&spec.grid(), v),
+            u: vec![0.0; v.len()],
+            z: p.z,
+            states: p.states,
+            magnitudes: p.magnitudes,
+        }
+    }
+
+    #[test]
+    fn from_projection_matches_from_dense_on_ragged_blocks() {
+        for (rows, cols, block) in [
+            (5, 6, "4x4"),
+            (7, 13, "3x5"),
+            (9, 17, "8x8"),
+            (3, 10, "1x8"),
+        ] {
+            let spec = LayerSpec::new("l", &[rows, cols], block.parse().unwrap()).unwrap();
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1)
+                .collect();
+            for (prune, unify) in [(0.0, 0.0), (0.3, 0.4), (0.0, 1.0), (1.0, 0.0)] {
+                let p = cpu_projected(&spec, &v, prune, unify);
+                let a = CompressedMatrix::from_projection(&spec, &p).unwrap();
+                let b =
+                    CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
+                assert_eq!(a, b, "{rows}x{cols} {block} ({prune}, {unify})");
+                assert_eq!(a.to_dense(), p.z);
+            }
+        }
     }
 
     #[test]

@@ -53,6 +53,16 @@ pub enum Error {
     /// A WGSL shader failed to parse or validate.
     #[error("shader {file}: {message}")]
     Shader { file: String, message: String },
+    /// A compressed file (or the tensors to write into one) is malformed or inconsistent.
+    #[error("tensor {tensor:?}: {problem}")]
+    Format { tensor: String, problem: String },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Shorthand used across the library.

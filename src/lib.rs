@@ -6,6 +6,7 @@ pub mod block;
 pub mod compressed;
 pub mod cpu;
 pub mod error;
+pub mod format;
 pub mod gpu;
 pub mod layout;
 pub mod nets;

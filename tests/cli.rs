@@ -51,3 +51,317 @@ fn unknown_adapter_or_network_is_named() {
     );
     fails_with(&["--backend", "vulkan", "demo", "--net", "vgg99"], "vgg99");
 }
+
+/// Guard of the tests that run the binary's GPU path: the library's own adapter choice, with
+/// the loud-skip / `MICROUNIFY_REQUIRE_GPU=1` semantics of the shader tests.
+#[path = "../kernels-tests/common/mod.rs"]
+mod common;
+
+mod compress {
+    use super::{common, run};
+    use microunify::block::{ConvLayout, LayerSpec, to_gemm};
+    use microunify::compressed::CompressedMatrix;
+    use microunify::cpu::projection as cpu;
+    use microunify::format::{CompressedFile, CompressedLayer};
+    use safetensors::Dtype;
+    use safetensors::tensor::TensorView;
+    use std::path::{Path, PathBuf};
+
+    fn scratch(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("microunify-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn f32_bytes(n: usize, seed: u64) -> Vec<u8> {
+        common::weights(&mut common::rng(seed), n)
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect()
+    }
+
+    /// A small checkpoint: a linear and an F16 conv weight to compress, and tensors that
+    /// must pass through (a bias, a BF16 embedding excluded by the tests, a 3-D tensor, I64).
+    fn checkpoint(path: &Path) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+        let f16: Vec<u8> = common::weights(&mut common::rng(3), 8 * 27)
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let t = vec![
+            (
+                "fc1.weight".to_string(),
+                Dtype::F32,
+                vec![20, 30],
+                f32_bytes(600, 1),
+            ),
+            ("fc1.bias".into(), Dtype::F32, vec![20], f32_bytes(20, 2)),
+            ("conv.weight".into(), Dtype::F16, vec![8, 3, 3, 3], f16),
+            (
+                "emb.weight".into(),
+                Dtype::BF16,
+                vec![10, 12],
+                (0..240).map(|i| i as u8).collect(),
+            ),
+            ("ln".into(), Dtype::F32, vec![2, 3, 4], f32_bytes(24, 4)),
+            (
+                "steps".into(),
+                Dtype::I64,
+                vec![1],
+                vec![7, 0, 0, 0, 0, 0, 0, 0],
+            ),
+        ];
+        let views: Vec<(String, TensorView<'_>)> = t
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+        t
+    }
+
+    fn fails_1(args: &[&str], needle: &str) {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in: {stderr}"
+        );
+    }
+
+    #[test]
+    fn bad_project_input_is_refused_before_any_gpu() {
+        let d = scratch("refuse");
+        let input = d.join("in.safetensors");
+        checkpoint(&input);
+        let (i, o) = (input.to_str().unwrap(), d.join("out.safetensors"));
+        let o = o.to_str().unwrap();
+        let base = |extra: &[&'static str]| {
+            let mut a = vec![
+                "project", "--input", i, "--output", o, "--prune", "0.5", "--unify", "0.3",
+            ];
+            a.extend_from_slice(extra);
+            a
+        };
+        let missing = d.join("absent.safetensors");
+        let mut a = base(&[]);
+        a[2] = missing.to_str().unwrap();
+        fails_1(&a, "absent.safetensors");
+        let garbage = d.join("garbage.safetensors");
+        std::fs::write(&garbage, b"\xff\xff\xff\xff not a file").unwrap();
+        a[2] = garbage.to_str().unwrap();
+        fails_1(&a, "is not a valid safetensors file");
+        fails_1(
+            &base(&["--include", "fc("]),
+            "--include \"fc(\" is not a valid regex",
+        );
+        fails_1(
+            &base(&["--exclude", "["]),
+            "--exclude \"[\" is not a valid regex",
+        );
+        fails_1(&base(&["--block", "64x64"]), "larger than allowed");
+        fails_1(&base(&["--include", "^nothing$"]), "no tensor selected");
+        let mut a = base(&[]);
+        a[6] = "1.5";
+        fails_1(&a, "prune must lie in [0, 1]");
+        a[6] = "0.8";
+        fails_1(&a, "must not exceed 1");
+        fails_1(
+            &base(&["--adapter", "no-such-gpu-anywhere"]),
+            "no-such-gpu-anywhere",
+        );
+        assert!(!Path::new(o).exists(), "an output was written");
+        fails_1(&["inspect", i], "not a microunify compressed file");
+        fails_1(
+            &["inspect", garbage.to_str().unwrap()],
+            "is not a valid compressed file",
+        );
+        fails_1(
+            &["inspect", missing.to_str().unwrap()],
+            "absent.safetensors",
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Checks `inspect`'s table against the library's own numbers for the same file.
+    fn check_inspect(path: &Path, f: &CompressedFile) {
+        let out = run(&["inspect", path.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (mut bits, mut weights) = (0u64, 0u64);
+        for l in &f.layers {
+            let m = &l.matrix;
+            let line = stdout
+                .lines()
+                .find(|s| s.split_whitespace().next() == Some(l.name.as_str()))
+                .unwrap_or_else(|| panic!("no line for {} in:\n{stdout}", l.name));
+            let tok: Vec<&str> = line.split_whitespace().collect();
+            let c = m.counts();
+            let want = [
+                c[0].to_string(),
+                c[1].to_string(),
+                c[2].to_string(),
+                m.bits().to_string(),
+                format!("{:.2}x", m.compression_ratio()),
+            ];
+            assert_eq!(tok[5..10], want, "{line}");
+            assert_eq!(tok[3], m.block.to_string(), "{line}");
+            bits += m.bits();
+            weights += m.view.len() as u64;
+        }
+        let total = stdout
+            .lines()
+            .find(|s| s.starts_with("total"))
+            .expect("a total line");
+        assert!(total.contains(&format!("bits {bits} ")), "{total}");
+        assert!(total.contains(&format!("{weights} weights")), "{total}");
+    }
+
+    #[test]
+    fn inspect_reports_what_the_library_reads() {
+        let d = scratch("inspect");
+        let mut f = CompressedFile::default();
+        for (name, shape, block, layout) in [
+            ("fc", vec![13, 22], "4x4", ConvLayout::ChannelMajor),
+            ("conv", vec![6, 3, 3, 3], "2x8", ConvLayout::PositionMajor),
+        ] {
+            let spec = LayerSpec::new(name, &shape, block.parse().unwrap()).unwrap();
+            let w = common::weights(&mut common::rng(9), spec.view.len());
+            let g = to_gemm(&w, &shape, layout);
+            let mode = cpu::per_layer(std::slice::from_ref(&spec), 0.4, 0.3).unwrap();
+            let p = cpu::project(std::slice::from_ref(&spec), &[&g], &mode)
+                .unwrap()
+                .remove(0);
+            let m = CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
+            f.layers
+                .push(CompressedLayer::new(name, &shape, layout, m).unwrap());
+        }
+        let path = d.join("c.safetensors");
+        f.write(&path).unwrap();
+        check_inspect(&path, &f);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn project_then_inspect() {
+        if common::gpu().is_none() {
+            return;
+        }
+        let d = scratch("project");
+        let (input, output) = (d.join("in.safetensors"), d.join("out.safetensors"));
+        let tensors = checkpoint(&input);
+        let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+        let out = run(&[
+            "project",
+            "--input",
+            i,
+            "--output",
+            o,
+            "--block",
+            "4x4",
+            "--prune",
+            "0.5",
+            "--unify",
+            "0.3",
+            "--exclude",
+            "^emb",
+            "--layout",
+            "position-major",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = CompressedFile::read(&output).unwrap();
+        let names: Vec<&str> = f.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["fc1.weight", "conv.weight"]);
+        // fc1: 5 x 8 = 40 blocks -> 20 pruned, 12 unified; conv: 2 x 7 = 14 -> 7, 5.
+        assert_eq!(f.layers[0].matrix.counts(), [8, 12, 20]);
+        assert_eq!(f.layers[1].matrix.counts(), [2, 5, 7]);
+        assert_eq!(f.layers[1].layout, ConvLayout::PositionMajor);
+        for (name, dtype, shape, bytes) in &tensors {
+            if let Some(t) = f.passthrough.get(name) {
+                assert_eq!(
+                    (t.dtype, &t.shape, &t.data),
+                    (*dtype, shape, bytes),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(f.passthrough.len(), 4);
+        assert_eq!(
+            f.layers[0].layout,
+            ConvLayout::ChannelMajor,
+            "2-D: no layout"
+        );
+        check_inspect(&output, &f);
+
+        // With nothing pruned or unified the dense tensors are the input itself, in PyTorch
+        // order although the conv was projected in its position-major view.
+        let out = run(&[
+            "project",
+            "--input",
+            i,
+            "--output",
+            o,
+            "--prune",
+            "0",
+            "--unify",
+            "0",
+            "--layout",
+            "position-major",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = CompressedFile::read(&output).unwrap();
+        assert_eq!(f.layers.len(), 3, "fc1, conv and emb");
+        // A NaN in a weight is named by layer and index, and nothing is written.
+        let poisoned = d.join("nan.safetensors");
+        let mut nan = tensors[0].3.clone();
+        nan[4 * 37..4 * 38].copy_from_slice(&f32::NAN.to_le_bytes());
+        let view = TensorView::new(Dtype::F32, vec![20, 30], &nan).unwrap();
+        std::fs::write(
+            &poisoned,
+            safetensors::serialize([("fc1.weight", view)], None).unwrap(),
+        )
+        .unwrap();
+        let none = d.join("none.safetensors");
+        let (p, n) = (poisoned.to_str().unwrap(), none.to_str().unwrap());
+        let a = [
+            "project", "--input", p, "--output", n, "--prune", "0.5", "--unify", "0",
+        ];
+        fails_1(
+            &a,
+            "layer \"fc1.weight\": non-finite value NaN at flat index 37",
+        );
+        assert!(!none.exists());
+        for l in &f.layers {
+            let (_, dtype, _, bytes) = tensors.iter().find(|t| t.0 == l.name).unwrap();
+            let input: Vec<f32> = match dtype {
+                Dtype::F32 => bytes
+                    .chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Dtype::F16 => bytes
+                    .chunks(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                _ => bytes
+                    .chunks(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            };
+            assert_eq!(l.dense(), input, "{}", l.name);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -3,6 +3,8 @@
 mod adapters;
 mod bench;
 mod demo;
+mod inspect;
+mod project;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Command {
     Bench(bench::Args),
     /// Project a real network's weight shapes on the GPU and check it against the CPU.
     Demo(demo::Args),
+    /// Compress a .safetensors checkpoint: project its weight tensors on the GPU.
+    Project(project::Args),
+    /// Validate a compressed file and print its per-layer storage.
+    Inspect(inspect::Args),
 }
 
 impl Cli {
@@ -55,6 +61,9 @@ fn main() {
         Command::Adapters(a) => adapters::run(&cli.gpu_options(), a),
         Command::Bench(a) => cli.open_gpu().and_then(|g| bench::run(&g, a)),
         Command::Demo(a) => cli.open_gpu().and_then(|g| demo::run(&g, a)),
+        // Both check their input before (or without) touching a GPU.
+        Command::Project(a) => project::run(&cli.gpu_options(), a),
+        Command::Inspect(a) => inspect::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

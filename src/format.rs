@@ -1,0 +1,333 @@
+//! The compressed file: a `.safetensors` file that PyTorch, candle or tch load unchanged
+//! (each compressed layer's dense reconstruction sits under its own name and shape), with
+//! the compact micro-structured form beside it under `{name}.mu.*` and the block model in
+//! `__metadata__`. Other tensors pass through byte for byte.
+//!
+//! Per compressed layer `L` (`nb` blocks, `d` dense, `u` unified, `nnz = d + u`):
+//!
+//! | tensor | dtype | shape | content |
+//! | --- | --- | --- | --- |
+//! | `L` | F32 | the layer's own (PyTorch order) | dense reconstruction |
+//! | `L.mu.states` | U8 | `[ceil(nb/4)]` | 2-bit state map, block `b` at bits `2·(b%4)` of byte `b/4`, padding zero |
+//! | `L.mu.row_ptr` | U32 | `[block_rows + 1]` | offsets into `entries` per block row |
+//! | `L.mu.entries` | U32 | `[nnz, 2]` | (block column, payload) as in [`CompressedMatrix`] |
+//! | `L.mu.values` | F32 | `[d, br, bc]` | dense tiles, zero outside ragged edges |
+//! | `L.mu.magnitudes` | F32 | `[u]` | shared magnitude of each unified block |
+//! | `L.mu.signs` | U32 | `[u, ceil(br·bc/32)]` | sign bits, bit `r·bc + c` |
+//!
+//! `__metadata__` holds `microunify.version` (`"1"`) and `microunify.layers`, a JSON array
+//! of [`LayerMeta`]; any other metadata of the input is kept.
+
+mod read;
+
+use crate::block::{BlockShape, BlockState, ConvLayout, GemmView, from_gemm};
+use crate::compressed::CompressedMatrix;
+use crate::error::{Error, Result};
+use safetensors::{Dtype, View};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+/// The format version this build writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// `__metadata__` key of the format version.
+pub const VERSION_KEY: &str = "microunify.version";
+/// `__metadata__` key of the per-layer JSON array.
+pub const LAYERS_KEY: &str = "microunify.layers";
+/// Suffixes of the compact tensors, after `{name}.mu.`.
+pub const COMPACT: [&str; 6] = [
+    "states",
+    "row_ptr",
+    "entries",
+    "values",
+    "magnitudes",
+    "signs",
+];
+
+/// What `microunify.layers` records about one compressed layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerMeta {
+    pub name: String,
+    /// The tensor's own shape (PyTorch order).
+    pub shape: Vec<usize>,
+    /// `[br, bc]`.
+    pub block: [usize; 2],
+    pub layout: ConvLayout,
+    /// GEMM view `[rows, cols]`.
+    pub view: [usize; 2],
+    /// Block counts `[dense, unified, pruned]`.
+    pub counts: [usize; 3],
+}
+
+/// One compressed weight tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompressedLayer {
+    pub name: String,
+    /// The tensor's own shape (PyTorch order).
+    pub shape: Vec<usize>,
+    /// How a conv weight was flattened into the GEMM view (no effect on 2-D tensors).
+    pub layout: ConvLayout,
+    pub matrix: CompressedMatrix,
+}
+
+impl CompressedLayer {
+    /// A layer whose shape must have the matrix's GEMM view.
+    pub fn new(
+        name: impl Into<String>,
+        shape: &[usize],
+        layout: ConvLayout,
+        matrix: CompressedMatrix,
+    ) -> Result<Self> {
+        let name = name.into();
+        let view = GemmView::of_shape(&name, shape)?;
+        if view != matrix.view {
+            return Err(Error::Shape {
+                layer: name,
+                why: format!(
+                    "shape {shape:?} has GEMM view {}x{}, the matrix is {}x{}",
+                    view.rows, view.cols, matrix.view.rows, matrix.view.cols
+                ),
+            });
+        }
+        Ok(Self {
+            name,
+            shape: shape.to_vec(),
+            layout,
+            matrix,
+        })
+    }
+
+    /// The dense reconstruction in the tensor's own (PyTorch) order.
+    pub fn dense(&self) -> Vec<f32> {
+        from_gemm(&self.matrix.to_dense(), &self.shape, self.layout)
+    }
+
+    /// The metadata entry of this layer.
+    pub fn meta(&self) -> LayerMeta {
+        let m = &self.matrix;
+        LayerMeta {
+            name: self.name.clone(),
+            shape: self.shape.clone(),
+            block: [m.block.rows, m.block.cols],
+            layout: self.layout,
+            view: [m.view.rows, m.view.cols],
+            counts: m.counts(),
+        }
+    }
+}
+
+/// A tensor stored as it came: dtype, shape and little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// The whole file: compressed layers (in metadata order), pass-through tensors by name,
+/// and any extra `__metadata__` entries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompressedFile {
+    pub layers: Vec<CompressedLayer>,
+    pub passthrough: BTreeMap<String, RawTensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A tensor on its way into `safetensors::serialize`.
+struct Out<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Cow<'a, [u8]>,
+}
+
+impl View for Out<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn le_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn le_u32(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Packs block states 4 to a byte, block `b` at bits `2·(b%4)` of byte `b/4`.
+pub fn pack_states(states: &[BlockState]) -> Vec<u8> {
+    let mut out = vec![0u8; states.len().div_ceil(4)];
+    for (b, s) in states.iter().enumerate() {
+        out[b / 4] |= (*s as u8) << (2 * (b % 4));
+    }
+    out
+}
+
+fn format_err(tensor: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Format {
+        tensor: tensor.into(),
+        problem: problem.into(),
+    }
+}
+
+impl CompressedFile {
+    /// Serialises to safetensors bytes. Names must not collide (a pass-through tensor named
+    /// like a layer or one of its compact tensors is an error).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out: Vec<(String, Out<'_>)> = Vec::new();
+        let mut metas = Vec::new();
+        for l in &self.layers {
+            let m = &l.matrix;
+            let [d, u, _] = m.counts();
+            let wpb = m.words_per_block();
+            let mu = |s: &str| format!("{}.mu.{s}", l.name);
+            let t = |dtype, shape: Vec<usize>, data: Vec<u8>| Out {
+                dtype,
+                shape,
+                data: Cow::Owned(data),
+            };
+            let (br, bc) = (m.block.rows, m.block.cols);
+            out.push((
+                l.name.clone(),
+                t(Dtype::F32, l.shape.clone(), le_f32(&l.dense())),
+            ));
+            let states = pack_states(&m.states);
+            out.push((mu("states"), t(Dtype::U8, vec![states.len()], states)));
+            out.push((
+                mu("row_ptr"),
+                t(Dtype::U32, vec![m.row_ptr.len()], le_u32(&m.row_ptr)),
+            ));
+            let entries: Vec<u32> = m.entries.iter().flatten().copied().collect();
+            out.push((
+                mu("entries"),
+                t(Dtype::U32, vec![m.entries.len(), 2], le_u32(&entries)),
+            ));
+            out.push((
+                mu("values"),
+                t(Dtype::F32, vec![d, br, bc], le_f32(&m.values)),
+            ));
+            out.push((
+                mu("magnitudes"),
+                t(Dtype::F32, vec![u], le_f32(&m.magnitudes)),
+            ));
+            out.push((mu("signs"), t(Dtype::U32, vec![u, wpb], le_u32(&m.signs))));
+            metas.push(l.meta());
+        }
+        for (name, r) in &self.passthrough {
+            out.push((
+                name.clone(),
+                Out {
+                    dtype: r.dtype,
+                    shape: r.shape.clone(),
+                    data: Cow::Borrowed(&r.data),
+                },
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+            return Err(format_err(
+                dup.as_str(),
+                "two tensors of the file would share this name",
+            ));
+        }
+        let mut meta: HashMap<String, String> = HashMap::new();
+        for (k, v) in &self.metadata {
+            if k.starts_with("microunify.") {
+                return Err(format_err("__metadata__", format!("key {k:?} is reserved")));
+            }
+            meta.insert(k.clone(), v.clone());
+        }
+        meta.insert(VERSION_KEY.into(), FORMAT_VERSION.to_string());
+        let layers = serde_json::to_string(&metas)
+            .map_err(|e| format_err("__metadata__", format!("encoding layers: {e}")))?;
+        meta.insert(LAYERS_KEY.into(), layers);
+        safetensors::serialize(out, Some(meta))
+            .map_err(|e| format_err("<file>", format!("serialising: {e}")))
+    }
+
+    /// Parses and validates safetensors bytes; every inconsistency is an [`Error::Format`]
+    /// naming the tensor and the problem.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        read::parse(bytes)
+    }
+
+    /// Reads and validates a file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Writes atomically (see [`write_atomic`]), after reading the bytes back through the
+    /// full validation: a layer we would refuse to read (say a NaN magnitude) is an error
+    /// here rather than a file that fails later, on someone else's machine.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        Self::from_bytes(&bytes)?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Looks a compressed layer up by name.
+    pub fn layer(&self, name: &str) -> Option<&CompressedLayer> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+}
+
+/// Writes `bytes` to a temporary file in the target's folder, syncs it and renames it over
+/// `path`, so that a reader never sees a half-written file and an error leaves the old file
+/// (or none) in place; the temporary file is removed on error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |source| Error::Io { path: p, source }
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let attempt = || -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        // The rename is durable once the folder is synced; some platforms cannot open a
+        // folder for that, and the data itself is already safe, so this is best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    let result = attempt();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl LayerMeta {
+    /// The metadata's block shape, checked like any user-given one.
+    pub fn block_shape(&self) -> Result<BlockShape> {
+        BlockShape::new(self.block[0], self.block[1])
+            .map_err(|e| format_err(self.name.as_str(), format!("metadata: {e}")))
+    }
+}
