@@ -5,6 +5,7 @@ pub mod bench;
 pub mod block;
 pub mod compressed;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod format;
 pub mod gpu;

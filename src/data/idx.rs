@@ -1,0 +1,231 @@
+//! IDX files (the MNIST / Fashion-MNIST format), plain or gzipped, with every header field
+//! checked: a wrong magic, a truncated body, mismatched counts or a label out of range is
+//! an error naming the file.
+
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Images (`count × rows × cols` bytes, row-major) with their labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSet {
+    pub rows: usize,
+    pub cols: usize,
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+fn bad(path: &Path, problem: impl Into<String>) -> Error {
+    Error::Format {
+        tensor: path.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Reads a whole file, gunzipping it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| bad(path, format!("corrupt gzip stream: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses an IDX file of unsigned bytes with `dims` dimensions; returns (shape, body).
+pub fn parse_idx_u8(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    if bytes.len() < 4 {
+        return Err(bad(
+            path,
+            format!("truncated header: {} bytes", bytes.len()),
+        ));
+    }
+    // Magic: two zero bytes, type 0x08 (unsigned byte), number of dimensions.
+    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != dims {
+        return Err(bad(
+            path,
+            format!(
+                "wrong magic {:02x}{:02x}{:02x}{:02x}: expected 000008{dims:02x} (unsigned bytes, {dims} dimensions)",
+                bytes[0], bytes[1], bytes[2], bytes[3]
+            ),
+        ));
+    }
+    let header = 4 + 4 * dims;
+    if bytes.len() < header {
+        return Err(bad(
+            path,
+            format!("truncated header: {} bytes, need {header}", bytes.len()),
+        ));
+    }
+    let shape: Vec<usize> = (0..dims)
+        .map(|d| {
+            let at = 4 + 4 * d;
+            u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+        })
+        .collect();
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let body = &bytes[header..];
+    match expected {
+        Some(n) if n == body.len() => Ok((shape, body.to_vec())),
+        Some(n) if n > body.len() => Err(bad(
+            path,
+            format!(
+                "truncated: shape {shape:?} needs {n} bytes, file has {}",
+                body.len()
+            ),
+        )),
+        Some(n) => Err(bad(
+            path,
+            format!(
+                "{} bytes past the end of shape {shape:?} ({n} bytes)",
+                body.len() - n
+            ),
+        )),
+        None => Err(bad(path, format!("shape {shape:?} overflows"))),
+    }
+}
+
+/// Loads an image file (3 dimensions) and a label file (1 dimension) as one set.
+pub fn load_pair(images: &Path, labels: &Path, classes: u8) -> Result<ImageSet> {
+    let (ishape, ibody) = parse_idx_u8(images, &read_maybe_gz(images)?, 3)?;
+    let (lshape, lbody) = parse_idx_u8(labels, &read_maybe_gz(labels)?, 1)?;
+    if ishape[0] != lshape[0] {
+        return Err(bad(
+            labels,
+            format!(
+                "{} labels for {} images in {}",
+                lshape[0],
+                ishape[0],
+                images.display()
+            ),
+        ));
+    }
+    if let Some(i) = lbody.iter().position(|&l| l >= classes) {
+        return Err(bad(
+            labels,
+            format!("label {} at index {i} is not below {classes}", lbody[i]),
+        ));
+    }
+    Ok(ImageSet {
+        rows: ishape[1],
+        cols: ishape[2],
+        images: ibody,
+        labels: lbody,
+    })
+}
+
+/// The first existing file among `name` and `name.gz` in `dir`.
+fn find(dir: &Path, name: &str) -> Result<PathBuf> {
+    for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(bad(dir, format!("missing {name} (or {name}.gz)")))
+}
+
+/// Train and test sets of an MNIST-format folder (MNIST or Fashion-MNIST file names).
+pub fn load_mnist_dir(dir: &Path) -> Result<(ImageSet, ImageSet)> {
+    let train = load_pair(
+        &find(dir, "train-images-idx3-ubyte")?,
+        &find(dir, "train-labels-idx1-ubyte")?,
+        10,
+    )?;
+    let test = load_pair(
+        &find(dir, "t10k-images-idx3-ubyte")?,
+        &find(dir, "t10k-labels-idx1-ubyte")?,
+        10,
+    )?;
+    Ok((train, test))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend(d.to_be_bytes());
+        }
+        v.extend(body);
+        v
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let p = Path::new("x");
+        let (shape, body) = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 8]), 3).unwrap();
+        assert_eq!((shape, body.len()), (vec![2, 2, 2], 8));
+        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 7]), 3).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 9]), 3).unwrap_err();
+        assert!(e.to_string().contains("past the end"), "{e}");
+        let mut wrong = idx(&[3], &[0; 3]);
+        wrong[2] = 0x0d;
+        let e = parse_idx_u8(p, &wrong, 1).unwrap_err();
+        assert!(e.to_string().contains("wrong magic"), "{e}");
+        let e = parse_idx_u8(p, &[0, 0, 8], 1).unwrap_err();
+        assert!(e.to_string().contains("truncated header"), "{e}");
+        let e = parse_idx_u8(p, &idx(&[2], &[0; 2]), 3).unwrap_err();
+        assert!(e.to_string().contains("wrong magic"), "{e}");
+    }
+
+    #[test]
+    fn shipped_mnist_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist");
+        let (train, test) = load_mnist_dir(&dir).unwrap();
+        assert_eq!((train.len(), test.len()), (60_000, 10_000));
+        assert_eq!((train.rows, train.cols), (28, 28));
+        // The first training label of the original release is a 5, the first test one a 7.
+        assert_eq!((train.labels[0], test.labels[0]), (5, 7));
+    }
+
+    #[test]
+    fn missing_and_corrupt_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("microunify-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = load_mnist_dir(&dir).unwrap_err();
+        assert!(e.to_string().contains("train-images-idx3-ubyte"), "{e}");
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte.gz"),
+            [0x1f, 0x8b, 1, 2, 3],
+        )
+        .unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(&[1], &[3])).unwrap();
+        let e = load_mnist_dir(&dir).unwrap_err();
+        assert!(e.to_string().contains("corrupt gzip"), "{e}");
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte.gz"),
+            idx(&[1, 1, 1], &[0]),
+        )
+        .unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(&[1], &[12])).unwrap();
+        let e = load_mnist_dir(&dir).unwrap_err();
+        assert!(e.to_string().contains("label 12"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
