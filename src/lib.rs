@@ -11,6 +11,8 @@ pub mod format;
 pub mod gpu;
 pub mod layout;
 pub mod nets;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use block::{
     BlockGrid, BlockShape, BlockState, ConvLayout, GemmView, LayerSpec, Ratios, SelectionMode,

@@ -1,0 +1,3 @@
+//! Training with libtorch (the `train` feature): the models of the ADMM experiments.
+
+pub mod models;
