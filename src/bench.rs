@@ -1,11 +1,14 @@
 //! Measurements shared by `microunify bench` and the criterion benches: medians of
 //! wall-clock runs that wait for the GPU, and throughput against a copy on the same adapter.
 
-use crate::block::{BlockShape, Ratios, SelectionMode, storage_bits};
+use crate::block::{BlockShape, LayerSpec, Ratios, SelectionMode, storage_bits};
+use crate::compressed::CompressedMatrix;
+use crate::cpu::gemm::Epilogue;
 use crate::cpu::projection as cpu;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::copy::VecCopy;
+use crate::gpu::gemm::{Gemm, Path};
 use crate::gpu::projection::{NetworkProjection, Tensor};
 use crate::nets::NetShapes;
 use rand::rngs::SmallRng;
@@ -166,5 +169,100 @@ pub fn projection_case(
         cpu_ms,
         chunks: work.net.layout.chunks.len(),
         compression_ratio: 32.0 * work.net.layout.num_weights() as f64 / bits as f64,
+    })
+}
+
+/// A random `m×k` matrix projected with `(prune, unify)` (CPU reference projection) and
+/// put in compressed form: the weights the GEMM benchmarks and tests run on.
+pub fn random_compressed(
+    seed: u64,
+    m: usize,
+    k: usize,
+    block: BlockShape,
+    prune: f64,
+    unify: f64,
+) -> Result<CompressedMatrix> {
+    let spec = LayerSpec::new("gemm", &[m, k], block)?;
+    let ratios = Ratios::new(prune, unify, "gemm")?;
+    let w = random_weights(seed, m * k);
+    let p = cpu::project(
+        std::slice::from_ref(&spec),
+        &[&w],
+        &SelectionMode::PerLayer(vec![ratios]),
+    )?
+    .swap_remove(0);
+    CompressedMatrix::from_dense(spec.view, block, &p.z, &p.states)
+}
+
+/// One case of `microunify bench gemm`: the dense and the micro-structured kernel on the
+/// same projected weights, same X, same adapter. On `n ≤ 8` both use their small-batch path.
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmCase {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub block: [usize; 2],
+    pub prune: f64,
+    pub unify: f64,
+    /// Median milliseconds per product of the dense kernel.
+    pub dense_ms: f64,
+    /// Median milliseconds per product of the micro-structured kernel.
+    pub micro_ms: f64,
+    /// `dense_ms / micro_ms`.
+    pub speedup: f64,
+    /// `2·m·k·n / dense_ms`, in GFLOP/s.
+    pub gflops_dense: f64,
+    /// Bytes the micro kernel must move (compressed weights, X, Y) per second, in GB/s.
+    pub gbps_micro: f64,
+    /// Storage compression ratio of the weights (METHOD.md §1).
+    pub compression_ratio: f64,
+    /// Products recorded per submission (time per product = submission time / reps), so
+    /// the ~0.1 ms round trip of a submission does not swamp sub-millisecond kernels.
+    pub reps: usize,
+}
+
+/// Median ms per product of `g`, `reps` products per submission.
+pub fn gemm_ms(gpu: &Gpu, g: &Gemm, runs: usize, reps: usize) -> Result<f64> {
+    Ok(median_ms(1, runs, || g.run_times(gpu, reps))? / reps as f64)
+}
+
+/// Products per submission so that one submission takes about `target_ms`.
+pub fn gemm_reps(gpu: &Gpu, g: &Gemm, target_ms: f64) -> Result<usize> {
+    let one = median_ms(1, 1, || g.run(gpu))?;
+    Ok(((target_ms / one).ceil() as usize).clamp(1, 64))
+}
+
+/// Measures the dense and micro kernels on `cm` (the dense one on `cm.to_dense()`).
+pub fn gemm_case(
+    gpu: &Gpu,
+    cm: &CompressedMatrix,
+    n: usize,
+    ratios: (f64, f64),
+    runs: usize,
+) -> Result<GemmCase> {
+    let (m, k) = (cm.view.rows, cm.view.cols);
+    let epi = Epilogue::default();
+    let dense = Gemm::dense(gpu, m, k, &cm.to_dense(), n, &epi, Path::Auto)?;
+    let micro = Gemm::micro(gpu, cm, n, &epi, Path::Auto)?;
+    let x = random_weights(99, k * n);
+    dense.write_x(gpu, &x)?;
+    micro.write_x(gpu, &x)?;
+    let reps = gemm_reps(gpu, &dense, 20.0)?;
+    let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
+    let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    Ok(GemmCase {
+        m,
+        k,
+        n,
+        block: [cm.block.rows, cm.block.cols],
+        prune: ratios.0,
+        unify: ratios.1,
+        dense_ms,
+        micro_ms,
+        speedup: dense_ms / micro_ms,
+        gflops_dense: dense.flops() as f64 / (dense_ms * 1e6),
+        gbps_micro: micro.bytes_moved() as f64 / (micro_ms * 1e6),
+        compression_ratio: cm.compression_ratio(),
+        reps,
     })
 }

@@ -106,7 +106,8 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
-    pipelines: Mutex<HashMap<&'static str, wgpu::ComputePipeline>>,
+    /// Keyed by file name plus the override constants (one pipeline per specialisation).
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
 }
 
 impl Gpu {
@@ -169,8 +170,21 @@ impl Gpu {
 
     /// The compute pipeline of a kernel, compiled on first use and cached.
     pub fn pipeline(&self, kernel: &Kernel) -> Result<wgpu::ComputePipeline> {
+        self.pipeline_with(kernel, kernel.constants)
+    }
+
+    /// The pipeline of a kernel specialised with other override constants (e.g. the GEMM
+    /// per block shape); each distinct set is compiled once and cached.
+    pub fn pipeline_with(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = constants
+            .iter()
+            .fold(kernel.file.to_string(), |k, (n, v)| format!("{k};{n}={v}"));
         let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(kernel.file) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let source = kernel.source();
@@ -188,13 +202,13 @@ impl Gpu {
                     module: &module,
                     entry_point: Some("main"),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: kernel.constants,
+                        constants,
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
                 })
         })?;
-        cache.insert(kernel.file, pipeline.clone());
+        cache.insert(key, pipeline.clone());
         Ok(pipeline)
     }
 

@@ -22,6 +22,19 @@ pub const RESOLVE_WG: u32 = 64;
 /// Threads per workgroup of the vec4 copy.
 pub const COPY_WG: u32 = 256;
 
+/// Invocations per workgroup of the tiled GEMMs (each owns 8 columns of Y).
+pub const GEMM_WG: u32 = 16;
+/// Rows per workgroup of the dense tiled GEMM (the accumulator holds at most 8).
+pub const GEMM_TM: u32 = 8;
+/// Invocations per workgroup of the dense small-batch GEMM (one row of W each).
+pub const SMALL_WG: u32 = 64;
+/// Invocations per workgroup of the micro small-batch GEMM (a few rows of one block row each).
+pub const MICRO_WG: u32 = 32;
+/// Invocations per workgroup of the signed-sum table pass (one group of 4 inputs each).
+pub const TABLE_WG: u32 = 64;
+/// Largest N the small-batch kernels take.
+pub const SMALL_MAX_N: usize = 8;
+
 /// Declarations shared by the projection kernels, prepended to their sources.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Bindings 0-2 (chunk, layers, pieces) and the piece lookup of the per-chunk kernels.
@@ -117,6 +130,48 @@ pub const APPLY_PROJECTION: Kernel = kernel!(
 );
 pub const COPY_VEC4: Kernel = kernel!("copy_vec4.wgsl", false, &[("COPY_WG", COPY_WG as f64)]);
 
+/// The GEMM kernels. The block shape and the row tiling are set per pipeline through
+/// [`crate::gpu::Gpu::pipeline_with`]; the constants here are the defaults naga validates.
+pub const GEMM_DENSE: Kernel = kernel!(
+    "gemm_dense.wgsl",
+    false,
+    &[("GEMM_WG", GEMM_WG as f64), ("GEMM_TM", GEMM_TM as f64)]
+);
+pub const GEMM_MICRO: Kernel = kernel!(
+    "gemm_micro.wgsl",
+    false,
+    &[
+        ("GEMM_WG", GEMM_WG as f64),
+        ("GEMM_TM", 4.0),
+        ("NV", 4.0),
+        ("BR", 4.0),
+        ("BC", 4.0),
+        ("WPB", 1.0)
+    ]
+);
+pub const GEMM_DENSE_SMALL: Kernel = kernel!(
+    "gemm_dense_small.wgsl",
+    false,
+    &[("SMALL_WG", SMALL_WG as f64), ("NB", 1.0)]
+);
+pub const GEMM_MICRO_SMALL: Kernel = kernel!(
+    "gemm_micro_small.wgsl",
+    false,
+    &[
+        ("MICRO_WG", MICRO_WG as f64),
+        ("RL", 4.0),
+        ("BR", 4.0),
+        ("BC", 4.0),
+        ("WPB", 1.0),
+        ("NB", 1.0)
+    ]
+);
+pub const GEMM_SIGN_TABLE: Kernel = kernel!(
+    "gemm_sign_table.wgsl",
+    false,
+    &[("TABLE_WG", TABLE_WG as f64)]
+);
+
 /// Every kernel the library dispatches.
 pub const ALL: &[Kernel] = &[
     BLOCK_STATS,
@@ -125,6 +180,11 @@ pub const ALL: &[Kernel] = &[
     PACK_STATES,
     APPLY_PROJECTION,
     COPY_VEC4,
+    GEMM_DENSE,
+    GEMM_MICRO,
+    GEMM_DENSE_SMALL,
+    GEMM_MICRO_SMALL,
+    GEMM_SIGN_TABLE,
 ];
 
 /// Parses and validates a kernel with naga (no device needed), then resolves its override

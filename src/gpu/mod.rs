@@ -3,6 +3,7 @@
 pub mod buffers;
 pub mod context;
 pub mod copy;
+pub mod gemm;
 pub mod kernels;
 pub mod projection;
 

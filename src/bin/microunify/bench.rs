@@ -1,5 +1,8 @@
 //! `microunify bench projection`: the batched projection on real networks' weight shapes,
-//! reported against a vec4 copy measured in the same run on the same adapter.
+//! reported against a vec4 copy measured in the same run on the same adapter; `bench gemm`
+//! (in `bench/gemm.rs`): the micro-structured GEMM against the dense one.
+
+mod gemm;
 
 use anyhow::{Context, Result};
 use microunify::bench::{AdapterJson, ProjectionCase, copy_gbps, projection_case};
@@ -17,6 +20,8 @@ pub struct Args {
 enum Kernel {
     /// The batched projection (stats, GPU selection, apply + dual update).
     Projection(ProjectionArgs),
+    /// The micro-structured GEMM against the dense one, same weights, same adapter.
+    Gemm(gemm::GemmArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +66,7 @@ struct Report {
 pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     match &args.kernel {
         Kernel::Projection(a) => projection(gpu, a),
+        Kernel::Gemm(a) => gemm::run(gpu, a),
     }
 }
 

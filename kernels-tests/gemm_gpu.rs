@@ -1,0 +1,235 @@
+//! The GEMM kernels (dense and micro-structured, tiled and small-batch) against the CPU
+//! reference (src/cpu/gemm.rs) on fresh random inputs: ragged and prime shapes, N = 1,
+//! every block shape, all-dense to all-pruned and all-unified, bias and ReLU, poisoned Y.
+
+mod common;
+
+use microunify::Error;
+use microunify::bench::random_compressed;
+use microunify::block::BlockShape;
+use microunify::compressed::CompressedMatrix;
+use microunify::cpu::gemm::{Epilogue, abs_sums, gemm, gemm_compressed};
+use microunify::gpu::Gpu;
+use microunify::gpu::gemm::{Gemm, Path};
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+/// Poison for Y before each run: a NaN no kernel produces, so an unwritten output fails.
+const POISON: u32 = 0x7fc0_dead;
+
+/// Error bound relative to `Σ_k |w·x| + |bias|` of each output. f32 sums of K terms in any
+/// order are off by at most K·ε₃₂·Σ|w·x| (≈ 3.7e-5 for the largest K = 313 here; the usual
+/// error is √K·ε, 100 times less). A real bug (a block skipped, counted twice, a wrong
+/// sign, a wrong column of X) changes an output by one |w·x| term or more, on average
+/// Σ|w·x| / K ≥ 3e-3·Σ|w·x| here: 30 times above the bound.
+const REL: f64 = 1e-4;
+
+const SHAPES: [(usize, usize); 6] = [(1, 8), (2, 8), (4, 4), (8, 8), (16, 16), (32, 32)];
+
+fn random_x(rng: &mut SmallRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn compare(what: &str, gpu_y: &[f32], cpu_y: &[f32], scale: &[f64], n: usize) {
+    assert_eq!(gpu_y.len(), cpu_y.len(), "{what}: output length");
+    for (i, ((&g, &c), &s)) in gpu_y.iter().zip(cpu_y).zip(scale).enumerate() {
+        let err = (g as f64 - c as f64).abs();
+        assert!(
+            err <= REL * s,
+            "{what}: Y[{}, {}] = {g}, expected {c} (|error| {err:.3e} > {:.3e})",
+            i / n,
+            i % n,
+            REL * s
+        );
+    }
+}
+
+/// Runs `gemm` twice on fresh X (Y poisoned before each) against the reference on `w`.
+fn check_run(gpu: &Gpu, what: &str, g: &Gemm, w: &[f32], epi: &Epilogue, rng: &mut SmallRng) {
+    let (m, k, n) = (g.m, g.k, g.n);
+    for _ in 0..2 {
+        let x = random_x(rng, k * n);
+        g.write_x(gpu, &x).unwrap();
+        g.fill_y(gpu, POISON);
+        g.run(gpu).unwrap();
+        let y = g.read_y(gpu).unwrap();
+        let want = gemm(m, k, n, w, &x, epi).unwrap();
+        let scale = abs_sums(m, k, n, w, &x, epi).unwrap();
+        compare(what, &y, &want, &scale, n);
+    }
+}
+
+fn random_epilogue(rng: &mut SmallRng, m: usize) -> (Option<Vec<f32>>, bool) {
+    let bias = rng.random_bool(0.5).then(|| random_x(rng, m));
+    (bias, rng.random_bool(0.5))
+}
+
+/// Micro GEMM on `cm` through every path that takes it, checked against the dense reference
+/// on `to_dense()` (and the compressed reference against it, on the CPU).
+fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut SmallRng) {
+    let (m, k) = (cm.view.rows, cm.view.cols);
+    let dense = cm.to_dense();
+    let (bias, relu) = random_epilogue(rng, m);
+    let epi = Epilogue {
+        bias: bias.as_deref(),
+        relu,
+    };
+    let x = random_x(rng, k * n);
+    let a = gemm(m, k, n, &dense, &x, &epi).unwrap();
+    let b = gemm_compressed(cm, &x, n, &epi).unwrap();
+    let scale = abs_sums(m, k, n, &dense, &x, &epi).unwrap();
+    compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
+    let mut paths = vec![Path::Tiled];
+    let bc = cm.block.cols;
+    if n <= 8 && bc % 4 == 0 && (32 % bc == 0 || bc % 32 == 0) {
+        paths.push(Path::SmallBatch);
+    }
+    for path in paths {
+        let g = Gemm::micro(gpu, cm, n, &epi, path).unwrap();
+        let what = format!("{what} {path:?} bias={} relu={relu}", bias.is_some());
+        check_run(gpu, &what, &g, &dense, &epi, rng);
+    }
+}
+
+#[test]
+fn micro_every_block_shape_ragged_shapes() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(31);
+    let dims = [1usize, 7, 13, 31, 64, 97, 131];
+    let ns = [1usize, 2, 3, 5, 8, 9, 16, 23, 40];
+    for (i, &(br, bc)) in SHAPES.iter().enumerate() {
+        let block = BlockShape::new(br, bc).unwrap();
+        for j in 0..5 {
+            let m = dims[rng.random_range(0..dims.len())];
+            let k = dims[rng.random_range(0..dims.len())];
+            let n = ns[rng.random_range(0..ns.len())];
+            let prune = [0.0, 0.3, 0.5, 0.2, 0.6][j];
+            let unify = [0.4, 0.3, 0.2, 0.7, 0.1][j];
+            let cm = random_compressed(100 + i as u64 * 10 + j as u64, m, k, block, prune, unify)
+                .unwrap();
+            let what = format!("{br}x{bc} M={m} K={k} N={n} prune={prune} unify={unify}");
+            check_micro(&gpu, &what, &cm, n, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn micro_ratio_extremes() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(32);
+    let ratios = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.9, 0.05)];
+    for &(br, bc) in &[(4usize, 4usize), (8, 8), (32, 32)] {
+        let block = BlockShape::new(br, bc).unwrap();
+        for (r, &(prune, unify)) in ratios.iter().enumerate() {
+            let (m, k) = (61, 313);
+            let n = [1, 8, 17][r % 3];
+            let cm = random_compressed(200 + r as u64, m, k, block, prune, unify).unwrap();
+            let what = format!("{br}x{bc} M={m} K={k} N={n} prune={prune} unify={unify}");
+            check_micro(&gpu, &what, &cm, n, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn one_by_one_and_odd_block_shape() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(33);
+    for (br, bc) in [(4, 4), (1, 8), (3, 5)] {
+        for unify in [0.0, 1.0] {
+            let block = BlockShape::new(br, bc).unwrap();
+            let cm = random_compressed(7, 1, 1, block, 0.0, unify).unwrap();
+            check_micro(&gpu, &format!("1x1 matrix, {br}x{bc}"), &cm, 1, &mut rng);
+            let cm = random_compressed(8, 11, 29, block, 0.2, 0.4).unwrap();
+            check_micro(&gpu, &format!("11x29, {br}x{bc}"), &cm, 3, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn dense_kernels_match_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(34);
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (7, 13, 1),
+        (64, 64, 8),
+        (97, 131, 5),
+        (33, 250, 3),
+        (131, 97, 29),
+        (64, 128, 64),
+        (5, 3, 130),
+    ] {
+        let w = random_x(&mut rng, m * k);
+        let (bias, relu) = random_epilogue(&mut rng, m);
+        let epi = Epilogue {
+            bias: bias.as_deref(),
+            relu,
+        };
+        let mut paths = vec![Path::Tiled];
+        if n <= 8 {
+            paths.push(Path::SmallBatch);
+        }
+        for path in paths {
+            let g = Gemm::dense(&gpu, m, k, &w, n, &epi, path).unwrap();
+            assert_eq!(g.small, path == Path::SmallBatch);
+            let what = format!("dense {path:?} M={m} K={k} N={n} relu={relu}");
+            check_run(&gpu, &what, &g, &w, &epi, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let Some(gpu) = common::gpu() else { return };
+    let epi = Epilogue::default();
+    let shape = |r: microunify::Result<Gemm>| match r {
+        Err(Error::Shape { .. }) => {}
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(_) => panic!("expected a shape error, got a GEMM"),
+    };
+    shape(Gemm::dense(&gpu, 2, 3, &[0.0; 5], 1, &epi, Path::Auto));
+    shape(Gemm::dense(&gpu, 2, 3, &[0.0; 6], 0, &epi, Path::Auto));
+    shape(Gemm::dense(
+        &gpu,
+        2,
+        3,
+        &[0.0; 6],
+        9,
+        &epi,
+        Path::SmallBatch,
+    ));
+    let bias = [1.0f32; 3];
+    let with_bias = Epilogue {
+        bias: Some(&bias),
+        relu: false,
+    };
+    shape(Gemm::dense(
+        &gpu,
+        2,
+        3,
+        &[0.0; 6],
+        4,
+        &with_bias,
+        Path::Auto,
+    ));
+    let cm = random_compressed(1, 10, 10, BlockShape::new(3, 5).unwrap(), 0.0, 0.5).unwrap();
+    shape(Gemm::micro(&gpu, &cm, 2, &with_bias, Path::Auto));
+    shape(Gemm::micro(&gpu, &cm, 2, &epi, Path::SmallBatch));
+    let mut broken = cm.clone();
+    broken.entries[0][0] = 99;
+    shape(Gemm::micro(&gpu, &broken, 2, &epi, Path::Auto));
+    let mut broken = cm.clone();
+    broken.row_ptr.pop();
+    shape(Gemm::micro(&gpu, &broken, 2, &epi, Path::Auto));
+    let g = Gemm::micro(&gpu, &cm, 2, &epi, Path::Auto).unwrap();
+    assert!(matches!(
+        g.write_x(&gpu, &[0.0; 19]),
+        Err(Error::Shape { .. })
+    ));
+    // X of 4 rows × 40M columns is far past any one storage binding.
+    match Gemm::dense(&gpu, 1, 1, &[1.0], 40_000_000, &epi, Path::Auto) {
+        Err(Error::TooLarge(msg)) => assert!(msg.contains("max_storage_buffer_binding_size")),
+        Err(e) => panic!("expected TooLarge, got {e}"),
+        Ok(_) => panic!("expected TooLarge, got a GEMM"),
+    }
+}

@@ -1,0 +1,79 @@
+// gemm_dense: Y = W·X + bias, optional ReLU; the dense, register-blocked baseline that every
+// micro-structured speedup is measured against (the tiled path, for any N; N > 8 in use).
+// Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns),
+//   1 X (read, K4·4 rows × N4 vec4, zero-padded), 2 bias (read, M_pad f32, zeros when none),
+//   3 Y (read_write, M_pad × N4 vec4), 4 GemmParams (uniform).
+// Dispatch: (ceil(N4 / (2·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations.
+// Each invocation owns GEMM_TM rows × 8 columns (2 vec4) of Y. The rows come from the
+// workgroup id alone, so every W load is workgroup-uniform: CPU drivers (lavapipe) turn
+// it into one scalar load and a broadcast, while the lanes of a workgroup stream
+// neighbouring vec4s of X. No shared memory: barriers cost more than they save there.
+
+override GEMM_WG: u32;
+override GEMM_TM: u32; // rows per workgroup, at most 8 (the accumulator holds 8 × 2 vec4)
+
+struct GemmParams {
+    m: u32,      // rows of Y as stored
+    k4: u32,     // vec4s per W row (= X rows / 4)
+    n4: u32,     // vec4s per X and Y row (N padded to a multiple of 8)
+    n: u32,      // real columns of Y
+    groups: u32, // row groups (workgroups along M)
+    relu: u32,   // 1: max(y, 0)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(4) var<uniform> p: GemmParams;
+
+@compute @workgroup_size(GEMM_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j0 = (wid.x * GEMM_WG + lid) * 2u;
+    if (j0 >= p.n4) {
+        return;
+    }
+    let m0 = wid.y * GEMM_TM;
+    var acc: array<vec4<f32>, 16>;
+    for (var k4 = 0u; k4 < p.k4; k4++) {
+        // Four rows of X, 8 columns each.
+        let xb = k4 * 4u * p.n4 + j0;
+        let a0 = x[xb];
+        let b0 = x[xb + 1u];
+        let a1 = x[xb + p.n4];
+        let b1 = x[xb + p.n4 + 1u];
+        let a2 = x[xb + 2u * p.n4];
+        let b2 = x[xb + 2u * p.n4 + 1u];
+        let a3 = x[xb + 3u * p.n4];
+        let b3 = x[xb + 3u * p.n4 + 1u];
+        for (var i = 0u; i < GEMM_TM; i++) {
+            let wv = w[(m0 + i) * p.k4 + k4]; // uniform across the workgroup
+            var s0 = acc[2u * i];
+            var s1 = acc[2u * i + 1u];
+            s0 = fma(vec4(wv.x), a0, s0);
+            s1 = fma(vec4(wv.x), b0, s1);
+            s0 = fma(vec4(wv.y), a1, s0);
+            s1 = fma(vec4(wv.y), b1, s1);
+            s0 = fma(vec4(wv.z), a2, s0);
+            s1 = fma(vec4(wv.z), b2, s1);
+            s0 = fma(vec4(wv.w), a3, s0);
+            s1 = fma(vec4(wv.w), b3, s1);
+            acc[2u * i] = s0;
+            acc[2u * i + 1u] = s1;
+        }
+    }
+    for (var i = 0u; i < GEMM_TM; i++) {
+        let m = m0 + i;
+        let b = vec4(bias[m]);
+        var v0 = acc[2u * i] + b;
+        var v1 = acc[2u * i + 1u] + b;
+        if (p.relu != 0u) {
+            v0 = max(v0, vec4(0.0));
+            v1 = max(v1, vec4(0.0));
+        }
+        y[m * p.n4 + j0] = v0;
+        y[m * p.n4 + j0 + 1u] = v1;
+    }
+}

@@ -1,0 +1,53 @@
+// gemm_dense_small: Y = W·X + bias, optional ReLU, for small batches (N ≤ 8): the dense
+// comparison point of the micro-structured small-batch path. At small N the time is the
+// bytes of W, so each invocation streams one row of W as vec4s and keeps N vec4 partial sums.
+// Bindings: 0 W (read, M × K4 vec4, rows zero-padded), 1 XT (read, X transposed: NB rows ×
+//   K4 vec4, zero-padded), 2 bias (read, M f32), 3 Y (read_write, f32, M rows of N4·4),
+//   4 GemmParams (uniform).
+// Dispatch: ceil(M / SMALL_WG) workgroups (2-D when needed) of SMALL_WG invocations, one row
+// each. X is transposed on upload so that its loads are workgroup-uniform vec4s.
+
+override SMALL_WG: u32;
+override NB: u32; // columns of X and Y, 1..8
+
+struct GemmParams {
+    m: u32,      // rows of Y as stored
+    k4: u32,
+    n4: u32,
+    n: u32,
+    groups: u32,
+    relu: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> xt: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: GemmParams;
+
+@compute @workgroup_size(SMALL_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let m = (wid.y * nwg.x + wid.x) * SMALL_WG + lid;
+    if (m >= p.m) {
+        return;
+    }
+    var acc: array<vec4<f32>, 8>;
+    let wb = m * p.k4;
+    for (var k4 = 0u; k4 < p.k4; k4++) {
+        let wv = w[wb + k4];
+        for (var n = 0u; n < NB; n++) {
+            acc[n] = fma(wv, xt[n * p.k4 + k4], acc[n]);
+        }
+    }
+    let b = bias[m];
+    for (var n = 0u; n < NB; n++) {
+        var v = dot(acc[n], vec4(1.0)) + b;
+        if (p.relu != 0u) {
+            v = max(v, 0.0);
+        }
+        y[m * p.n4 * 4u + n] = v;
+    }
+}

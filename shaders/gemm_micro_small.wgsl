@@ -1,0 +1,116 @@
+// gemm_micro_small: Y = W·X + bias, optional ReLU, W micro-structured, for small batches
+// (N ≤ 8), where the weights' bytes decide the time: a unified block costs its sign words
+// (1 bit per weight, streamed as u32 words) and one magnitude instead of 32 bits per weight.
+// Bindings: 0 rows (read, vec4<u32> per block row: first entry, first unified entry, end),
+//   1 entries (read, vec2<u32>: block column, dense tile offset in `values` or unified
+//   index), 2 values (read, vec4 view of the full BR×BC tiles; BC is a multiple of 4),
+//   3 unified (read, u32: magnitude bits then WPB sign words per unified block),
+//   4 XT (read, X transposed: NB rows × K4 vec4, zero past K), 5 table (read, f32: the 16
+//   signed sums of each group of 4 inputs, from gemm_sign_table), 6 bias (read, M_pad f32),
+//   7 Y (read_write, f32, M_pad rows of N4·4), 8 GemmParams (uniform).
+// Dispatch: ceil(M_pad / RL / MICRO_WG) workgroups (2-D when needed) of MICRO_WG
+// invocations; an invocation owns RL rows (dividing BR) of one block row. It walks the
+// block row's dense entries, then its unified ones (two loops, so lanes never branch on an
+// entry's kind), streaming tile rows as vec4s (dense) or 4 sign bits at a time (unified:
+// one lookup in the signed-sum table each), and keeps RL × NB partial sums; a unified
+// tile row's signed sum is multiplied by its magnitude once. Several rows per lane share
+// each entry, sign word and X load.
+
+override MICRO_WG: u32;
+override RL: u32; // rows per invocation: divides BR, RL · NB ≤ 8
+override BR: u32;
+override BC: u32;
+override WPB: u32;
+override NB: u32; // columns of X and Y, 1..8
+
+struct GemmParams {
+    m: u32,      // rows of Y as stored (M_pad)
+    k4: u32,     // vec4s per X^T row
+    n4: u32,
+    n: u32,
+    groups: u32,
+    relu: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> rows: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> entries: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> values: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> unified: array<u32>;
+@group(0) @binding(4) var<storage, read> xt: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> table: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<uniform> p: GemmParams;
+
+@compute @workgroup_size(MICRO_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let m0 = ((wid.y * nwg.x + wid.x) * MICRO_WG + lid) * RL;
+    if (m0 >= p.m) {
+        return;
+    }
+    let c4 = BC / 4u;
+    // First row inside the tile (0 when a lane owns whole tiles: folded, so the sign-word
+    // loads of the rows below become one).
+    let r0 = select(m0 % BR, 0u, RL == BR);
+    let ri = rows[m0 / BR];
+    var acc: array<vec4<f32>, 8>;
+    for (var e = ri.x; e < ri.y; e++) {
+        let ent = entries[e];
+        let xq = ent.x * c4;
+        let tq = ent.y / 4u + r0 * c4;
+        for (var c = 0u; c < c4; c++) {
+            for (var i = 0u; i < RL; i++) {
+                let wv = values[tq + i * c4 + c];
+                for (var n = 0u; n < NB; n++) {
+                    acc[i * NB + n] = fma(wv, xt[n * p.k4 + xq + c], acc[i * NB + n]);
+                }
+            }
+        }
+    }
+    for (var e = ri.y; e < ri.z; e++) {
+        let ent = entries[e];
+        let xq = ent.x * c4;
+        let rec = ent.y * (WPB + 1u);
+        // Each of the lane's tile rows lies in one sign word (BC is 4, 8, 16 or 32, or a
+        // multiple of 32): load each row's bits once per tile.
+        var rw: array<u32, 8>;
+        for (var i = 0u; i < RL; i++) {
+            let bit = (r0 + i) * BC;
+            rw[i] = unified[rec + 1u + bit / 32u] >> (bit % 32u);
+        }
+        // Signed sums per tile row: each 4 sign bits index the 16 precomputed sums of
+        // their 4 inputs (gemm_sign_table), one load instead of a decode per weight.
+        var s: array<f32, 8>;
+        for (var c = 0u; c < c4; c++) {
+            let word = 32u * (c * 4u / 32u); // first bit of column group c in its word
+            for (var i = 0u; i < RL; i++) {
+                var bits = rw[i];
+                if (BC > 32u) {
+                    bits = unified[rec + 1u + ((r0 + i) * BC + 4u * c) / 32u];
+                }
+                let nib = (bits >> (4u * c - word)) & 15u;
+                for (var n = 0u; n < NB; n++) {
+                    s[i * NB + n] += table[(n * p.k4 + xq + c) * 16u + nib];
+                }
+            }
+        }
+        let a = bitcast<f32>(unified[rec]);
+        for (var t = 0u; t < RL * NB; t++) {
+            acc[t].x = fma(a, s[t], acc[t].x);
+        }
+    }
+    for (var i = 0u; i < RL; i++) {
+        let m = m0 + i;
+        let b = bias[m];
+        for (var n = 0u; n < NB; n++) {
+            var v = dot(acc[i * NB + n], vec4(1.0)) + b;
+            if (p.relu != 0u) {
+                v = max(v, 0.0);
+            }
+            y[m * p.n4 * 4u + n] = v;
+        }
+    }
+}

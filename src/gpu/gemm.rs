@@ -1,0 +1,599 @@
+//! The GEMM host: `Y = W·X (+ bias) (ReLU)` on the GPU with W dense or micro-structured.
+//! Weights are uploaded once; X is written and Y computed as many times as wanted.
+
+use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
+use crate::cpu::gemm::{Epilogue, check_shapes};
+use crate::error::{Error, Result};
+use crate::gpu::buffers::{read_ranges, storage, storage_init};
+use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::{Gpu, grid};
+
+/// Which kernel family runs the product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Path {
+    /// The small-batch kernels for `N ≤ 8` (where they apply), else the tiled ones.
+    #[default]
+    Auto,
+    /// The register-blocked kernels, lanes along N (any N).
+    Tiled,
+    /// The bandwidth-oriented kernels, `N ≤ 8`; the micro one needs block columns of
+    /// 4, 8, 16 or a multiple of 32.
+    SmallBatch,
+}
+
+/// The uniform block every GEMM kernel reads (`GemmParams` in the shaders).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    k4: u32,
+    n4: u32,
+    n: u32,
+    groups: u32,
+    relu: u32,
+    _pad: [u32; 2],
+}
+
+/// A GEMM ready to run: weights, bias and parameters resident, X and Y allocated.
+pub struct Gemm {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Whether W is micro-structured (else dense).
+    pub micro: bool,
+    /// Whether the small-batch kernel runs (else the tiled one).
+    pub small: bool,
+    /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
+    x_rows: usize,
+    /// vec4s per row of Y (and of X on the tiled path).
+    n4: usize,
+    /// Rows of Y as stored.
+    m_pad: usize,
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    pipeline: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    dispatch: (u32, u32),
+    /// The signed-sum table pass that runs before the micro small-batch kernel.
+    table: Option<(wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))>,
+    weight_bytes: u64,
+    label: String,
+}
+
+/// The compressed matrix rearranged for the kernels: per block row its dense entries, then
+/// its unified ones (so kernels run two branch-free loops), and each unified block's
+/// magnitude stored next to its sign words.
+struct MicroBuffers {
+    rows: Vec<[u32; 4]>,
+    entries: Vec<[u32; 2]>,
+    unified: Vec<u32>,
+}
+
+fn bad(why: String) -> Error {
+    Error::Shape {
+        layer: "<gemm>".into(),
+        why,
+    }
+}
+
+/// Checks every index of `w` (so a malformed matrix can never make a kernel read out of
+/// bounds) and builds the kernels' layout.
+fn micro_buffers(w: &CompressedMatrix, vec4_tiles: bool) -> Result<MicroBuffers> {
+    let grid = w.grid();
+    let (brs, bcs) = (grid.block_rows(), grid.block_cols());
+    let tile = w.block.len();
+    let wpb = w.words_per_block();
+    if w.row_ptr.len() != brs + 1 || w.row_ptr[0] != 0 {
+        return Err(bad(format!(
+            "row_ptr has {} offsets for {brs} block rows",
+            w.row_ptr.len()
+        )));
+    }
+    if w.row_ptr[brs] as usize != w.entries.len() || w.row_ptr.windows(2).any(|p| p[0] > p[1]) {
+        return Err(bad(format!(
+            "row_ptr is not a non-decreasing index of {} entries",
+            w.entries.len()
+        )));
+    }
+    if w.signs.len() != w.magnitudes.len() * wpb {
+        return Err(bad(format!(
+            "{} sign words for {} unified blocks of {wpb} words",
+            w.signs.len(),
+            w.magnitudes.len()
+        )));
+    }
+    let mut out = MicroBuffers {
+        rows: Vec::with_capacity(brs),
+        entries: Vec::with_capacity(w.entries.len()),
+        unified: Vec::with_capacity(w.magnitudes.len() * (wpb + 1)),
+    };
+    let mut uni = Vec::new();
+    for r in 0..brs {
+        let start = out.entries.len() as u32;
+        uni.clear();
+        for (e, &[col, payload]) in w.entries[w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize]
+            .iter()
+            .enumerate()
+        {
+            if col as usize >= bcs {
+                return Err(bad(format!(
+                    "entry {e} of block row {r}: block column {col} of {bcs}"
+                )));
+            }
+            if payload & UNIFIED_FLAG == 0 {
+                let off = payload as usize;
+                if off + tile > w.values.len() || (vec4_tiles && off % 4 != 0) {
+                    return Err(bad(format!(
+                        "entry {e} of block row {r}: tile offset {off} with {} values",
+                        w.values.len()
+                    )));
+                }
+                out.entries.push([col, payload]);
+            } else {
+                let u = payload & !UNIFIED_FLAG;
+                if u as usize >= w.magnitudes.len() {
+                    return Err(bad(format!(
+                        "entry {e} of block row {r}: unified block {u} of {}",
+                        w.magnitudes.len()
+                    )));
+                }
+                uni.push([col, u]);
+            }
+        }
+        let split = out.entries.len() as u32;
+        out.entries.extend_from_slice(&uni);
+        out.rows.push([start, split, out.entries.len() as u32, 0]);
+    }
+    // A spare entry: gemm_micro loads the next entry one iteration ahead.
+    out.entries.push([0, 0]);
+    for (u, a) in w.magnitudes.iter().enumerate() {
+        out.unified.push(a.to_bits());
+        out.unified
+            .extend_from_slice(&w.signs[u * wpb..(u + 1) * wpb]);
+    }
+    Ok(out)
+}
+
+/// The largest divisor of `br` that is at most `cap` (rows a workgroup owns in a block row).
+fn rows_per_group(br: usize, cap: usize) -> usize {
+    (1..=cap.min(br)).rev().find(|d| br % d == 0).unwrap_or(1)
+}
+
+/// Refuses a buffer larger than one storage binding, naming the adapter's limit.
+fn fits(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
+    let l = gpu.limits();
+    let cap = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
+    if bytes > cap {
+        return Err(Error::TooLarge(format!(
+            "GEMM {what} needs {bytes} bytes in one binding; this adapter's \
+             max_storage_buffer_binding_size is {} and max_buffer_size {}",
+            l.max_storage_buffer_binding_size, l.max_buffer_size
+        )));
+    }
+    Ok(())
+}
+
+fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
+    // gemm_micro_small reads tile rows as vec4s and each row's sign bits from one word.
+    let vec4_ok = micro_bc.is_none_or(|bc| bc % 4 == 0 && (32 % bc == 0 || bc % 32 == 0));
+    match path {
+        Path::Auto => Ok(n <= kernels::SMALL_MAX_N && vec4_ok),
+        Path::Tiled => Ok(false),
+        Path::SmallBatch if n > kernels::SMALL_MAX_N => Err(bad(format!(
+            "the small-batch path takes N ≤ {}, got {n}",
+            kernels::SMALL_MAX_N
+        ))),
+        Path::SmallBatch if !vec4_ok => Err(bad(
+            "the micro small-batch path needs block columns of 4, 8, 16 or a multiple of 32".into(),
+        )),
+        Path::SmallBatch => Ok(true),
+    }
+}
+
+/// Everything a constructor hands to [`Gemm::build`].
+struct Plan<'a> {
+    micro: bool,
+    small: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    x_rows: usize,
+    m_pad: usize,
+    /// Rows per workgroup (tiled path) or per invocation (micro small-batch path).
+    tm: usize,
+    /// vec4 columns of Y per invocation on the tiled path.
+    nv: usize,
+    kernel: Kernel,
+    constants: Vec<(&'static str, f64)>,
+    /// Weight-side buffers, in binding order before X.
+    weights: Vec<(&'static str, &'a [u8])>,
+    epi: &'a Epilogue<'a>,
+}
+
+impl Gemm {
+    /// `Y = W·X` with a dense W (`m×k` row-major) and X of `n` columns.
+    pub fn dense(
+        gpu: &Gpu,
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+    ) -> Result<Self> {
+        check_shapes(m, k, n, Some(w.len()), None, epi)?;
+        let small = choose_small(path, n, None)?;
+        let k4 = k.div_ceil(4);
+        let (tm, m_pad) = if small {
+            (1, m)
+        } else {
+            let tm = kernels::GEMM_TM as usize;
+            (tm, m.next_multiple_of(tm))
+        };
+        fits(gpu, "W", (m_pad * k4 * 16) as u64)?;
+        let mut wp = vec![0.0f32; m_pad * k4 * 4];
+        for r in 0..m {
+            wp[r * k4 * 4..r * k4 * 4 + k].copy_from_slice(&w[r * k..(r + 1) * k]);
+        }
+        let (kernel, constants) = if small {
+            let k = kernels::GEMM_DENSE_SMALL;
+            (
+                k,
+                vec![("SMALL_WG", kernels::SMALL_WG as f64), ("NB", n as f64)],
+            )
+        } else {
+            let k = kernels::GEMM_DENSE;
+            (
+                k,
+                vec![("GEMM_WG", kernels::GEMM_WG as f64), ("GEMM_TM", tm as f64)],
+            )
+        };
+        Self::build(
+            gpu,
+            Plan {
+                micro: false,
+                small,
+                m,
+                k,
+                n,
+                x_rows: k4 * 4,
+                m_pad,
+                tm,
+                nv: 2,
+                kernel,
+                constants,
+                weights: vec![("gemm W", bytemuck::cast_slice(&wp))],
+                epi,
+            },
+        )
+    }
+
+    /// `Y = W·X` with a micro-structured W and X of `n` columns.
+    pub fn micro(
+        gpu: &Gpu,
+        w: &CompressedMatrix,
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+    ) -> Result<Self> {
+        let (m, k) = (w.view.rows, w.view.cols);
+        check_shapes(m, k, n, None, None, epi)?;
+        let (br, bc) = (w.block.rows, w.block.cols);
+        let small = choose_small(path, n, Some(bc))?;
+        let mb = micro_buffers(w, small)?;
+        let grid = w.grid();
+        // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
+        // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
+        let tm = if small {
+            rows_per_group(br, (8 / n).min(4))
+        } else {
+            rows_per_group(br, kernels::GEMM_TM as usize)
+        };
+        let mut values = w.values.clone();
+        values.resize(values.len().next_multiple_of(4), 0.0);
+        // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
+        let nv = if tm <= 4 { 4 } else { 2 };
+        let wpb = w.words_per_block() as f64;
+        let (kernel, constants) = if small {
+            let k = kernels::GEMM_MICRO_SMALL;
+            let c = vec![
+                ("MICRO_WG", kernels::MICRO_WG as f64),
+                ("RL", tm as f64),
+                ("BR", br as f64),
+                ("BC", bc as f64),
+                ("WPB", wpb),
+                ("NB", n as f64),
+            ];
+            (k, c)
+        } else {
+            let k = kernels::GEMM_MICRO;
+            let c = vec![
+                ("GEMM_WG", kernels::GEMM_WG as f64),
+                ("GEMM_TM", tm as f64),
+                ("NV", nv as f64),
+                ("BR", br as f64),
+                ("BC", bc as f64),
+                ("WPB", wpb),
+            ];
+            (k, c)
+        };
+        let weights: Vec<(&str, &[u8])> = vec![
+            ("gemm rows", bytemuck::cast_slice(&mb.rows)),
+            ("gemm entries", bytemuck::cast_slice(&mb.entries)),
+            ("gemm values", bytemuck::cast_slice(&values)),
+            ("gemm unified", bytemuck::cast_slice(&mb.unified)),
+        ];
+        for (what, bytes) in &weights {
+            fits(gpu, what, bytes.len() as u64)?;
+        }
+        Self::build(
+            gpu,
+            Plan {
+                micro: true,
+                small,
+                m,
+                k,
+                n,
+                x_rows: grid.block_cols() * bc,
+                m_pad: grid.block_rows() * br,
+                tm,
+                nv,
+                kernel,
+                constants,
+                weights,
+                epi,
+            },
+        )
+    }
+
+    fn build(gpu: &Gpu, p: Plan) -> Result<Self> {
+        let n4 = if p.small {
+            p.n.div_ceil(4)
+        } else {
+            p.n.div_ceil(4 * p.nv) * p.nv
+        };
+        let x_bytes = if p.small {
+            p.n * p.x_rows * 4
+        } else {
+            p.x_rows * n4 * 16
+        } as u64;
+        let y_bytes = (p.m_pad * n4 * 16) as u64;
+        fits(gpu, "X", x_bytes)?;
+        fits(gpu, "Y", y_bytes)?;
+        let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+        let groups = if p.small {
+            let wg = if p.micro {
+                kernels::MICRO_WG
+            } else {
+                kernels::SMALL_WG
+            };
+            (p.m_pad / p.tm).div_ceil(wg as usize)
+        } else {
+            p.m_pad / p.tm
+        };
+        let dispatch = if p.small {
+            grid(groups as u32, max_dim)
+        } else {
+            let x = (n4 / p.nv).div_ceil(kernels::GEMM_WG as usize) as u32;
+            if groups as u64 > max_dim as u64 || x > max_dim {
+                return Err(Error::TooLarge(format!(
+                    "GEMM of {}x{} times {}x{} needs {x}x{groups} workgroups; \
+                     max_compute_workgroups_per_dimension is {max_dim}",
+                    p.m, p.k, p.k, p.n
+                )));
+            }
+            (x, groups as u32)
+        };
+        let label = format!(
+            "{} {}x{}x{}",
+            p.kernel.label().trim_end_matches(".wgsl"),
+            p.m,
+            p.k,
+            p.n
+        );
+        let pipeline = gpu.pipeline_with(&p.kernel, &p.constants)?;
+        let with_table = p.micro && p.small;
+        let table_pipeline = if with_table {
+            Some(gpu.pipeline(&kernels::GEMM_SIGN_TABLE)?)
+        } else {
+            None
+        };
+        // 16 signed sums per group of 4 inputs per column of X.
+        let table_bytes = (p.n * p.x_rows * 16) as u64;
+        if with_table {
+            fits(gpu, "signed-sum table", table_bytes)?;
+        }
+        let mut bias = vec![0.0f32; p.m_pad];
+        if let Some(b) = p.epi.bias {
+            bias[..p.m].copy_from_slice(b);
+        }
+        let params = Params {
+            m: p.m_pad as u32,
+            k4: (p.x_rows / 4) as u32,
+            n4: n4 as u32,
+            n: p.n as u32,
+            groups: groups as u32,
+            relu: u32::from(p.epi.relu),
+            _pad: [0; 2],
+        };
+        let weight_bytes = p.weights.iter().map(|w| w.1.len() as u64).sum();
+        gpu.scoped(&format!("allocating {label}"), || {
+            let mut buffers: Vec<wgpu::Buffer> = p
+                .weights
+                .iter()
+                .map(|(l, bytes)| storage_init::<u8>(gpu, l, bytes))
+                .collect();
+            let x = storage(gpu, "gemm X", x_bytes);
+            let y = storage(gpu, "gemm Y", y_bytes);
+            buffers.push(x.clone());
+            let table = with_table.then(|| storage(gpu, "gemm signed-sum table", table_bytes));
+            if let Some(t) = &table {
+                buffers.push(t.clone());
+            }
+            buffers.push(storage_init(gpu, "gemm bias", &bias));
+            buffers.push(y.clone());
+            let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gemm params"),
+                size: std::mem::size_of::<Params>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            gpu.queue
+                .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
+            buffers.push(uniform);
+            let entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let table = table_pipeline.zip(table).map(|(tp, t)| {
+                let uniform = buffers.last().expect("params buffer");
+                let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("gemm_sign_table"),
+                    layout: &tp.get_bind_group_layout(0),
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: x.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: t.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: uniform.as_entire_binding(),
+                        },
+                    ],
+                });
+                let groups = (p.n * p.x_rows / 4).div_ceil(kernels::TABLE_WG as usize);
+                (tp, bind, grid(groups as u32, max_dim))
+            });
+            Self {
+                m: p.m,
+                k: p.k,
+                n: p.n,
+                micro: p.micro,
+                small: p.small,
+                x_rows: p.x_rows,
+                n4,
+                m_pad: p.m_pad,
+                x,
+                y,
+                pipeline,
+                bind,
+                dispatch,
+                table,
+                weight_bytes,
+                label: label.clone(),
+            }
+        })
+    }
+
+    /// Uploads X (`k×n` row-major), zero-padded (and transposed on the small-batch path).
+    pub fn write_x(&self, gpu: &Gpu, x: &[f32]) -> Result<()> {
+        let (k, n) = (self.k, self.n);
+        if x.len() != k * n {
+            return Err(bad(format!(
+                "X has {} values, expected {k}x{n} = {}",
+                x.len(),
+                k * n
+            )));
+        }
+        let data = if self.small {
+            let mut t = vec![0.0f32; n * self.x_rows];
+            for r in 0..k {
+                for c in 0..n {
+                    t[c * self.x_rows + r] = x[r * n + c];
+                }
+            }
+            t
+        } else {
+            let stride = self.n4 * 4;
+            let mut t = vec![0.0f32; self.x_rows * stride];
+            for r in 0..k {
+                t[r * stride..r * stride + n].copy_from_slice(&x[r * n..(r + 1) * n]);
+            }
+            t
+        };
+        gpu.queue
+            .write_buffer(&self.x, 0, bytemuck::cast_slice(&data));
+        Ok(())
+    }
+
+    /// Fills all of Y with one bit pattern (tests poison it before each run).
+    pub fn fill_y(&self, gpu: &Gpu, bits: u32) {
+        let words = (self.y.size() / 4) as usize;
+        gpu.queue
+            .write_buffer(&self.y, 0, bytemuck::cast_slice(&vec![bits; words]));
+    }
+
+    /// Records one product into `encoder` (the caller submits): on the micro small-batch
+    /// path, the signed-sum table of X first, then the GEMM.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(&self.label),
+            timestamp_writes: None,
+        });
+        if let Some((pipeline, bind, (x, y))) = &self.table {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(*x, *y, 1);
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind, &[]);
+        pass.dispatch_workgroups(self.dispatch.0, self.dispatch.1, 1);
+    }
+
+    /// Records `times` products, submits once and waits.
+    pub fn run_times(&self, gpu: &Gpu, times: usize) -> Result<()> {
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(&self.label),
+            });
+        for _ in 0..times {
+            self.record(&mut encoder);
+        }
+        gpu.scoped(&self.label, || gpu.queue.submit([encoder.finish()]))?;
+        gpu.wait()
+    }
+
+    /// One product: submits and waits.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        self.run_times(gpu, 1)
+    }
+
+    /// Y (`m×n` row-major) back from the GPU.
+    pub fn read_y(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let all = read_ranges::<f32>(gpu, &[(&self.y, 0, (self.m_pad * self.n4 * 16) as u64)])?
+            .swap_remove(0);
+        let stride = self.n4 * 4;
+        Ok((0..self.m)
+            .flat_map(|r| all[r * stride..r * stride + self.n].iter().copied())
+            .collect())
+    }
+
+    /// `2·m·k·n`: the dense product's floating-point operations.
+    pub fn flops(&self) -> u64 {
+        2 * (self.m * self.k * self.n) as u64
+    }
+
+    /// Bytes of the weight-side buffers (padded W, or the compressed form's four buffers).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Bytes one product must move: the weights, X and Y (unpadded).
+    pub fn bytes_moved(&self) -> u64 {
+        self.weight_bytes + 4 * (self.k * self.n + self.m * self.n) as u64
+    }
+}
