@@ -264,32 +264,40 @@ impl CompressedMatrix {
     }
 }
 
+/// A 5×6 matrix in 4×4 blocks with every state and ragged edges, for tests here and in
+/// the GEMM reference: (0,0) unified, (0,1) dense 4×2 edge, (1,0) pruned 1×4, (1,1)
+/// unified 1×2. Returns the compressed form and its dense matrix.
+#[cfg(test)]
+pub(crate) fn ragged_example() -> (CompressedMatrix, Vec<f32>) {
+    let view = GemmView { rows: 5, cols: 6 };
+    let block = BlockShape::new(4, 4).expect("4x4");
+    let mut d = vec![0.0f32; 30];
+    for r in 0..4 {
+        for c in 0..4 {
+            d[r * 6 + c] = if (r + c) % 2 == 0 { 0.5 } else { -0.5 };
+        }
+        d[r * 6 + 4] = r as f32;
+        d[r * 6 + 5] = -(r as f32) - 1.0;
+    }
+    d[4 * 6 + 4] = -2.0;
+    d[4 * 6 + 5] = 2.0;
+    let states = [
+        BlockState::Unified,
+        BlockState::Dense,
+        BlockState::Pruned,
+        BlockState::Unified,
+    ];
+    let m = CompressedMatrix::from_dense(view, block, &d, &states).expect("consistent example");
+    (m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn round_trip_with_ragged_edges() {
-        let view = GemmView { rows: 5, cols: 6 };
-        let block = BlockShape::new(4, 4).unwrap();
-        // Blocks: (0,0) unified, (0,1) dense 4x2 edge, (1,0) pruned 1x4, (1,1) unified 1x2.
-        let mut d = vec![0.0f32; 30];
-        for r in 0..4 {
-            for c in 0..4 {
-                d[r * 6 + c] = if (r + c) % 2 == 0 { 0.5 } else { -0.5 };
-            }
-            d[r * 6 + 4] = r as f32;
-            d[r * 6 + 5] = -(r as f32) - 1.0;
-        }
-        d[4 * 6 + 4] = -2.0;
-        d[4 * 6 + 5] = 2.0;
-        let states = [
-            BlockState::Unified,
-            BlockState::Dense,
-            BlockState::Pruned,
-            BlockState::Unified,
-        ];
-        let m = CompressedMatrix::from_dense(view, block, &d, &states).unwrap();
+        let (m, d) = ragged_example();
         assert_eq!(m.row_ptr, vec![0, 2, 3]);
         assert_eq!(m.magnitudes, vec![0.5, 2.0]);
         assert_eq!(m.to_dense(), d);

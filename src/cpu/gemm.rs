@@ -178,7 +178,6 @@ pub fn gemm_compressed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{BlockShape, BlockState, GemmView};
 
     #[test]
     fn small_product_by_hand() {
@@ -193,25 +192,7 @@ mod tests {
 
     #[test]
     fn compressed_equals_dense() {
-        let view = GemmView { rows: 5, cols: 6 };
-        let block = BlockShape::new(4, 4).unwrap();
-        let mut d = vec![0.0f32; 30];
-        for r in 0..4 {
-            for c in 0..4 {
-                d[r * 6 + c] = if (r + c) % 2 == 0 { 0.5 } else { -0.5 };
-            }
-            d[r * 6 + 4] = r as f32;
-            d[r * 6 + 5] = -(r as f32) - 1.0;
-        }
-        d[4 * 6 + 4] = -2.0;
-        d[4 * 6 + 5] = 2.0;
-        let states = [
-            BlockState::Unified,
-            BlockState::Dense,
-            BlockState::Pruned,
-            BlockState::Unified,
-        ];
-        let m = CompressedMatrix::from_dense(view, block, &d, &states).unwrap();
+        let (m, d) = crate::compressed::ragged_example();
         let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin()).collect();
         let e = Epilogue::default();
         let a = gemm(5, 6, 3, &d, &x, &e).unwrap();
