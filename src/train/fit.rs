@@ -15,6 +15,23 @@ pub fn train_epoch(
     seed: i64,
     extra: impl Fn() -> Option<Tensor>,
 ) -> f64 {
+    train_epoch_hooked(model, opt, set, batch, seed, extra, || {}, || {})
+}
+
+/// [`train_epoch`] with two hooks around every optimizer step: `before_step` runs after the
+/// backward pass (it may rewrite gradients, e.g. project them onto a structure) and
+/// `after_step` after the update (e.g. a projection of the weights onto a constraint).
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch_hooked(
+    model: &Model,
+    opt: &mut nn::Optimizer,
+    set: &TensorSet,
+    batch: i64,
+    seed: i64,
+    extra: impl Fn() -> Option<Tensor>,
+    mut before_step: impl FnMut(),
+    mut after_step: impl FnMut(),
+) -> f64 {
     let (mut total, mut count) = (0.0, 0i64);
     for (x, y) in set.batches(batch, seed) {
         let loss = model.forward(&x).cross_entropy_for_logits(&y);
@@ -25,7 +42,11 @@ pub fn train_epoch(
             Some(e) => loss + e,
             None => loss,
         };
-        opt.backward_step(&objective);
+        opt.zero_grad();
+        objective.backward();
+        before_step();
+        opt.step();
+        after_step();
     }
     total / count.max(1) as f64
 }

@@ -17,6 +17,37 @@ pub enum ModelKind {
     Lenet300100,
 }
 
+/// PyTorch's default initialisation of conv and linear layers: weights and biases uniform
+/// in ±1/√fan_in (`kaiming_uniform_(a=√5)`). tch's default (Kaiming with the ReLU gain,
+/// ±√(6/fan_in), conv biases 0) is √6 times wider. The PyTorch reference run of issue 4
+/// started from PyTorch's; here it raised dense LeNet-5 (6 epochs, seed 1) from 98.42% to
+/// 98.75% test accuracy.
+fn torch_default(fan_in: i64) -> (nn::Init, nn::Init) {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    let u = nn::Init::Uniform { lo: -b, up: b };
+    (u, u)
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
+    let (ws_init, bs_init) = torch_default(cin * k * k);
+    let cfg = nn::ConvConfig {
+        ws_init,
+        bs_init,
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+fn linear(p: nn::Path, cin: i64, cout: i64) -> nn::Linear {
+    let (ws_init, bs_init) = torch_default(cin);
+    let cfg = nn::LinearConfig {
+        ws_init,
+        bs_init: Some(bs_init),
+        bias: true,
+    };
+    nn::linear(p, cin, cout, cfg)
+}
+
 /// A classifier over 1×28×28 images with named, compressible weight matrices.
 pub struct Model {
     pub kind: ModelKind,
@@ -32,10 +63,10 @@ impl Model {
         let mut weights = Vec::new();
         let net = match kind {
             ModelKind::Lenet5 => {
-                let conv1 = nn::conv2d(&root / "conv1", 1, 20, 5, Default::default());
-                let conv2 = nn::conv2d(&root / "conv2", 20, 50, 5, Default::default());
-                let fc1 = nn::linear(&root / "fc1", 800, 500, Default::default());
-                let fc2 = nn::linear(&root / "fc2", 500, 10, Default::default());
+                let conv1 = conv(&root / "conv1", 1, 20, 5);
+                let conv2 = conv(&root / "conv2", 20, 50, 5);
+                let fc1 = linear(&root / "fc1", 800, 500);
+                let fc2 = linear(&root / "fc2", 500, 10);
                 for (n, w) in [
                     ("conv1", &conv1.ws),
                     ("conv2", &conv2.ws),
@@ -55,9 +86,9 @@ impl Model {
                     .add(fc2)
             }
             ModelKind::Lenet300100 => {
-                let fc1 = nn::linear(&root / "fc1", 784, 300, Default::default());
-                let fc2 = nn::linear(&root / "fc2", 300, 100, Default::default());
-                let fc3 = nn::linear(&root / "fc3", 100, 10, Default::default());
+                let fc1 = linear(&root / "fc1", 784, 300);
+                let fc2 = linear(&root / "fc2", 300, 100);
+                let fc3 = linear(&root / "fc3", 100, 10);
                 for (n, w) in [("fc1", &fc1.ws), ("fc2", &fc2.ws), ("fc3", &fc3.ws)] {
                     weights.push((n.to_string(), w.shallow_clone()));
                 }
