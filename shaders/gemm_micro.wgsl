@@ -77,6 +77,31 @@ fn signed4(a_bits: u32, rec: u32, bit: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4(a_bits) ^ (bits & vec4(0x80000000u)));
 }
 
+/// X rows `xb`, `xb + n4`, `xb + 2·n4`, `xb + 3·n4` (4 consecutive K rows), NV vec4s each:
+/// element `4·r + v`.
+fn load_x4(xb: u32) -> array<vec4<f32>, 16> {
+    var xs: array<vec4<f32>, 16>;
+    for (var r = 0u; r < 4u; r++) {
+        for (var v = 0u; v < NV; v++) { // NV is a constant at pipeline creation: unrolled
+            xs[4u * r + v] = x[xb + r * p.n4 + v];
+        }
+    }
+    return xs;
+}
+
+/// acc[NV·i + v] += Σ_r w[r] · xs[4·r + v]: one tile row's 4 weights against 4 rows of X.
+fn mac_row(acc: ptr<function, array<vec4<f32>, 16>>, i: u32, w: vec4<f32>,
+           xs: ptr<function, array<vec4<f32>, 16>>) {
+    for (var v = 0u; v < NV; v++) {
+        var s = (*acc)[NV * i + v];
+        s = fma(vec4(w.x), (*xs)[v], s);
+        s = fma(vec4(w.y), (*xs)[4u + v], s);
+        s = fma(vec4(w.z), (*xs)[8u + v], s);
+        s = fma(vec4(w.w), (*xs)[12u + v], s);
+        (*acc)[NV * i + v] = s;
+    }
+}
+
 @compute @workgroup_size(GEMM_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let j0 = (wid.x * GEMM_WG + lid) * NV;
@@ -101,65 +126,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Four tile columns at a time: the body of gemm_dense (4 rows of X, then per tile
         // row 4 uniform weights and 4·NV fmas), so an all-dense matrix runs near its speed.
         for (var c4 = 0u; c4 < c4n; c4++) {
-            let xb = (xr + 4u * c4) * p.n4 + j0;
-            let a0 = x[xb];
-            let b0 = x[xb + 1u];
-            let a1 = x[xb + p.n4];
-            let b1 = x[xb + p.n4 + 1u];
-            let a2 = x[xb + 2u * p.n4];
-            let b2 = x[xb + 2u * p.n4 + 1u];
-            let a3 = x[xb + 3u * p.n4];
-            let b3 = x[xb + 3u * p.n4 + 1u];
-            var c0 = vec4(0.0);
-            var c1 = vec4(0.0);
-            var c2 = vec4(0.0);
-            var c3 = vec4(0.0);
-            var d0 = vec4(0.0);
-            var d1 = vec4(0.0);
-            var d2 = vec4(0.0);
-            var d3 = vec4(0.0);
-            if (NV == 4u) { // folded at pipeline creation
-                c0 = x[xb + 2u];
-                d0 = x[xb + 3u];
-                c1 = x[xb + p.n4 + 2u];
-                d1 = x[xb + p.n4 + 3u];
-                c2 = x[xb + 2u * p.n4 + 2u];
-                d2 = x[xb + 2u * p.n4 + 3u];
-                c3 = x[xb + 3u * p.n4 + 2u];
-                d3 = x[xb + 3u * p.n4 + 3u];
-            }
+            var xs = load_x4((xr + 4u * c4) * p.n4 + j0);
             for (var i = 0u; i < GEMM_TM; i++) {
                 let wv = w4(tile + i * BC + 4u * c4);
-                let w0 = vec4(wv.x);
-                let w1 = vec4(wv.y);
-                let w2 = vec4(wv.z);
-                let w3 = vec4(wv.w);
-                var s0 = acc[NV * i];
-                var s1 = acc[NV * i + 1u];
-                s0 = fma(w0, a0, s0);
-                s1 = fma(w0, b0, s1);
-                s0 = fma(w1, a1, s0);
-                s1 = fma(w1, b1, s1);
-                s0 = fma(w2, a2, s0);
-                s1 = fma(w2, b2, s1);
-                s0 = fma(w3, a3, s0);
-                s1 = fma(w3, b3, s1);
-                acc[NV * i] = s0;
-                acc[NV * i + 1u] = s1;
-                if (NV == 4u) {
-                    var s2 = acc[NV * i + 2u];
-                    var s3 = acc[NV * i + 3u];
-                    s2 = fma(w0, c0, s2);
-                    s3 = fma(w0, d0, s3);
-                    s2 = fma(w1, c1, s2);
-                    s3 = fma(w1, d1, s3);
-                    s2 = fma(w2, c2, s2);
-                    s3 = fma(w2, d2, s3);
-                    s2 = fma(w3, c3, s2);
-                    s3 = fma(w3, d3, s3);
-                    acc[NV * i + 2u] = s2;
-                    acc[NV * i + 3u] = s3;
-                }
+                mac_row(&acc, i, wv, &xs);
             }
         }
         for (var c = 4u * c4n; c < BC; c++) { // BC not a multiple of 4
@@ -181,65 +151,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // exactly, in one op), then one multiply by the magnitude per row and column.
         var sg: array<vec4<f32>, 16>;
         for (var c4 = 0u; c4 < c4n; c4++) {
-            let xb = (xr + 4u * c4) * p.n4 + j0;
-            let a0 = x[xb];
-            let b0 = x[xb + 1u];
-            let a1 = x[xb + p.n4];
-            let b1 = x[xb + p.n4 + 1u];
-            let a2 = x[xb + 2u * p.n4];
-            let b2 = x[xb + 2u * p.n4 + 1u];
-            let a3 = x[xb + 3u * p.n4];
-            let b3 = x[xb + 3u * p.n4 + 1u];
-            var c0 = vec4(0.0);
-            var c1 = vec4(0.0);
-            var c2 = vec4(0.0);
-            var c3 = vec4(0.0);
-            var d0 = vec4(0.0);
-            var d1 = vec4(0.0);
-            var d2 = vec4(0.0);
-            var d3 = vec4(0.0);
-            if (NV == 4u) { // folded at pipeline creation
-                c0 = x[xb + 2u];
-                d0 = x[xb + 3u];
-                c1 = x[xb + p.n4 + 2u];
-                d1 = x[xb + p.n4 + 3u];
-                c2 = x[xb + 2u * p.n4 + 2u];
-                d2 = x[xb + 2u * p.n4 + 3u];
-                c3 = x[xb + 3u * p.n4 + 2u];
-                d3 = x[xb + 3u * p.n4 + 3u];
-            }
+            var xs = load_x4((xr + 4u * c4) * p.n4 + j0);
             for (var i = 0u; i < GEMM_TM; i++) {
                 let wv = signed4(ONE_BITS, rec, (r0 + i) * BC + 4u * c4);
-                let w0 = vec4(wv.x);
-                let w1 = vec4(wv.y);
-                let w2 = vec4(wv.z);
-                let w3 = vec4(wv.w);
-                var s0 = sg[NV * i];
-                var s1 = sg[NV * i + 1u];
-                s0 = fma(w0, a0, s0);
-                s1 = fma(w0, b0, s1);
-                s0 = fma(w1, a1, s0);
-                s1 = fma(w1, b1, s1);
-                s0 = fma(w2, a2, s0);
-                s1 = fma(w2, b2, s1);
-                s0 = fma(w3, a3, s0);
-                s1 = fma(w3, b3, s1);
-                sg[NV * i] = s0;
-                sg[NV * i + 1u] = s1;
-                if (NV == 4u) {
-                    var s2 = sg[NV * i + 2u];
-                    var s3 = sg[NV * i + 3u];
-                    s2 = fma(w0, c0, s2);
-                    s3 = fma(w0, d0, s3);
-                    s2 = fma(w1, c1, s2);
-                    s3 = fma(w1, d1, s3);
-                    s2 = fma(w2, c2, s2);
-                    s3 = fma(w2, d2, s3);
-                    s2 = fma(w3, c3, s2);
-                    s3 = fma(w3, d3, s3);
-                    sg[NV * i + 2u] = s2;
-                    sg[NV * i + 3u] = s3;
-                }
+                mac_row(&sg, i, wv, &xs);
             }
         }
         for (var c = 4u * c4n; c < BC; c++) { // BC not a multiple of 4
