@@ -12,17 +12,6 @@
 override GEMM_WG: u32;
 override GEMM_TM: u32; // rows per workgroup, at most 8 (the accumulator holds 8 × 2 vec4)
 
-struct GemmParams {
-    m: u32,      // rows of Y as stored
-    k4: u32,     // vec4s per W row (= X rows / 4)
-    n4: u32,     // vec4s per X and Y row (N padded to a multiple of 8)
-    n: u32,      // real columns of Y
-    groups: u32, // row groups (workgroups along M)
-    relu: u32,   // 1: max(y, 0)
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;

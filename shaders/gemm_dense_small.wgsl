@@ -10,17 +10,6 @@
 override SMALL_WG: u32;
 override NB: u32; // columns of X and Y, 1..8
 
-struct GemmParams {
-    m: u32,      // rows of Y as stored
-    k4: u32,
-    n4: u32,
-    n: u32,
-    groups: u32,
-    relu: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> xt: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;

@@ -23,17 +23,6 @@ override BC: u32;
 override WPB: u32;
 override NB: u32; // columns of X and Y, 1..8
 
-struct GemmParams {
-    m: u32,      // rows of Y as stored (M_pad)
-    k4: u32,     // vec4s per X^T row
-    n4: u32,
-    n: u32,
-    groups: u32,
-    relu: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> rows: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> entries: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> values: array<vec4<f32>>;

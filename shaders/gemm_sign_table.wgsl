@@ -8,17 +8,6 @@
 
 override TABLE_WG: u32;
 
-struct GemmParams {
-    m: u32,
-    k4: u32,     // vec4s per XT row
-    n4: u32,
-    n: u32,      // rows of XT (N)
-    groups: u32,
-    relu: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> xt: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> table: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> p: GemmParams;

@@ -1,24 +1,16 @@
 //! The `microunify` binary refuses bad input with a clear message and a non-zero exit,
 //! never a panic.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+const EXE: &str = env!("CARGO_BIN_EXE_microunify");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_microunify"))
-        .args(args)
-        .output()
-        .expect("running microunify")
+    common::run_bin(EXE, args)
 }
 
 fn fails_with(args: &[&str], needle: &str) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: expected {needle:?} in stderr, got: {stderr}"
-    );
+    common::fails_with(EXE, args, needle)
 }
 
 #[test]

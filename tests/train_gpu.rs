@@ -3,29 +3,19 @@
 //! accuracy far above chance, and the `train-gpu` binary's run folder and errors.
 #![cfg(feature = "train")]
 
+#[path = "../kernels-tests/common/mod.rs"]
+mod common;
+
 use microunify::block::Ratios;
 use microunify::data::load_mnist_dir;
 use microunify::format::CompressedFile;
-use microunify::gpu::{Gpu, GpuOptions};
 use microunify::train::admm::{self, AdmmConfig, Targets};
 use microunify::train::data::TensorSet;
 use microunify::train::models::ModelKind;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// The test adapter, or a loud skip (a failure with `MICROUNIFY_REQUIRE_GPU=1`).
-fn gpu() -> Option<Gpu> {
-    match Gpu::new(&GpuOptions::default()) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var("MICROUNIFY_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("MICROUNIFY_REQUIRE_GPU=1 but no adapter: {e}");
-            }
-            eprintln!("\n*** SKIPPING GPU TEST: no adapter ({e}) ***\n");
-            None
-        }
-    }
-}
+use common::gpu;
 
 fn mnist() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist")
@@ -178,22 +168,14 @@ fn cfg_counts(prune: f64, unify: f64, n: usize) -> (usize, usize) {
     Ratios { prune, unify }.counts(n)
 }
 
+const EXE: &str = env!("CARGO_BIN_EXE_train-gpu");
+
 fn train_gpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_train-gpu"))
-        .args(args)
-        .output()
-        .expect("running train-gpu")
+    common::run_bin(EXE, args)
 }
 
 fn fails_with(args: &[&str], needle: &str) {
-    let out = train_gpu(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: expected {needle:?} in stderr, got: {stderr}"
-    );
+    common::fails_with(EXE, args, needle)
 }
 
 #[test]

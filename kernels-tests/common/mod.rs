@@ -1,10 +1,12 @@
-//! Shared helpers of the shader tests: the device (or a loud skip) and seeded inputs.
+//! Shared helpers of the tests: the device (or a loud skip), seeded inputs, and running a
+//! built binary that must refuse bad input cleanly.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use microunify::gpu::{Gpu, GpuOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use std::process::{Command, Output};
 
 /// The test adapter. Without one the test prints a loud notice and returns `None`, unless
 /// `MICROUNIFY_REQUIRE_GPU=1` (set by scripts/test), where a missing adapter fails.
@@ -39,4 +41,24 @@ pub fn weights(rng: &mut SmallRng, n: usize) -> Vec<f32> {
             _ => rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-2..2)),
         })
         .collect()
+}
+
+/// Runs the binary at `exe` with `args`.
+pub fn run_bin(exe: &str, args: &[&str]) -> Output {
+    Command::new(exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {exe}: {e}"))
+}
+
+/// The binary must fail (non-zero exit), without a panic, with `needle` in its stderr.
+pub fn fails_with(exe: &str, args: &[&str], needle: &str) {
+    let out = run_bin(exe, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in stderr, got: {stderr}"
+    );
 }

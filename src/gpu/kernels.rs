@@ -42,9 +42,13 @@ pub const CHUNK_PIECES: &str = include_str!("../../shaders/chunk_pieces.wgsl");
 /// Bindings 0-1 (pass params, groups) and the group lookup of the selection kernels.
 pub const SELECT_GROUPS: &str = include_str!("../../shaders/select_groups.wgsl");
 
+/// The uniform block of the GEMM kernels.
+pub const GEMM_PARAMS: &str = include_str!("../../shaders/gemm_params.wgsl");
+
 /// Shared WGSL files that kernels may prepend, by file name (for the validation test).
 pub const PRELUDES: &[(&str, &str)] = &[
     ("common.wgsl", COMMON),
+    ("gemm_params.wgsl", GEMM_PARAMS),
     ("chunk_pieces.wgsl", CHUNK_PIECES),
     ("select_groups.wgsl", SELECT_GROUPS),
 ];
@@ -134,12 +138,12 @@ pub const COPY_VEC4: Kernel = kernel!("copy_vec4.wgsl", false, &[("COPY_WG", COP
 /// [`crate::gpu::Gpu::pipeline_with`]; the constants here are the defaults naga validates.
 pub const GEMM_DENSE: Kernel = kernel!(
     "gemm_dense.wgsl",
-    false,
+    [GEMM_PARAMS],
     &[("GEMM_WG", GEMM_WG as f64), ("GEMM_TM", GEMM_TM as f64)]
 );
 pub const GEMM_MICRO: Kernel = kernel!(
     "gemm_micro.wgsl",
-    false,
+    [GEMM_PARAMS],
     &[
         ("GEMM_WG", GEMM_WG as f64),
         ("GEMM_TM", 4.0),
@@ -151,12 +155,12 @@ pub const GEMM_MICRO: Kernel = kernel!(
 );
 pub const GEMM_DENSE_SMALL: Kernel = kernel!(
     "gemm_dense_small.wgsl",
-    false,
+    [GEMM_PARAMS],
     &[("SMALL_WG", SMALL_WG as f64), ("NB", 1.0)]
 );
 pub const GEMM_MICRO_SMALL: Kernel = kernel!(
     "gemm_micro_small.wgsl",
-    false,
+    [GEMM_PARAMS],
     &[
         ("MICRO_WG", MICRO_WG as f64),
         ("RL", 4.0),
@@ -168,7 +172,7 @@ pub const GEMM_MICRO_SMALL: Kernel = kernel!(
 );
 pub const GEMM_SIGN_TABLE: Kernel = kernel!(
     "gemm_sign_table.wgsl",
-    false,
+    [GEMM_PARAMS],
     &[("TABLE_WG", TABLE_WG as f64)]
 );
 
