@@ -192,18 +192,27 @@ impl Cli {
     }
 }
 
+/// "P pruned, U unified, D dense (x% pruned or unified)", for the console and report.md.
+fn blocks_summary(b: &admm::Blocks) -> String {
+    let total = (b.dense + b.unified + b.pruned).max(1) as f64;
+    format!(
+        "{} pruned, {} unified, {} dense ({:.1}% pruned or unified)",
+        b.pruned,
+        b.unified,
+        b.dense,
+        100.0 * (b.pruned + b.unified) as f64 / total
+    )
+}
+
 /// A human-readable summary of the run.
 fn markdown(cfg: &AdmmConfig, r: &admm::Report) -> String {
-    let b = &r.blocks;
-    let total = (b.dense + b.unified + b.pruned).max(1) as f64;
     let t = &r.timings;
     let mut s = format!(
         "# train-gpu run\n\n{:?}, block {}, {} ADMM rounds of {} epoch(s) (ρ₀ {}, γ {}, ρ_max {}), \
          {} dense and {} retraining epochs, Adam {}, batch {}, seed {}.\n\n\
          | | accuracy (%) |\n| --- | --- |\n| dense | {:.2} |\n| hard projection | {:.2} |\n\
          | final | {:.2} |\n\n\
-         Compression {:.1}× (METHOD.md §1 bits); blocks {} pruned, {} unified, {} dense \
-         ({:.1}% pruned or unified); structure violations {}.\n\n\
+         Compression {:.1}× (METHOD.md §1 bits); blocks {}; structure violations {}.\n\n\
          | layer | shape | block | dense | unified | pruned | bits | ratio |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         cfg.model,
@@ -222,10 +231,7 @@ fn markdown(cfg: &AdmmConfig, r: &admm::Report) -> String {
         r.hard_projection_accuracy,
         r.final_accuracy,
         r.compression_ratio,
-        b.pruned,
-        b.unified,
-        b.dense,
-        100.0 * (b.pruned + b.unified) as f64 / total,
+        blocks_summary(&r.blocks),
         r.structure_violations
     );
     for l in &r.layers {
@@ -322,19 +328,14 @@ fn main() -> Result<()> {
         .with_context(|| format!("writing {}", ckpt.display()))?;
     write_atomic(&cli.out.join("report.md"), markdown(&cfg, r).as_bytes())?;
 
-    let b = &r.blocks;
-    let total = (b.dense + b.unified + b.pruned).max(1) as f64;
     let t = &r.timings;
     println!(
-        "dense {:.2}% → hard projection {:.2}% → final {:.2}%; compression {:.1}x; blocks: {} pruned, {} unified, {} dense ({:.1}% pruned or unified); structure violations {}",
+        "dense {:.2}% → hard projection {:.2}% → final {:.2}%; compression {:.1}x; blocks: {}; structure violations {}",
         r.dense_accuracy,
         r.hard_projection_accuracy,
         r.final_accuracy,
         r.compression_ratio,
-        b.pruned,
-        b.unified,
-        b.dense,
-        100.0 * (b.pruned + b.unified) as f64 / total,
+        blocks_summary(&r.blocks),
         r.structure_violations
     );
     println!(
