@@ -369,3 +369,237 @@ fn wrong_lengths_are_errors() {
     let two = SelectionMode::PerLayer(vec![Ratios::default(); 2]);
     assert!(NetworkProjection::new(&gpu, layers, two).is_err());
 }
+
+/// Everything a projection produces, per layer.
+fn outputs(gpu: &Gpu, net: &NetworkProjection) -> Vec<microunify::gpu::ProjectedLayer> {
+    (0..net.layout.layers.len())
+        .map(|l| net.read_layer(gpu, l).unwrap())
+        .collect()
+}
+
+/// A network over several chunks (64 KiB bindings), vec4 and scalar layers, non-zero U,
+/// random per-layer or global ratios.
+fn split_case(rng: &mut SmallRng) -> (Case, PackLimits) {
+    let block = |r, c| BlockShape::new(r, c).unwrap();
+    let layers = vec![
+        LayerSpec::new("big", &[203, 301], block(4, 4)).unwrap(),
+        LayerSpec::new("small", &[5, 7], block(2, 8)).unwrap(),
+        LayerSpec::new("conv", &[64, 32, 3, 3], block(8, 8)).unwrap(),
+        LayerSpec::new("odd", &[37, 13], block(3, 5)).unwrap(),
+    ];
+    let mode = if rng.random_bool(0.5) {
+        SelectionMode::Global(random_ratios(rng, "network"))
+    } else {
+        SelectionMode::PerLayer(layers.iter().map(|l| random_ratios(rng, &l.name)).collect())
+    };
+    let w = layers
+        .iter()
+        .map(|l| common::weights(rng, l.view.len()))
+        .collect();
+    let u = layers
+        .iter()
+        .map(|l| common::weights(rng, l.view.len()))
+        .collect();
+    let limits = PackLimits {
+        max_binding_bytes: 64 << 10,
+        offset_alignment: 32,
+    };
+    (Case { layers, mode, w, u }, limits)
+}
+
+#[test]
+fn stepwise_run_is_bit_identical_to_one_submission() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(0x57e9);
+    for _ in 0..6 {
+        let (case, limits) = split_case(&mut rng);
+        let net =
+            NetworkProjection::with_limits(&gpu, case.layers.clone(), case.mode.clone(), limits)
+                .unwrap();
+        assert!(net.layout.chunks.len() >= 2);
+        let mut results = Vec::new();
+        for stepwise in [false, true] {
+            net.poison(&gpu, POISON);
+            for l in 0..case.layers.len() {
+                net.write(&gpu, Tensor::W, l, &case.w[l]).unwrap();
+                net.write(&gpu, Tensor::U, l, &case.u[l]).unwrap();
+            }
+            if stepwise {
+                net.run_stepwise(&gpu).unwrap();
+            } else {
+                net.run(&gpu).unwrap();
+            }
+            results.push(outputs(&gpu, &net));
+        }
+        // Bit patterns, so that NaN-free results compare exactly and any drift shows.
+        let bits = |r: &Vec<microunify::gpu::ProjectedLayer>| -> Vec<Vec<u32>> {
+            r.iter()
+                .map(|o| {
+                    o.z.iter()
+                        .chain(&o.u)
+                        .chain(&o.magnitudes)
+                        .map(|x| x.to_bits())
+                        .chain(o.signs.iter().copied())
+                        .chain(o.states.iter().map(|s| *s as u32))
+                        .collect()
+                })
+                .collect()
+        };
+        let (one, steps) = (bits(&results[0]), bits(&results[1]));
+        for (l, (a, b)) in one.iter().zip(&steps).enumerate() {
+            let first = a.iter().zip(b).position(|(x, y)| x != y);
+            assert_eq!(first, None, "{}: first difference", case.layers[l].name);
+        }
+    }
+}
+
+/// Two ADMM steps recorded into one command buffer give what two separate runs give:
+/// each recorded projection resets its selection state, dispatch arguments and markers
+/// inside the command stream (a queue write would land once, before both).
+#[test]
+fn projections_recorded_together_each_start_afresh() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(0x2bad);
+    for _ in 0..6 {
+        let (case, limits) = split_case(&mut rng);
+        let net =
+            NetworkProjection::with_limits(&gpu, case.layers.clone(), case.mode.clone(), limits)
+                .unwrap();
+        let load = |net: &NetworkProjection| {
+            for l in 0..case.layers.len() {
+                net.write(&gpu, Tensor::W, l, &case.w[l]).unwrap();
+                net.write(&gpu, Tensor::U, l, &case.u[l]).unwrap();
+            }
+        };
+        load(&net);
+        net.run(&gpu).unwrap();
+        // The second step projects W + U' with the dual U' the first one left, so its
+        // keys, and usually its selection thresholds, differ from the first step's.
+        net.run(&gpu).unwrap();
+        let separate = outputs(&gpu, &net);
+
+        load(&net);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        net.record(&mut encoder);
+        net.record(&mut encoder);
+        gpu.submit_and_wait("two recorded projections", encoder.finish())
+            .unwrap();
+        net.check_finite(&gpu).unwrap();
+        let together = outputs(&gpu, &net);
+        for (l, (a, b)) in separate.iter().zip(&together).enumerate() {
+            let name = &case.layers[l].name;
+            let moved = a
+                .states
+                .iter()
+                .zip(&b.states)
+                .filter(|(x, y)| x != y)
+                .count();
+            assert_eq!(moved, 0, "{name}: {moved} block states differ");
+            assert!(a == b, "{name}: Z, U, magnitudes or signs differ");
+        }
+    }
+}
+
+/// A kernel that runs for a while, far longer than the 5 ms bound of the test: 2^24
+/// dependent steps per invocation (about a tenth of a second on a large GPU), and many
+/// invocations, because lavapipe (Mesa's gallivm) silently ends a loop after 65535
+/// iterations (4096 invocations then take about half a second there).
+const SPIN: &str = r#"
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@group(0) @binding(1) var<storage, read> iters: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var x = gid.x ^ 0x9e3779b9u;
+    for (var i = 0u; i < iters[0]; i++) {
+        x = x * 1664525u + 1013904223u;
+        x ^= x >> 15u;
+    }
+    out[gid.x] = x;
+}
+"#;
+const SPIN_WORKGROUPS: u32 = 64;
+
+#[test]
+fn a_wait_that_runs_out_is_an_error_naming_the_step() {
+    let Some(gpu) = common::gpu() else { return };
+    use microunify::Error;
+    use std::time::{Duration, Instant};
+    use wgpu::util::DeviceExt;
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("spin"),
+            source: wgpu::ShaderSource::Wgsl(SPIN.into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("spin"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("spin out"),
+        size: SPIN_WORKGROUPS as u64 * 64 * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let iters = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("spin iterations"),
+            contents: bytemuck::cast_slice(&[1u32 << 24]),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("spin"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: out.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: iters.as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(SPIN_WORKGROUPS, 1, 1);
+    }
+    let index = gpu.submit("spin", encoder.finish()).unwrap();
+    let start = Instant::now();
+    let e = gpu
+        .wait_timeout("spin kernel", Some(index.clone()), Duration::from_millis(5))
+        .unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        matches!(&e, Error::GpuTimeout { step, .. } if step == "spin kernel"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("spin kernel")
+            && msg.contains("0.005 s")
+            && msg.contains("MICROUNIFY_GPU_TIMEOUT_S"),
+        "{msg}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the bounded wait took {waited:?}"
+    );
+    eprintln!("timed out after {waited:?}");
+    // The work finishes after all; the device stays usable.
+    gpu.wait_timeout("spin kernel", Some(index), Duration::from_secs(120))
+        .unwrap();
+    gpu.wait("after the spin kernel").unwrap();
+    eprintln!("the spin kernel finished after {:?}", start.elapsed());
+}

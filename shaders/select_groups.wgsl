@@ -5,12 +5,12 @@
 @group(0) @binding(1) var<storage, read> groups: array<Group>;
 
 // The selection group holding block b (called per workgroup: layers are padded so that a
-// workgroup's blocks share one group).
+// workgroup's blocks share one group). Bounded like find_piece (chunk_pieces.wgsl).
 fn find_group(b: u32) -> u32 {
     var lo = 0u;
-    var hi = params.num_groups - 1u;
-    while (lo < hi) {
-        let mid = (lo + hi + 1u) / 2u;
+    var hi = max(params.num_groups, 1u) - 1u;
+    for (var n = 0u; n < 32u && lo < hi; n++) {
+        let mid = lo + (hi - lo + 1u) / 2u;
         if (groups[mid].block_begin <= b) {
             lo = mid;
         } else {

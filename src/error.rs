@@ -47,6 +47,19 @@ pub enum Error {
         #[source]
         source: wgpu::Error,
     },
+    /// GPU work did not finish within the wait bound (see [`crate::gpu::context::GPU_TIMEOUT_ENV`]):
+    /// the GPU is hung or far slower than expected. `step` names the kernels waited for.
+    #[error(
+        "GPU work did not finish within {seconds} s: {step} (the GPU may be hung; set MICROUNIFY_GPU_TIMEOUT_S to wait longer)"
+    )]
+    GpuTimeout { step: String, seconds: f64 },
+    /// An environment variable the library reads holds a value it cannot use.
+    #[error("environment variable {name}={value:?}: {expected}")]
+    Env {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// Reading a buffer back from the GPU failed.
     #[error("GPU readback failed: {0}")]
     Readback(String),

@@ -62,9 +62,12 @@ pub fn uniform_slots<T: bytemuck::Pod>(
 }
 
 /// Copies `ranges` (byte offset, byte length) of `buffers` back to the host in one
-/// submission; returns one vector per range.
+/// submission; returns one vector per range. `what` names the data in errors; the wait
+/// is bounded by [`Gpu::timeout`] (a hung kernel before the copy is reported, not waited
+/// for forever).
 pub fn read_ranges<T: bytemuck::Pod>(
     gpu: &Gpu,
+    what: &str,
     parts: &[(&wgpu::Buffer, u64, u64)],
 ) -> Result<Vec<Vec<T>>> {
     let total: u64 = parts.iter().map(|p| p.2.next_multiple_of(4)).sum();
@@ -86,19 +89,30 @@ pub fn read_ranges<T: bytemuck::Pod>(
         }
         at += len.next_multiple_of(4);
     }
-    gpu.scoped("readback copy", || gpu.queue.submit([encoder.finish()]))?;
+    let step = format!("reading back {what}");
+    let index = gpu.submit(&step, encoder.finish())?;
     let slice = staging.slice(..);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    gpu.wait()?;
-    rx.recv()
-        .map_err(|e| Error::Readback(e.to_string()))?
-        .map_err(|e| Error::Readback(e.to_string()))?;
+    gpu.wait_for(&step, index)?;
+    // The callback runs inside the poll that saw the copy finish; never block on it.
+    let mapped = match rx.try_recv() {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = gpu.device.poll(wgpu::PollType::Poll);
+            rx.try_recv().map_err(|_| {
+                Error::Readback(format!(
+                    "{step}: the buffer was not mapped after its copy finished"
+                ))
+            })?
+        }
+    };
+    mapped.map_err(|e| Error::Readback(format!("{step}: {e}")))?;
     let view = slice
         .get_mapped_range()
-        .map_err(|e| Error::Readback(e.to_string()))?;
+        .map_err(|e| Error::Readback(format!("{step}: {e}")))?;
     let mut out = Vec::with_capacity(parts.len());
     let mut at = 0usize;
     for &(_, _, len) in parts {

@@ -5,9 +5,45 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernel;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Environment variable bounding every wait for GPU work, in seconds (fractions allowed).
+pub const GPU_TIMEOUT_ENV: &str = "MICROUNIFY_GPU_TIMEOUT_S";
+/// Bound on one wait for GPU work when [`GPU_TIMEOUT_ENV`] is unset: far above any
+/// submission this crate makes on lavapipe (the slowest adapter it runs on), far below
+/// "silence forever" when a kernel hangs.
+pub const DEFAULT_GPU_TIMEOUT: Duration = Duration::from_secs(120);
+/// Environment variable: `1` makes the projection submit each kernel dispatch on its own
+/// and wait for it, so that a hang is reported with the exact kernel (slower; diagnosis).
+pub const GPU_SYNC_ENV: &str = "MICROUNIFY_GPU_SYNC";
+
+/// The wait bound from the value of [`GPU_TIMEOUT_ENV`] (`None`: unset or empty).
+pub fn parse_timeout(value: Option<&str>) -> Result<Duration> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_GPU_TIMEOUT);
+    };
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| Error::Env {
+            name: GPU_TIMEOUT_ENV,
+            value: v.to_string(),
+            expected: "expected a number of seconds greater than 0",
+        })
+}
+
+/// Whether [`GPU_SYNC_ENV`] asks for one submission per kernel dispatch.
+fn sync_from_env() -> bool {
+    std::env::var(GPU_SYNC_ENV).is_ok_and(|v| v == "1")
+}
 
 /// A wgpu backend the user may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
     Vulkan,
     Metal,
@@ -108,6 +144,13 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     /// Keyed by file name plus the override constants (one pipeline per specialisation).
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Bound on every wait for GPU work ([`GPU_TIMEOUT_ENV`]).
+    timeout: Duration,
+    /// One submission per projection kernel dispatch ([`GPU_SYNC_ENV`]).
+    stepwise: bool,
+    /// Set when a wait ran out and no later wait succeeded: the GPU may still be busy
+    /// forever, and dropping the queue would block in wgpu's wait-for-idle.
+    hung: AtomicBool,
 }
 
 impl Gpu {
@@ -146,6 +189,7 @@ impl Gpu {
     /// Opens a device on a given adapter with the adapter's own limits (wgpu's defaults
     /// would cap buffers at 256 MiB and workgroup storage at 16 KiB).
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let timeout = parse_timeout(std::env::var(GPU_TIMEOUT_ENV).ok().as_deref())?;
         let desc = wgpu::DeviceDescriptor {
             label: Some("microunify"),
             required_features: wgpu::Features::empty(),
@@ -160,6 +204,9 @@ impl Gpu {
             queue,
             info,
             pipelines: Mutex::new(HashMap::new()),
+            timeout,
+            stepwise: sync_from_env(),
+            hung: AtomicBool::new(false),
         })
     }
 
@@ -229,17 +276,118 @@ impl Gpu {
         }
     }
 
-    /// Waits until the queue is idle.
-    pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Readback(format!("waiting for the GPU: {e}")))
+    /// The bound on every wait for GPU work.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Changes the bound on waits for GPU work (default: [`GPU_TIMEOUT_ENV`] or
+    /// [`DEFAULT_GPU_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Whether the projection submits and waits for each kernel dispatch on its own.
+    pub fn stepwise(&self) -> bool {
+        self.stepwise
+    }
+
+    /// Sets [`stepwise`](Self::stepwise) (default: [`GPU_SYNC_ENV`]).
+    pub fn set_stepwise(&mut self, on: bool) {
+        self.stepwise = on;
+    }
+
+    /// Submits one command buffer, turning validation errors into an `Err` naming `step`.
+    pub fn submit(
+        &self,
+        step: &str,
+        commands: wgpu::CommandBuffer,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.scoped(step, || self.queue.submit([commands]))
+    }
+
+    /// Waits for everything submitted so far, at most [`timeout`](Self::timeout); `step`
+    /// names the work in the error.
+    pub fn wait(&self, step: &str) -> Result<()> {
+        self.wait_timeout(step, None, self.timeout)
+    }
+
+    /// Waits for one submission, at most [`timeout`](Self::timeout).
+    pub fn wait_for(&self, step: &str, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.wait_timeout(step, Some(submission), self.timeout)
+    }
+
+    /// Waits for `submission` (or everything submitted, when `None`) at most `timeout`.
+    /// A wait that runs out is [`Error::GpuTimeout`] naming `step`: a hung kernel shows up
+    /// as an error instead of a process that blocks forever. The work itself is not
+    /// cancelled (wgpu cannot); the device is best dropped afterwards.
+    pub fn wait_timeout(
+        &self,
+        step: &str,
+        submission: Option<wgpu::SubmissionIndex>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let poll = wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: Some(timeout),
+        };
+        match self.device.poll(poll) {
+            Ok(_) => {
+                self.hung.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(wgpu::PollError::Timeout) => {
+                self.hung.store(true, Ordering::Relaxed);
+                Err(Error::GpuTimeout {
+                    step: step.to_string(),
+                    seconds: timeout.as_secs_f64(),
+                })
+            }
+            Err(e) => Err(Error::Readback(format!("waiting for {step}: {e}"))),
+        }
+    }
+
+    /// Submits one command buffer and waits for it (see [`wait_for`](Self::wait_for)).
+    pub fn submit_and_wait(&self, step: &str, commands: wgpu::CommandBuffer) -> Result<()> {
+        let index = self.submit(step, commands)?;
+        self.wait_for(step, index)
+    }
+}
+
+impl Drop for Gpu {
+    /// After a wait that ran out, the device and queue are leaked instead of dropped:
+    /// wgpu's queue drop waits for the GPU to go idle without a bound, which would turn
+    /// the reported [`Error::GpuTimeout`] back into a silent hang at exit.
+    fn drop(&mut self) {
+        if *self.hung.get_mut() {
+            std::mem::forget(self.queue.clone());
+            std::mem::forget(self.device.clone());
+        }
     }
 }
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&describe(&self.info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_from_the_environment() {
+        assert_eq!(parse_timeout(None).unwrap(), DEFAULT_GPU_TIMEOUT);
+        assert_eq!(parse_timeout(Some(" ")).unwrap(), DEFAULT_GPU_TIMEOUT);
+        assert_eq!(parse_timeout(Some("30")).unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            parse_timeout(Some("0.25")).unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in ["0", "-1", "soon", "inf", "NaN"] {
+            let e = parse_timeout(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(GPU_TIMEOUT_ENV) && e.contains(bad), "{e}");
+        }
     }
 }

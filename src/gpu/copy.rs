@@ -78,8 +78,7 @@ impl VecCopy {
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         self.record(gpu, &mut encoder);
-        gpu.scoped("copy", || gpu.queue.submit([encoder.finish()]))?;
-        gpu.wait()
+        gpu.submit_and_wait("copy_vec4", encoder.finish())
     }
 
     /// Bytes read plus bytes written by one copy.

@@ -563,8 +563,7 @@ impl Gemm {
         for _ in 0..times {
             self.record(&mut encoder);
         }
-        gpu.scoped(&self.label, || gpu.queue.submit([encoder.finish()]))?;
-        gpu.wait()
+        gpu.submit_and_wait(&format!("{} (x{times})", self.label), encoder.finish())
     }
 
     /// One product: submits and waits.
@@ -574,8 +573,12 @@ impl Gemm {
 
     /// Y (`m×n` row-major) back from the GPU.
     pub fn read_y(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let all = read_ranges::<f32>(gpu, &[(&self.y, 0, (self.m_pad * self.n4 * 16) as u64)])?
-            .swap_remove(0);
+        let all = read_ranges::<f32>(
+            gpu,
+            &format!("Y of {}", self.label),
+            &[(&self.y, 0, (self.m_pad * self.n4 * 16) as u64)],
+        )?
+        .swap_remove(0);
         let stride = self.n4 * 4;
         Ok((0..self.m)
             .flat_map(|r| all[r * stride..r * stride + self.n].iter().copied())

@@ -172,6 +172,21 @@ fn passes(
     out
 }
 
+/// One dispatch of the projection (see [`NetworkProjection::steps`]).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// block_stats over chunk `c`.
+    Stats(usize),
+    /// radix_histogram of pass `i`.
+    Histogram(usize),
+    /// radix_resolve of pass `i`.
+    Resolve(usize),
+    /// pack_states.
+    Pack,
+    /// apply_projection over chunk `c`.
+    Apply(usize),
+}
+
 struct ChunkBuffers {
     w: wgpu::Buffer,
     u: wgpu::Buffer,
@@ -195,13 +210,19 @@ pub struct NetworkProjection {
     hist: wgpu::Buffer,
     states: wgpu::Buffer,
     first_bad: wgpu::Buffer,
-    initial_states: Vec<SelState>,
     indirect: wgpu::Buffer,
-    initial_args: Vec<[u32; 3]>,
+    /// The start values of `states`, `indirect` and `first_bad`, back to back: every
+    /// recorded projection copies them in first (inside its command buffer, so that
+    /// several projections recorded into one encoder each start afresh).
+    reset: wgpu::Buffer,
+    reset_bytes: [u64; 3],
+    pass_list: Vec<PassParams>,
     select: Vec<(wgpu::BindGroup, wgpu::BindGroup)>,
     pack: wgpu::BindGroup,
     num_groups: u32,
     hist_workgroups: u32,
+    /// `max_compute_workgroups_per_dimension` of the device.
+    max_dim: u32,
     pipelines: [wgpu::ComputePipeline; 5],
 }
 
@@ -376,6 +397,20 @@ impl NetworkProjection {
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC,
             });
+        let none = vec![u32::MAX; layout.layers.len()];
+        let reset_parts: [&[u8]; 3] = [
+            bytemuck::cast_slice(&initial_states),
+            bytemuck::cast_slice(&initial_args),
+            bytemuck::cast_slice(&none),
+        ];
+        let reset_bytes = reset_parts.map(|p| p.len() as u64);
+        let reset = gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("projection reset values"),
+                contents: &reset_parts.concat(),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
         let pass_stride = uniform_stride::<PassParams>(gpu);
         let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, pass_stride);
         fn slot(buf: &wgpu::Buffer, i: usize, size: u64, stride: u64) -> wgpu::BindingResource<'_> {
@@ -506,13 +541,15 @@ impl NetworkProjection {
             hist,
             states,
             first_bad,
-            initial_states,
             indirect,
-            initial_args,
+            reset,
+            reset_bytes,
+            pass_list,
             select,
             pack,
             num_groups,
             hist_workgroups,
+            max_dim: limits.max_compute_workgroups_per_dimension,
             pipelines,
         })
     }
@@ -587,72 +624,164 @@ impl NetworkProjection {
         }
     }
 
-    /// Records the whole projection into `encoder` (the caller submits): statistics, both
-    /// selections, the state map, then apply with the dual update.
-    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) {
-        gpu.queue
-            .write_buffer(&self.states, 0, bytemuck::cast_slice(&self.initial_states));
-        gpu.queue
-            .write_buffer(&self.indirect, 0, bytemuck::cast_slice(&self.initial_args));
-        let none = vec![u32::MAX; self.layout.layers.len()];
-        gpu.queue
-            .write_buffer(&self.first_bad, 0, bytemuck::cast_slice(&none));
+    /// The dispatches of one projection, in order: statistics per chunk, the histogram
+    /// and resolve of every radix pass, the state map, then apply per chunk.
+    fn steps(&self) -> Vec<Step> {
+        let chunks = 0..self.chunks.len();
+        chunks
+            .clone()
+            .map(Step::Stats)
+            .chain((0..self.select.len()).flat_map(|i| [Step::Histogram(i), Step::Resolve(i)]))
+            .chain([Step::Pack])
+            .chain(chunks.map(Step::Apply))
+            .collect()
+    }
+
+    /// The kernel and what it works on, for error messages.
+    fn describe(&self, step: &Step) -> String {
+        let chunks = self.chunks.len();
+        let pass = |i: usize| {
+            let p = &self.pass_list[i];
+            format!(
+                "{} selection, {} digit at bit {}, pass {} of {}",
+                if p.which == 0 { "prune" } else { "unify" },
+                if p.on_index == 0 {
+                    "key"
+                } else {
+                    "block-number"
+                },
+                p.shift,
+                i + 1,
+                self.pass_list.len()
+            )
+        };
+        match *step {
+            Step::Stats(c) => format!("block_stats (chunk {} of {chunks})", c + 1),
+            Step::Histogram(i) => format!("radix_histogram ({}, indirect dispatch)", pass(i)),
+            Step::Resolve(i) => format!("radix_resolve ({})", pass(i)),
+            Step::Pack => "pack_states".to_string(),
+            Step::Apply(c) => format!("apply_projection (chunk {} of {chunks})", c + 1),
+        }
+    }
+
+    /// Records one dispatch (its pipeline and bind group included).
+    fn encode(&self, pass: &mut wgpu::ComputePass, step: &Step) {
+        let max_dim = self.max_dim;
+        let chunk_grid = |c: &ChunkBuffers| {
+            grid(
+                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
+                max_dim,
+            )
+        };
+        match *step {
+            Step::Stats(c) => {
+                let c = &self.chunks[c];
+                let (x, y) = chunk_grid(c);
+                pass.set_pipeline(&self.pipelines[0]);
+                pass.set_bind_group(0, &c.stats, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            Step::Histogram(i) => {
+                pass.set_pipeline(&self.pipelines[1]);
+                pass.set_bind_group(0, &self.select[i].0, &[]);
+                pass.dispatch_workgroups_indirect(&self.indirect, 12 * i as u64);
+            }
+            Step::Resolve(i) => {
+                pass.set_pipeline(&self.pipelines[2]);
+                pass.set_bind_group(0, &self.select[i].1, &[]);
+                pass.dispatch_workgroups(self.num_groups.div_ceil(kernels::RESOLVE_WG), 1, 1);
+            }
+            Step::Pack => {
+                let (x, y) = grid(self.hist_workgroups, max_dim);
+                pass.set_pipeline(&self.pipelines[3]);
+                pass.set_bind_group(0, &self.pack, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            Step::Apply(c) => {
+                let c = &self.chunks[c];
+                let (x, y) = chunk_grid(c);
+                pass.set_pipeline(&self.pipelines[4]);
+                pass.set_bind_group(0, &c.apply, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+    }
+
+    /// Records the reset of the selection states, the histogram passes' dispatch
+    /// arguments, the non-finite markers and the histograms.
+    fn record_reset(&self, encoder: &mut wgpu::CommandEncoder) {
+        let [s, a, f] = self.reset_bytes;
+        encoder.copy_buffer_to_buffer(&self.reset, 0, &self.states, 0, s);
+        encoder.copy_buffer_to_buffer(&self.reset, s, &self.indirect, 0, a);
+        encoder.copy_buffer_to_buffer(&self.reset, s + a, &self.first_bad, 0, f);
         encoder.clear_buffer(&self.hist, 0, None);
-        let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+    }
+
+    /// Records the whole projection into `encoder` (the caller submits): the reset of the
+    /// selection state, statistics, both selections, the state map, then apply with the
+    /// dual update. Self-contained: several projections may share one encoder.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.record_reset(encoder);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("projection"),
             timestamp_writes: None,
         });
-        pass.set_pipeline(&self.pipelines[0]);
-        for c in &self.chunks {
-            pass.set_bind_group(0, &c.stats, &[]);
-            let (x, y) = grid(
-                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
-                max_dim,
-            );
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        let (hx, hy) = grid(self.hist_workgroups, max_dim);
-        let resolve = self.num_groups.div_ceil(kernels::RESOLVE_WG);
-        for (i, (hist, res)) in self.select.iter().enumerate() {
-            pass.set_pipeline(&self.pipelines[1]);
-            pass.set_bind_group(0, hist, &[]);
-            pass.dispatch_workgroups_indirect(&self.indirect, 12 * i as u64);
-            pass.set_pipeline(&self.pipelines[2]);
-            pass.set_bind_group(0, res, &[]);
-            pass.dispatch_workgroups(resolve, 1, 1);
-        }
-        pass.set_pipeline(&self.pipelines[3]);
-        pass.set_bind_group(0, &self.pack, &[]);
-        pass.dispatch_workgroups(hx, hy, 1);
-        pass.set_pipeline(&self.pipelines[4]);
-        for c in &self.chunks {
-            pass.set_bind_group(0, &c.apply, &[]);
-            let (x, y) = grid(
-                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
-                max_dim,
-            );
-            pass.dispatch_workgroups(x, y, 1);
+        for step in self.steps() {
+            self.encode(&mut pass, &step);
         }
     }
 
     /// Projects once: `Z = Π(W + U)`, `U ← U + W − Z`, and the compact outputs. Waits for
-    /// the GPU and fails, naming the layer and index, if `W + U` held a NaN or infinity.
+    /// the GPU (at most [`Gpu::timeout`]) and fails, naming the layer and index, if
+    /// `W + U` held a NaN or infinity. With [`Gpu::stepwise`] every dispatch is submitted
+    /// and waited for on its own (see [`run_stepwise`](Self::run_stepwise)).
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        if gpu.stepwise() {
+            return self.run_stepwise(gpu);
+        }
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("projection"),
             });
-        self.record(gpu, &mut encoder);
-        gpu.scoped("projection", || gpu.queue.submit([encoder.finish()]))?;
+        self.record(&mut encoder);
+        let step = format!(
+            "projection (block_stats x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
+            c = self.chunks.len(),
+            p = self.select.len(),
+            env = crate::gpu::context::GPU_SYNC_ENV,
+        );
+        gpu.submit_and_wait(&step, encoder.finish())?;
+        self.check_finite(gpu)
+    }
+
+    /// [`run`](Self::run) with one submission and one bounded wait per kernel dispatch,
+    /// so that a kernel that never finishes is named in the [`Error::GpuTimeout`]. The
+    /// results are the same; only slower (a round trip per dispatch).
+    pub fn run_stepwise(&self, gpu: &Gpu) -> Result<()> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.record_reset(&mut encoder);
+        gpu.submit_and_wait("projection reset", encoder.finish())?;
+        for step in self.steps() {
+            let what = self.describe(&step);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("projection step"),
+                    timestamp_writes: None,
+                });
+                self.encode(&mut pass, &step);
+            }
+            gpu.submit_and_wait(&what, encoder.finish())?;
+        }
         self.check_finite(gpu)
     }
 
     /// Reads the per-layer non-finite markers written by the statistics kernel.
     pub fn check_finite(&self, gpu: &Gpu) -> Result<()> {
         let n = self.layout.layers.len() as u64 * 4;
-        let bad: Vec<u32> = read_ranges(gpu, &[(&self.first_bad, 0, n)])?.remove(0);
+        let bad: Vec<u32> =
+            read_ranges(gpu, "the non-finite markers", &[(&self.first_bad, 0, n)])?.remove(0);
         let Some((l, &index)) = bad.iter().enumerate().find(|(_, i)| **i != u32::MAX) else {
             return Ok(());
         };
@@ -667,6 +796,7 @@ impl NetworkProjection {
         let at = (piece.offset + index - piece.source(spec).start) as u64 * 4;
         let vals: Vec<Vec<f32>> = read_ranges(
             gpu,
+            "the non-finite input value",
             &[
                 (self.chunk_buffer(Tensor::W, piece.chunk), at, 4),
                 (self.chunk_buffer(Tensor::U, piece.chunk), at, 4),
@@ -699,7 +829,8 @@ impl NetworkProjection {
                 )
             })
             .collect();
-        Ok(read_ranges::<f32>(gpu, &parts)?.concat())
+        let what = format!("{t:?} of layer {:?}", spec.name);
+        Ok(read_ranges::<f32>(gpu, &what, &parts)?.concat())
     }
 
     /// Reads everything the projection produced for one layer.
@@ -709,8 +840,13 @@ impl NetworkProjection {
         let p = &self.layout.placements[layer];
         let (b0, n) = (p.block_start as u64, p.num_blocks as u64);
         let words = n.div_ceil(16) * 4;
+        let what = format!(
+            "states, magnitudes and signs of layer {:?}",
+            self.layout.layers[layer].name
+        );
         let mut raw: Vec<Vec<u32>> = read_ranges(
             gpu,
+            &what,
             &[
                 (&self.state_map, b0 / 16 * 4, words),
                 (&self.magnitude, b0 * 4, n * 4),
@@ -747,7 +883,8 @@ impl NetworkProjection {
     /// Block states of every layer, read from the state map.
     pub fn states(&self, gpu: &Gpu) -> Result<Vec<Vec<BlockState>>> {
         let words = self.layout.total_blocks as u64 / 16 * 4;
-        let map: Vec<u32> = read_ranges(gpu, &[(&self.state_map, 0, words)])?.remove(0);
+        let map: Vec<u32> =
+            read_ranges(gpu, "the block-state map", &[(&self.state_map, 0, words)])?.remove(0);
         self.layout
             .placements
             .iter()
