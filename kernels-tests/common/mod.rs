@@ -6,21 +6,98 @@
 use microunify::gpu::{Gpu, GpuOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use std::io::Write;
 use std::process::{Command, Output};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+/// The one device of a test binary, opened on first use and never dropped.
+static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+/// Held by the test using the device: GPU tests run one at a time.
+static GPU_LOCK: Mutex<()> = Mutex::new(());
+
+/// Seconds a GPU test may hold the device before the watchdog aborts the binary.
+const WATCHDOG_ENV: &str = "MICROUNIFY_TEST_WATCHDOG_S";
+/// Above the library's own bound on one wait (120 s by default), so that a hung kernel
+/// is normally reported by the library's timeout error, naming the kernel, first.
+const WATCHDOG_DEFAULT_S: u64 = 300;
+
+/// The test's exclusive use of the binary's device (derefs to [`Gpu`]).
+///
+/// One device per binary, used by one test at a time: the library's users (train-gpu,
+/// the CLI) hold one device in one thread, and so do the tests. Several devices opened
+/// and driven from parallel test threads are what a real driver sees least often (a
+/// suspect of the hang seen on an H200, where 16 test threads ran them side by side).
+/// A watchdog aborts the binary, naming the test, if the test holds the device too long:
+/// a hang then ends with a message instead of silence.
+pub struct GpuGuard {
+    gpu: &'static Gpu,
+    _watchdog: Watchdog,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for GpuGuard {
+    type Target = Gpu;
+    fn deref(&self) -> &Gpu {
+        self.gpu
+    }
+}
+
+/// Aborts the process unless dropped within the limit.
+struct Watchdog(Option<mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start() -> Self {
+        let secs = std::env::var(WATCHDOG_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(WATCHDOG_DEFAULT_S);
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed test>")
+            .to_string();
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
+                // Straight to stderr: the test harness captures `eprintln!` of test threads.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** WATCHDOG: test {test} still holds the GPU after {secs} s ({WATCHDOG_ENV}); aborting ***\n"
+                );
+                std::process::abort();
+            }
+        });
+        Self(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.take(); // disconnects: the watchdog thread ends
+    }
+}
 
 /// The test adapter. Without one the test prints a loud notice and returns `None`, unless
 /// `MICROUNIFY_REQUIRE_GPU=1` (set by scripts/test), where a missing adapter fails.
-pub fn gpu() -> Option<Gpu> {
-    match Gpu::new(&GpuOptions::default()) {
-        Ok(g) => {
-            eprintln!("adapter: {g:?}");
-            Some(g)
-        }
+pub fn gpu() -> Option<GpuGuard> {
+    let lock = GPU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let opened = GPU.get_or_init(|| {
+        Gpu::new(&GpuOptions::default())
+            .inspect(|g| eprintln!("adapter: {g:?}"))
+            .map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(gpu) => Some(GpuGuard {
+            gpu,
+            _watchdog: Watchdog::start(),
+            _lock: lock,
+        }),
         Err(e) => {
             if std::env::var("MICROUNIFY_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("MICROUNIFY_REQUIRE_GPU=1 but no adapter: {e}");
             }
-            eprintln!("\n*** SKIPPING GPU TEST: no adapter ({e}) ***\n");
+            eprintln!("\n*** SKIPPING GPU TEST: no GPU device ({e}) ***\n");
             None
         }
     }
