@@ -1,6 +1,9 @@
 //! The ADMM pipeline end to end on a tiny budget (METHOD.md §3), on the test adapter
 //! (lavapipe here): exact block counts, no structure violations, falling primal residual,
-//! accuracy far above chance, and the `train-gpu` binary's run folder and errors.
+//! accuracy far above chance, and the `train-gpu` binary's run folder and errors: `--resume`
+//! ending exactly where an uninterrupted run ends (from every phase, and twice), config
+//! files, datasets, devices and `--init`. The tests under "Known bugs" show one bug each
+//! and are ignored until it is fixed (`cargo test --release --test train_gpu -- --ignored`).
 #![cfg(feature = "train")]
 
 #[path = "../kernels-tests/common/mod.rs"]
@@ -9,11 +12,15 @@ mod common;
 use microunify::block::Ratios;
 use microunify::data::load_mnist_dir;
 use microunify::format::CompressedFile;
-use microunify::train::admm::{self, AdmmConfig, Targets};
+use microunify::train::config::{AdmmConfig, Targets};
 use microunify::train::data::TensorSet;
 use microunify::train::models::ModelKind;
-use std::path::Path;
-use std::process::Output;
+use microunify::train::pipeline::{self, Observer};
+use microunify::train::report::RoundReport;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use common::gpu;
 
@@ -45,11 +52,18 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
         eval_every_epoch: false,
         ..AdmmConfig::demo()
     };
-    let mut lines = Vec::new();
-    let out = admm::run(&cfg, &gpu, &train, &test, &mut |l| {
-        lines.push(l.to_string())
-    })
-    .unwrap();
+    struct Lines(Vec<String>);
+    impl Observer for Lines {
+        fn round(&mut self, r: &RoundReport) {
+            self.0.push(format!("{r:?}"));
+        }
+        fn note(&mut self, l: &str) {
+            self.0.push(l.to_string());
+        }
+    }
+    let mut lines = Lines(Vec::new());
+    let out = pipeline::run(&cfg, &gpu, &train, &test, None, &mut lines).unwrap();
+    let lines = lines.0;
     let rep = &out.report;
     eprintln!("{}", lines.join("\n"));
     eprintln!("{}", serde_json::to_string_pretty(rep).unwrap());
@@ -153,7 +167,7 @@ fn zero_rounds_is_the_one_shot_baseline() {
         retrain_epochs: 1,
         ..AdmmConfig::demo()
     };
-    let out = admm::run(&cfg, &gpu, &train, &test, &mut |_| {}).unwrap();
+    let out = pipeline::run(&cfg, &gpu, &train, &test, None, &mut pipeline::Quiet).unwrap();
     let rep = &out.report;
     assert!(rep.admm.is_empty() && out.residuals.is_empty());
     assert_eq!(rep.timings.projection, 0.0);
@@ -170,12 +184,46 @@ fn cfg_counts(prune: f64, unify: f64, n: usize) -> (usize, usize) {
 
 const EXE: &str = env!("CARGO_BIN_EXE_train-gpu");
 
-fn train_gpu(args: &[&str]) -> Output {
-    common::run_bin(EXE, args)
+/// Runs train-gpu with `args` in `cwd` (the package root by default), with
+/// `OMP_NUM_THREADS=1` unless the caller set it: libtorch must not spin on a busy machine.
+fn train_gpu_in<S: AsRef<OsStr>>(cwd: Option<&Path>, args: &[S]) -> Output {
+    let mut c = Command::new(EXE);
+    c.args(args);
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        c.env("OMP_NUM_THREADS", "1");
+    }
+    // Errors without a captured backtrace: shorter to read, and quicker to print.
+    c.env("RUST_LIB_BACKTRACE", "0");
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    c.output().unwrap_or_else(|e| panic!("running {EXE}: {e}"))
 }
 
-fn fails_with(args: &[&str], needle: &str) {
-    common::fails_with(EXE, args, needle)
+fn train_gpu<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    train_gpu_in(None, args)
+}
+
+/// The binary must fail (non-zero exit), without a panic, with `needle` in its stderr,
+/// which is returned.
+fn fails_with<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], needle: &str) -> String {
+    let out = train_gpu(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in stderr, got: {stderr}"
+    );
+    stderr
+}
+
+/// The binary must succeed; returns its stderr (the progress lines).
+fn succeeds<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = train_gpu(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    stderr
 }
 
 #[test]
@@ -248,7 +296,7 @@ fn the_binary_writes_a_run_folder() {
     ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "train-gpu failed: {stderr}");
-    assert!(stderr.contains("ADMM round 2/2"), "{stderr}");
+    assert!(stderr.contains("ADMM round 2:"), "{stderr}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["structure_violations"], 0);
@@ -270,9 +318,869 @@ fn the_binary_writes_a_run_folder() {
     assert_eq!(file.layers.len(), 3);
     let csv = std::fs::read_to_string(tmp.join("residuals.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * 3);
-    for f in ["config.json", "report.md", "final.ot"] {
+    for f in [
+        "config.toml",
+        "report.md",
+        "final.ot",
+        "dense.ot",
+        "epochs.csv",
+        "rounds.csv",
+        "accuracy.png",
+        "residuals.png",
+        "block-states.png",
+    ] {
         assert!(tmp.join(f).is_file(), "{f}");
     }
     assert!(!tmp.join("final.ot.tmp").exists());
+    assert!(
+        !tmp.join("checkpoint.safetensors").exists(),
+        "a finished run drops its checkpoint"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+// ---------------------------------------------------------------------------------------
+// The run folder's life: --resume, config files, datasets, devices, --init, plots. Every
+// run is tiny (LeNet-300-100 on 1000 training / 300 test images, 1–2 epochs per phase) and
+// reads a tiny copy of MNIST written once, so a process spends its time training rather
+// than decompressing 60 000 images.
+// ---------------------------------------------------------------------------------------
+
+/// A fresh (emptied) folder `name` in this test binary's scratch space,
+/// `target/tmp/train-gpu-PID` (folders of earlier, finished test processes are removed).
+fn scratch(name: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if cfg!(target_os = "linux")
+            && let Ok(entries) = std::fs::read_dir(base)
+        {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("train-gpu-")
+                    && pid.parse::<u32>().is_ok()
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = base.join(format!("train-gpu-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    });
+    let p = root.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// An IDX file of unsigned bytes.
+fn idx(dims: &[usize], body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, dims.len() as u8];
+    for &d in dims {
+        v.extend((d as u32).to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// The first 1000 training and 300 test images of MNIST as plain IDX files (written once).
+fn tiny_mnist() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let (train, test) = load_mnist_dir(&mnist()).unwrap();
+        let dir = scratch("tiny-mnist");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (set, n, prefix) in [(&train, 1000, "train"), (&test, 300, "t10k")] {
+            let px = set.rows * set.cols;
+            let images = idx(&[n, set.rows, set.cols], &set.images[..n * px]);
+            std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+            let labels = idx(&[n], &set.labels[..n]);
+            std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+        }
+        dir
+    })
+}
+
+/// The tiny run's flags (the limits are no-ops on the tiny copy, but travel in config.toml).
+const TINY: [&str; 10] = [
+    "--model",
+    "lenet-300-100",
+    "--prune",
+    "0.5",
+    "--unify",
+    "0.3",
+    "--limit-train",
+    "1000",
+    "--limit-test",
+    "300",
+];
+
+/// The phases of the resume tests. Checkpoints: 1–2 after the dense epochs, 3–4 after the
+/// ADMM rounds, 5 after the hard projection, 6–7 after the retraining epochs.
+const PHASES: [&str; 6] = [
+    "--dense-epochs",
+    "2",
+    "--rounds",
+    "2",
+    "--retrain-epochs",
+    "2",
+];
+
+/// A tiny run on the tiny MNIST into `out`, with `extra` flags.
+fn tiny_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    v.push("--data-dir".into());
+    v.push(tiny_mnist().display().to_string());
+    v.push("--out".into());
+    v.push(out.display().to_string());
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The uninterrupted run (with the per-epoch evaluation, so that the accuracies a resume
+/// restores are checked too) that every resumed run must match; run once per binary.
+fn baseline() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let out = scratch("baseline");
+        succeeds(&tiny_args(&out, &PHASES));
+        out
+    })
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn read_text(path: &Path) -> String {
+    String::from_utf8(read(path)).unwrap()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(path))
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// Data rows of a CSV file (the header excluded).
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    read_text(path)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// Equal floats, or (unless `exact`) floats a few ulps apart: see the ignored test
+/// `resume_keeps_every_digit` for why a resumed run's restored metrics may be.
+fn close(a: f64, b: f64, exact: bool) -> bool {
+    a == b || (!exact && (a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(b.abs()))
+}
+
+fn same_json(a: &serde_json::Value, b: &serde_json::Value, exact: bool, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => assert!(
+            close(x.as_f64().unwrap(), y.as_f64().unwrap(), exact),
+            "{at}: {x} vs {y}"
+        ),
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                same_json(x, y, exact, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(x), keys(y), "{at}: keys");
+            for (k, v) in x {
+                same_json(v, &y[k], exact, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// Same CSV apart from the column `skip`: same header, rows and fields (floats as `close`).
+fn same_csv(a: &Path, b: &Path, skip: Option<&str>, exact: bool) {
+    let (ta, tb) = (read_text(a), read_text(b));
+    let (ha, hb) = (ta.lines().next().unwrap(), tb.lines().next().unwrap());
+    assert_eq!(ha, hb, "{}: header", b.display());
+    let skip = skip.map(|c| ha.split(',').position(|h| h == c).expect("column"));
+    let (ra, rb) = (csv_rows(a), csv_rows(b));
+    assert_eq!(ra.len(), rb.len(), "{}: rows", b.display());
+    for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+        assert_eq!(x.len(), y.len());
+        for (c, (x, y)) in x.iter().zip(y).enumerate() {
+            if Some(c) == skip || x == y {
+                continue;
+            }
+            let num = |s: &str| s.parse::<f64>().ok();
+            let ok = matches!((num(x), num(y)), (Some(p), Some(q)) if close(p, q, exact));
+            assert!(ok, "{} row {} column {c}: {x} vs {y}", b.display(), i + 1);
+        }
+    }
+}
+
+/// Run folder `b` ended exactly where `a` did: the same report.json apart from `timings`,
+/// the same compressed.safetensors (every layer, state, value, tensor and metadata entry;
+/// bytes: see the ignored `compressed_files_are_byte_for_byte_reproducible`), the same
+/// epochs.csv apart from `seconds`, and the same rounds.csv and residuals.csv.
+fn assert_same_end(a: &Path, b: &Path, exact: bool) {
+    let report = |d: &Path| {
+        let mut v = json(&d.join("report.json"));
+        v.as_object_mut()
+            .unwrap()
+            .remove("timings")
+            .expect("timings");
+        v
+    };
+    same_json(&report(a), &report(b), exact, "report.json");
+    let compressed = |d: &Path| CompressedFile::read(&d.join("compressed.safetensors")).unwrap();
+    assert!(
+        compressed(a) == compressed(b),
+        "{} and {} differ in compressed.safetensors",
+        a.display(),
+        b.display()
+    );
+    same_csv(
+        &a.join("epochs.csv"),
+        &b.join("epochs.csv"),
+        Some("seconds"),
+        exact,
+    );
+    for f in ["rounds.csv", "residuals.csv"] {
+        same_csv(&a.join(f), &b.join(f), None, exact);
+    }
+    assert!(b.join("dense.ot").is_file() && b.join("final.ot").is_file());
+    assert!(!b.join("checkpoint.safetensors").exists());
+}
+
+/// Runs the baseline's configuration into a fresh folder, stopped after `k` checkpoints
+/// with `epochs` epochs done; returns the folder (unfinished).
+fn stopped_run(name: &str, k: usize, epochs: usize, extra: &[&str]) -> PathBuf {
+    let out = scratch(name);
+    let k_s = k.to_string();
+    let mut flags = PHASES.to_vec();
+    flags.extend(["--stop-after", &k_s]);
+    flags.extend(extra);
+    fails_with(
+        &tiny_args(&out, &flags),
+        &format!("stopped after {k} checkpoint(s) as --stop-after asked; continue with --resume"),
+    );
+    assert!(out.join("checkpoint.safetensors").is_file());
+    assert!(!out.join("report.json").exists());
+    assert_eq!(
+        csv_rows(&out.join("epochs.csv")).len(),
+        epochs,
+        "epochs.csv after {k} checkpoints"
+    );
+    out
+}
+
+/// `--resume out` succeeds, saying where it resumed.
+fn resume(out: &Path, epochs_done: usize) {
+    let stderr = succeeds(&["--resume", out.to_str().unwrap()]);
+    let said = format!("resumed after {epochs_done} epochs");
+    assert!(stderr.contains(&said), "no {said:?} in {stderr}");
+}
+
+/// Stops after `k` checkpoints (`epochs` epochs done), resumes, and compares with the
+/// uninterrupted run.
+fn stop_and_resume(k: usize, epochs: usize) {
+    if gpu().is_none() {
+        return;
+    }
+    let out = stopped_run(&format!("resume-{k}"), k, epochs, &[]);
+    resume(&out, epochs);
+    assert_same_end(baseline(), &out, false);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn resume_in_the_dense_phase() {
+    stop_and_resume(1, 1);
+}
+
+#[test]
+fn resume_in_the_admm_phase() {
+    stop_and_resume(3, 3);
+}
+
+#[test]
+fn resume_right_after_the_hard_projection() {
+    stop_and_resume(5, 4);
+}
+
+#[test]
+fn resume_twice_the_second_time_in_the_retraining() {
+    if gpu().is_none() {
+        return;
+    }
+    // Stopped at the end of dense training (its accuracy not reported yet), resumed and
+    // stopped again 4 checkpoints later, in the middle of the retraining (checkpoint 6 of 7).
+    let out = stopped_run("resume-twice", 2, 2, &[]);
+    let dir = out.to_str().unwrap();
+    fails_with(
+        &["--resume", dir, "--stop-after", "4"],
+        "stopped after 4 checkpoint(s)",
+    );
+    assert!(out.join("checkpoint.safetensors").is_file());
+    assert_eq!(csv_rows(&out.join("epochs.csv")).len(), 5);
+    resume(&out, 5);
+    assert_same_end(baseline(), &out, false);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let dir = scratch("resume-errors");
+    let missing = dir.join("missing");
+    fails_with(
+        &["--resume".as_ref(), missing.as_os_str()],
+        &format!("--resume {}: no such folder", missing.display()),
+    );
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_with(
+        &["--resume".as_ref(), empty.as_os_str()],
+        "not a train-gpu run folder (no config.toml)",
+    );
+    // What a finished run leaves: config.toml and report.json, no checkpoint.
+    let done = dir.join("finished");
+    std::fs::create_dir_all(&done).unwrap();
+    std::fs::write(done.join("config.toml"), "").unwrap();
+    std::fs::write(done.join("report.json"), "{}").unwrap();
+    fails_with(
+        &["--resume".as_ref(), done.as_os_str()],
+        &format!(
+            "--resume {}: this run has finished (report.json is there, no checkpoint)",
+            done.display()
+        ),
+    );
+    // Flags that change what the run computes are refused, by name.
+    fails_with(
+        &["--resume", done.to_str().unwrap(), "--lr", "0.1"],
+        "--resume continues with the run's own config.toml; drop --lr",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unfinished_run_is_kept_and_a_bad_checkpoint_named() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = stopped_run("unfinished", 1, 1, &["--no-epoch-eval"]);
+    let ckpt = out.join("checkpoint.safetensors");
+    let saved = read(&ckpt);
+    let config = read(&out.join("config.toml"));
+    // A new run into the folder is refused, and the folder left as it was.
+    fails_with(
+        &tiny_args(&out, &PHASES),
+        &format!(
+            "{} holds an unfinished run: continue it with --resume",
+            out.display()
+        ),
+    );
+    assert!(read(&ckpt) == saved && read(&out.join("config.toml")) == config);
+    let dir = out.to_str().unwrap();
+    // Another safetensors file in the checkpoint's place.
+    std::fs::copy(baseline().join("compressed.safetensors"), &ckpt).unwrap();
+    fails_with(
+        &["--resume", dir],
+        &format!(
+            "{} is not a train-gpu checkpoint (no microunify.train_gpu.checkpoint metadata)",
+            ckpt.display()
+        ),
+    );
+    // Truncated to half its length.
+    std::fs::write(&ckpt, &saved[..saved.len() / 2]).unwrap();
+    fails_with(
+        &["--resume", dir],
+        &format!("reading the checkpoint {}", ckpt.display()),
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Writes `text` as `dir/name` and returns the path.
+fn toml_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn config_file_errors_name_the_file() {
+    let dir = scratch("config-errors");
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    let with = |file: &Path| -> Vec<String> {
+        vec![
+            "--config".into(),
+            file.display().to_string(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let f = toml_file(&dir, "unknown.toml", "rounds = 1\nroundz = 2\n");
+    let e = fails_with(&with(&f), "unknown field `roundz`");
+    assert!(e.contains(&f.display().to_string()), "{e}");
+    let f = toml_file(&dir, "wrong-type.toml", "rounds = \"two\"\n");
+    let e = fails_with(&with(&f), "invalid type: string \"two\"");
+    assert!(e.contains(&f.display().to_string()), "{e}");
+    // Ratios out of range: the same error as on the command line.
+    let bad = "invalid ratios for layer fc1: prune 1.2, unify 0 (prune must lie in [0, 1])";
+    fails_with(
+        &[
+            "--model",
+            "lenet-300-100",
+            "--ratios",
+            "fc1=1.2/0,fc2=0.5/0.3,fc3=0.5/0.3",
+            "--out",
+            out,
+        ],
+        bad,
+    );
+    let f = toml_file(
+        &dir,
+        "range.toml",
+        "model = \"lenet-300-100\"\n[ratios]\nfc1 = [1.2, 0.0]\nfc2 = [0.5, 0.3]\nfc3 = [0.5, 0.3]\n",
+    );
+    fails_with(&with(&f), bad);
+    // `uniform` is checked like --prune 0.7 --unify 0.5 (see bad_input_gets_a_clear_error).
+    let f = toml_file(&dir, "sum.toml", "uniform = [0.7, 0.5]\n");
+    fails_with(&with(&f), "prune + unify must not exceed 1");
+    assert!(
+        !Path::new(out).exists(),
+        "a refused config made a run folder"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_override_the_config_file_and_global_targets_work() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = scratch("config-override");
+    let f = toml_file(
+        &dir,
+        "global.toml",
+        &format!(
+            "model = \"lenet-300-100\"\ndata_dir = {:?}\nuniform = [0.5, 0.3]\nglobal = true\n\
+             rounds = 1\ndense_epochs = 1\nretrain_epochs = 1\neval_every_epoch = false\n",
+            tiny_mnist().display().to_string()
+        ),
+    );
+    let out = dir.join("run");
+    succeeds(&[
+        "--config".as_ref(),
+        f.as_os_str(),
+        "--rounds".as_ref(),
+        "2".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let report = json(&out.join("report.json"));
+    assert_eq!(
+        report["admm"].as_array().unwrap().len(),
+        2,
+        "--rounds 2 wins"
+    );
+    assert_eq!(csv_rows(&out.join("rounds.csv")).len(), 2);
+    assert_eq!(csv_rows(&out.join("epochs.csv")).len(), 1 + 2 + 1);
+    let blocks = &report["blocks"];
+    let n = |k: &str| blocks[k].as_u64().unwrap() as usize;
+    let total = 75 * 196 + 25 * 75 + 3 * 25;
+    assert_eq!(n("dense") + n("unified") + n("pruned"), total);
+    assert_eq!(
+        (n("pruned"), n("unified")),
+        cfg_counts(0.5, 0.3, total),
+        "global counts are exact"
+    );
+    let saved = read_text(&out.join("config.toml"));
+    for line in ["rounds = 2", "global = true", "uniform = [0.5, 0.3]"] {
+        assert!(saved.lines().any(|l| l == line), "{line:?} in {saved}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn per_layer_ratios_from_the_config_file() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = scratch("config-ratios");
+    let f = toml_file(
+        &dir,
+        "ratios.toml",
+        &format!(
+            "model = \"lenet-300-100\"\ndata_dir = {:?}\nrounds = 1\ndense_epochs = 1\n\
+             retrain_epochs = 1\neval_every_epoch = false\n\
+             [ratios]\nfc1 = [0.6, 0.3]\nfc2 = [0.5, 0.2]\nfc3 = [0.2, 0.1]\n",
+            tiny_mnist().display().to_string()
+        ),
+    );
+    let out = dir.join("run");
+    succeeds(&[
+        "--config".as_ref(),
+        f.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let report = json(&out.join("report.json"));
+    let want = [("fc1", 0.6, 0.3), ("fc2", 0.5, 0.2), ("fc3", 0.2, 0.1)];
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for (l, (name, p, u)) in layers.iter().zip(want) {
+        assert_eq!(l["name"], name);
+        let n = |k: &str| l[k].as_u64().unwrap() as usize;
+        let total = n("dense") + n("unified") + n("pruned");
+        assert_eq!(
+            (n("pruned"), n("unified")),
+            cfg_counts(p, u, total),
+            "{name}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_saved_config_repeats_the_run() {
+    if gpu().is_none() {
+        return;
+    }
+    let base = baseline();
+    let out = scratch("config-repeat");
+    let config = base.join("config.toml");
+    succeeds(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(read_text(&out.join("config.toml")), read_text(&config));
+    let acc = |d: &Path| json(&d.join("report.json"))["final_accuracy"].as_f64();
+    assert_eq!(acc(&out), acc(base));
+    // Nothing went through a checkpoint here: every digit is the same.
+    assert_same_end(base, &out, true);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+#[test]
+fn fashion_mnist_from_the_debian_package() {
+    let out = scratch("fashion");
+    let mut args: Vec<&str> = TINY.to_vec();
+    let o = out.to_str().unwrap();
+    args.extend([
+        "--dataset",
+        "fashion-mnist",
+        "--dense-epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--retrain-epochs",
+        "1",
+        "--no-epoch-eval",
+        "--out",
+        o,
+    ]);
+    if !Path::new(FASHION).is_dir() {
+        eprintln!("{FASHION} is absent: checking the error only");
+        fails_with(&args, "install Debian's dataset-fashion-mnist package");
+        assert!(!out.exists());
+        return;
+    }
+    if gpu().is_none() {
+        return;
+    }
+    let stderr = succeeds(&args);
+    assert!(stderr.contains(&format!("from {FASHION}")), "{stderr}");
+    let report = json(&out.join("report.json"));
+    let acc = report["final_accuracy"].as_f64().unwrap();
+    assert!(acc > 30.0, "Fashion-MNIST final accuracy {acc}");
+    let saved = read_text(&out.join("config.toml"));
+    for line in [
+        "dataset = \"fashion-mnist\"".to_string(),
+        format!("data_dir = \"{FASHION}\""),
+    ] {
+        assert!(saved.lines().any(|l| l == line), "{line:?} in {saved}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn truncated_dataset_files_are_named() {
+    let dir = scratch("truncated-data");
+    let out = dir.join("run");
+    let copy_tiny = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(tiny_mnist()).unwrap().flatten() {
+            std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+        }
+        d
+    };
+    let load = |d: &Path, needle: &str| {
+        fails_with(
+            &[
+                "--model".as_ref(),
+                "lenet-300-100".as_ref(),
+                "--prune".as_ref(),
+                "0.5".as_ref(),
+                "--unify".as_ref(),
+                "0.3".as_ref(),
+                "--data-dir".as_ref(),
+                d.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+            needle,
+        )
+    };
+    // A gzip stream cut short (the real file's first 4 KiB).
+    let d = copy_tiny("gz");
+    std::fs::remove_file(d.join("train-images-idx3-ubyte")).unwrap();
+    let gz = d.join("train-images-idx3-ubyte.gz");
+    let whole = read(&mnist().join("train-images-idx3-ubyte.gz"));
+    std::fs::write(&gz, &whole[..4096]).unwrap();
+    let e = load(&d, "corrupt gzip stream");
+    assert!(e.contains(&gz.display().to_string()), "{e}");
+    // IDX bodies cut short: the training images, and the test labels (read last).
+    let d = copy_tiny("idx");
+    let f = d.join("train-images-idx3-ubyte");
+    let bytes = read(&f);
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load(
+        &d,
+        "truncated: shape [1000, 28, 28] needs 784000 bytes, file has 391992",
+    );
+    assert!(e.contains(&f.display().to_string()), "{e}");
+    std::fs::write(&f, bytes).unwrap();
+    let f = d.join("t10k-labels-idx1-ubyte");
+    std::fs::write(&f, &read(&f)[..100]).unwrap();
+    let e = load(&d, "truncated: shape [300] needs 300 bytes, file has 92");
+    assert!(e.contains(&f.display().to_string()), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn devices_libtorch_cannot_use_are_refused() {
+    let out = scratch("device");
+    let o = out.to_str().unwrap();
+    if !tch::Cuda::is_available() {
+        fails_with(
+            &["--device", "cuda", "--out", o],
+            "--device cuda: CUDA is not available to libtorch here",
+        );
+    }
+    fails_with(
+        &["--device", "tpu", "--out", o],
+        "--device \"tpu\": expected cpu, cuda or cuda:N",
+    );
+    assert!(!out.exists(), "a refused device made a run folder");
+}
+
+#[test]
+fn init_from_a_dense_checkpoint_skips_dense_training() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("init-missing");
+    fails_with(
+        &tiny_args(&out, &["--init", "/nonexistent.ot", "--no-epoch-eval"]),
+        "--init /nonexistent.ot: no such file",
+    );
+    let base = baseline();
+    let dense = base.join("dense.ot");
+    let out = scratch("init");
+    let stderr = succeeds(&tiny_args(
+        &out,
+        &[
+            "--init",
+            dense.to_str().unwrap(),
+            "--dense-epochs",
+            "0",
+            "--rounds",
+            "1",
+            "--retrain-epochs",
+            "1",
+        ],
+    ));
+    assert!(!stderr.contains("dense phase"), "{stderr}");
+    let rows = csv_rows(&out.join("epochs.csv"));
+    let phases: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(phases, ["admm", "retrain"]);
+    let acc = |d: &Path| {
+        json(&d.join("report.json"))["dense_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        acc(&out),
+        acc(base),
+        "the dense accuracy of {}",
+        dense.display()
+    );
+    let saved = read_text(&out.join("config.toml"));
+    assert!(
+        saved.contains(&format!("init = {:?}", dense.display().to_string())),
+        "{saved}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn the_run_folder_holds_the_plots_and_metrics() {
+    if gpu().is_none() {
+        return;
+    }
+    let base = baseline();
+    for f in ["accuracy.png", "residuals.png", "block-states.png"] {
+        let bytes = read(&base.join(f));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{f} is not a PNG");
+        assert!(bytes.len() > 1000, "{f}: {} bytes", bytes.len());
+    }
+    let header = read_text(&base.join("epochs.csv"));
+    assert_eq!(
+        header.lines().next(),
+        Some("epoch,phase,phase_epoch,lr,rho,loss,test_accuracy,seconds")
+    );
+    let rows = csv_rows(&base.join("epochs.csv"));
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str(), r[2].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("1", "dense", "1"),
+            ("2", "dense", "2"),
+            ("3", "admm", "1"),
+            ("4", "admm", "2"),
+            ("5", "retrain", "1"),
+            ("6", "retrain", "2"),
+        ]
+    );
+    for r in &rows {
+        let rho_given = !r[4].is_empty();
+        assert_eq!(rho_given, r[1] == "admm", "rho only in ADMM epochs: {r:?}");
+        let acc: f64 = r[6].parse().expect("an accuracy after every epoch");
+        assert!((0.0..=100.0).contains(&acc));
+        assert!(r[5].parse::<f64>().unwrap().is_finite());
+    }
+    let rounds = csv_rows(&base.join("rounds.csv"));
+    assert_eq!(rounds.len(), 2);
+    assert_eq!((rounds[0][0].as_str(), rounds[1][0].as_str()), ("1", "2"));
+    assert_eq!(csv_rows(&base.join("residuals.csv")).len(), 2 * 3);
+    let report = json(&base.join("report.json"));
+    assert_eq!(report["admm"].as_array().unwrap().len(), 2);
+    assert!(!base.join("checkpoint.safetensors").exists());
+}
+
+// ---- Known bugs: each test shows one, and is ignored until it is fixed. ----
+
+#[test]
+#[ignore = "bug: CompressedFile::to_bytes (src/format.rs) builds __metadata__ in a HashMap, so the \
+            header's key order, hence the bytes of compressed.safetensors, change from run to run"]
+fn compressed_files_are_byte_for_byte_reproducible() {
+    if gpu().is_none() {
+        return;
+    }
+    let path = baseline().join("compressed.safetensors");
+    let bytes = read(&path);
+    let file = CompressedFile::from_bytes(&bytes).unwrap();
+    for _ in 0..8 {
+        assert!(
+            file.to_bytes().unwrap() == bytes,
+            "re-encoding {} gives other bytes",
+            path.display()
+        );
+    }
+    let out = scratch("bytes-again");
+    let config = baseline().join("config.toml");
+    succeeds(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(read(&out.join("compressed.safetensors")) == bytes);
+}
+
+#[test]
+#[ignore = "bug: the checkpoint's progress JSON is read by serde_json without its float_roundtrip \
+            feature, so restored floats (losses, accuracies, residuals, rho) may lose their last bit"]
+fn resume_keeps_every_digit() {
+    if gpu().is_none() {
+        return;
+    }
+    // The first dense epoch's loss here is 1.5727130250930785, read back as …783.
+    let out = stopped_run("digits", 1, 1, &[]);
+    resume(&out, 1);
+    assert_same_end(baseline(), &out, true);
+}
+
+#[test]
+#[ignore = "bug: same cause (serde_json without float_roundtrip): the config inside the checkpoint \
+            reads back a float one ulp off, and --resume refuses the run's own checkpoint"]
+fn resume_accepts_any_float_in_the_config() {
+    if gpu().is_none() {
+        return;
+    }
+    // Fails with "the checkpoint was made with another configuration".
+    let out = stopped_run(
+        "float-config",
+        1,
+        1,
+        &["--gamma", "1.5727130250930785", "--no-epoch-eval"],
+    );
+    resume(&out, 1);
+}
+
+#[test]
+#[ignore = "bug: config.toml stores the default MNIST folder as the relative path \"assets/mnist\", \
+            so --resume (or --config RUN/config.toml) from another directory cannot find the data"]
+fn resume_from_another_working_directory() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("elsewhere");
+    let o = train_gpu_in(
+        Some(Path::new(env!("CARGO_MANIFEST_DIR"))),
+        &[
+            "--model",
+            "lenet-300-100",
+            "--prune",
+            "0.5",
+            "--unify",
+            "0.3",
+            "--limit-train",
+            "1000",
+            "--limit-test",
+            "300",
+            "--dense-epochs",
+            "1",
+            "--rounds",
+            "0",
+            "--retrain-epochs",
+            "1",
+            "--no-epoch-eval",
+            "--stop-after",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(out.join("checkpoint.safetensors").is_file(), "{o:?}");
+    let o = train_gpu_in(
+        Some(out.parent().unwrap()),
+        &["--resume", out.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
 }
