@@ -11,6 +11,7 @@ pub mod format;
 pub mod gpu;
 pub mod layout;
 pub mod nets;
+pub mod plots;
 #[cfg(feature = "train")]
 pub mod train;
 
