@@ -253,8 +253,9 @@ impl CompressedFile {
         let layers = serde_json::to_string(&metas)
             .map_err(|e| format_err("__metadata__", format!("encoding layers: {e}")))?;
         meta.insert(LAYERS_KEY.into(), layers);
-        safetensors::serialize(out, Some(meta))
-            .map_err(|e| format_err("<file>", format!("serialising: {e}")))
+        let bytes = safetensors::serialize(out, Some(meta))
+            .map_err(|e| format_err("<file>", format!("serialising: {e}")))?;
+        Ok(canonical_header(bytes))
     }
 
     /// Parses and validates safetensors bytes; every inconsistency is an [`Error::Format`]
@@ -285,6 +286,35 @@ impl CompressedFile {
     pub fn layer(&self, name: &str) -> Option<&CompressedLayer> {
         self.layers.iter().find(|l| l.name == name)
     }
+}
+
+/// The same file with its JSON header's keys in sorted order. safetensors writes
+/// `__metadata__` from a `HashMap`, so the same content would give different bytes from run
+/// to run; sorted, equal content is equal bytes. The header keeps its length (the same
+/// keys and values, reordered), so the data offsets do not move.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + n) else {
+        return bytes;
+    };
+    // serde_json's map is a BTreeMap (no `preserve_order`): re-encoding sorts the keys.
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let Ok(mut sorted) = serde_json::to_vec(&v) else {
+        return bytes;
+    };
+    if sorted.len() > n {
+        return bytes;
+    }
+    sorted.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&sorted);
+    bytes
 }
 
 /// Writes `bytes` to a temporary file in the target's folder, syncs it and renames it over

@@ -2,8 +2,7 @@
 //! (lavapipe here): exact block counts, no structure violations, falling primal residual,
 //! accuracy far above chance, and the `train-gpu` binary's run folder and errors: `--resume`
 //! ending exactly where an uninterrupted run ends (from every phase, and twice), config
-//! files, datasets, devices and `--init`. The tests under "Known bugs" show one bug each
-//! and are ignored until it is fixed (`cargo test --release --test train_gpu -- --ignored`).
+//! files, datasets, devices and `--init`. The tests under "Regressions" each failed once.
 #![cfg(feature = "train")]
 
 #[path = "../kernels-tests/common/mod.rs"]
@@ -471,8 +470,7 @@ fn csv_rows(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Equal floats, or (unless `exact`) floats a few ulps apart: see the ignored test
-/// `resume_keeps_every_digit` for why a resumed run's restored metrics may be.
+/// Equal floats, or (unless `exact`) floats a few ulps apart.
 fn close(a: f64, b: f64, exact: bool) -> bool {
     a == b || (!exact && (a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(b.abs()))
 }
@@ -523,8 +521,7 @@ fn same_csv(a: &Path, b: &Path, skip: Option<&str>, exact: bool) {
 }
 
 /// Run folder `b` ended exactly where `a` did: the same report.json apart from `timings`,
-/// the same compressed.safetensors (every layer, state, value, tensor and metadata entry;
-/// bytes: see the ignored `compressed_files_are_byte_for_byte_reproducible`), the same
+/// the same compressed.safetensors byte for byte, the same
 /// epochs.csv apart from `seconds`, and the same rounds.csv and residuals.csv.
 fn assert_same_end(a: &Path, b: &Path, exact: bool) {
     let report = |d: &Path| {
@@ -536,7 +533,7 @@ fn assert_same_end(a: &Path, b: &Path, exact: bool) {
         v
     };
     same_json(&report(a), &report(b), exact, "report.json");
-    let compressed = |d: &Path| CompressedFile::read(&d.join("compressed.safetensors")).unwrap();
+    let compressed = |d: &Path| read(&d.join("compressed.safetensors"));
     assert!(
         compressed(a) == compressed(b),
         "{} and {} differ in compressed.safetensors",
@@ -593,7 +590,7 @@ fn stop_and_resume(k: usize, epochs: usize) {
     }
     let out = stopped_run(&format!("resume-{k}"), k, epochs, &[]);
     resume(&out, epochs);
-    assert_same_end(baseline(), &out, false);
+    assert_same_end(baseline(), &out, true);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -628,7 +625,7 @@ fn resume_twice_the_second_time_in_the_retraining() {
     assert!(out.join("checkpoint.safetensors").is_file());
     assert_eq!(csv_rows(&out.join("epochs.csv")).len(), 5);
     resume(&out, 5);
-    assert_same_end(baseline(), &out, false);
+    assert_same_end(baseline(), &out, true);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -1082,11 +1079,9 @@ fn the_run_folder_holds_the_plots_and_metrics() {
     assert!(!base.join("checkpoint.safetensors").exists());
 }
 
-// ---- Known bugs: each test shows one, and is ignored until it is fixed. ----
+// ---- Regressions: each of these once failed. ----
 
 #[test]
-#[ignore = "bug: CompressedFile::to_bytes (src/format.rs) builds __metadata__ in a HashMap, so the \
-            header's key order, hence the bytes of compressed.safetensors, change from run to run"]
 fn compressed_files_are_byte_for_byte_reproducible() {
     if gpu().is_none() {
         return;
@@ -1113,8 +1108,6 @@ fn compressed_files_are_byte_for_byte_reproducible() {
 }
 
 #[test]
-#[ignore = "bug: the checkpoint's progress JSON is read by serde_json without its float_roundtrip \
-            feature, so restored floats (losses, accuracies, residuals, rho) may lose their last bit"]
 fn resume_keeps_every_digit() {
     if gpu().is_none() {
         return;
@@ -1126,8 +1119,6 @@ fn resume_keeps_every_digit() {
 }
 
 #[test]
-#[ignore = "bug: same cause (serde_json without float_roundtrip): the config inside the checkpoint \
-            reads back a float one ulp off, and --resume refuses the run's own checkpoint"]
 fn resume_accepts_any_float_in_the_config() {
     if gpu().is_none() {
         return;
@@ -1143,8 +1134,6 @@ fn resume_accepts_any_float_in_the_config() {
 }
 
 #[test]
-#[ignore = "bug: config.toml stores the default MNIST folder as the relative path \"assets/mnist\", \
-            so --resume (or --config RUN/config.toml) from another directory cannot find the data"]
 fn resume_from_another_working_directory() {
     if gpu().is_none() {
         return;

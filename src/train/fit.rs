@@ -1,52 +1,57 @@
-//! One epoch of SGD/Adam on the task loss plus an optional extra term (ADMM's ρ penalty),
-//! and evaluation.
+//! One epoch of training on the task loss plus an optional extra term (ADMM's ρ penalty),
+//! with hooks around each optimizer step, and evaluation.
 
 use crate::train::data::TensorSet;
 use crate::train::models::Model;
-use tch::{Tensor, nn};
+use crate::train::optim::Optimizer;
+use tch::Tensor;
 
-/// Trains one epoch; `extra()` is added to every batch's loss (e.g. Σ ρ/2‖W − Z + U‖²).
-/// Returns the mean task loss.
-pub fn train_epoch(
-    model: &Model,
-    opt: &mut nn::Optimizer,
-    set: &TensorSet,
-    batch: i64,
-    seed: i64,
-    extra: impl Fn() -> Option<Tensor>,
-) -> f64 {
-    train_epoch_hooked(model, opt, set, batch, seed, extra, || {}, || {})
+/// What an epoch does besides the task loss's gradient step. All optional.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Added to every batch's loss (e.g. Σ ρ/2‖W − Z + U‖²).
+    pub penalty: Option<Box<dyn Fn() -> Tensor + 'a>>,
+    /// After the backward pass (it may rewrite gradients, e.g. project them onto a
+    /// structure).
+    pub before_step: Option<Box<dyn FnMut() + 'a>>,
+    /// After the update (e.g. re-imposing a constraint on the weights).
+    pub after_step: Option<Box<dyn FnMut() + 'a>>,
+    /// After each batch: how many are done in this epoch, and the batch's task loss.
+    pub on_batch: Option<Box<dyn FnMut(usize, f64) + 'a>>,
 }
 
-/// [`train_epoch`] with two hooks around every optimizer step: `before_step` runs after the
-/// backward pass (it may rewrite gradients, e.g. project them onto a structure) and
-/// `after_step` after the update (e.g. a projection of the weights onto a constraint).
-#[allow(clippy::too_many_arguments)]
-pub fn train_epoch_hooked(
+/// Trains one epoch in the batch order seeded by `seed`. Returns the mean task loss.
+pub fn train_epoch(
     model: &Model,
-    opt: &mut nn::Optimizer,
+    opt: &mut Optimizer,
     set: &TensorSet,
     batch: i64,
     seed: i64,
-    extra: impl Fn() -> Option<Tensor>,
-    mut before_step: impl FnMut(),
-    mut after_step: impl FnMut(),
+    mut hooks: Hooks,
 ) -> f64 {
     let (mut total, mut count) = (0.0, 0i64);
-    for (x, y) in set.batches(batch, seed) {
+    for (i, (x, y)) in set.batches(batch, seed).enumerate() {
         let loss = model.forward(&x).cross_entropy_for_logits(&y);
         let n = y.size()[0];
-        total += f64::try_from(&loss).unwrap_or(f64::NAN) * n as f64;
+        let value = f64::try_from(&loss).unwrap_or(f64::NAN);
+        total += value * n as f64;
         count += n;
-        let objective = match extra() {
-            Some(e) => loss + e,
+        let objective = match &hooks.penalty {
+            Some(p) => loss + p(),
             None => loss,
         };
         opt.zero_grad();
         objective.backward();
-        before_step();
+        if let Some(f) = &mut hooks.before_step {
+            f();
+        }
         opt.step();
-        after_step();
+        if let Some(f) = &mut hooks.after_step {
+            f();
+        }
+        if let Some(f) = &mut hooks.on_batch {
+            f(i + 1, value);
+        }
     }
     total / count.max(1) as f64
 }
@@ -72,8 +77,8 @@ pub fn evaluate(model: &Model, set: &TensorSet, batch: i64) -> f64 {
 mod tests {
     use super::*;
     use crate::data::load_mnist_dir;
+    use crate::train::config::OptimizerKind;
     use crate::train::models::{ModelKind, build};
-    use tch::nn::OptimizerConfig;
 
     #[test]
     fn a_short_run_learns_mnist() {
@@ -83,9 +88,14 @@ mod tests {
         let train = TensorSet::new(&train, device).take(3000);
         let test = TensorSet::new(&test, device).take(1000);
         let (vs, model) = build(ModelKind::Lenet5, device, 1);
-        let mut opt = nn::Adam::default().build(&vs, 1e-3).unwrap();
+        let mut opt = Optimizer::new(
+            OptimizerKind::Adam,
+            vs.variables().into_iter().collect(),
+            1e-3,
+            0.0,
+        );
         let before = evaluate(&model, &test, 500);
-        let loss = train_epoch(&model, &mut opt, &train, 64, 1, || None);
+        let loss = train_epoch(&model, &mut opt, &train, 64, 1, Hooks::default());
         let after = evaluate(&model, &test, 500);
         // One epoch on 3k images: chance is 10%, LeNet-5 reaches ~90% here.
         assert!(

@@ -1,8 +1,18 @@
-//! Training with libtorch (the `train` feature): the models of the ADMM experiments, data
-//! as tensors, and CPU settings that keep epochs fast.
+//! Training with libtorch (the `train` feature): the ADMM pipeline of METHOD.md §3 and what
+//! it needs — models, data as tensors, an optimizer with savable state, masks for the
+//! retraining, checkpoints, reports and export.
 
-pub mod admm;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod denormals;
+pub mod export;
 pub mod fit;
+pub mod mask;
 pub mod models;
+pub mod optim;
+pub mod pipeline;
+pub mod report;
+pub mod rundir;
+pub mod sweep;
+pub mod tensors;

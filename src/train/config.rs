@@ -1,0 +1,280 @@
+//! What a `train-gpu` run depends on ([`AdmmConfig`]), its checks, and the plan of layers
+//! to project that it implies for a model.
+
+use crate::block::{BlockShape, LayerSpec, Ratios, SelectionMode};
+use crate::train::models::{Model, ModelKind};
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The largest block side: the sparse GEMM that runs the exported file is specialised up to
+/// 32×32 blocks.
+pub const MAX_BLOCK_SIDE: usize = 32;
+
+/// The optimizer of every phase (dense training, W-steps, retraining).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Adam,
+    /// SGD with (heavy-ball) momentum.
+    Sgd,
+}
+
+/// How the learning rate moves within the dense and the retraining phase. W-steps run at
+/// the constant `lr` (ADMM's penalty needs a steady step to pull W towards Z).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    /// Half a cosine from `lr` down to `lr / 100` over the phase's epochs.
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning rate of epoch `e` (0-based) of a phase of `n` epochs.
+    pub fn lr(self, lr: f64, e: usize, n: usize) -> f64 {
+        match self {
+            Schedule::Constant => lr,
+            Schedule::Cosine if n <= 1 => lr,
+            Schedule::Cosine => {
+                let floor = lr / 100.0;
+                let t = e as f64 / (n - 1) as f64;
+                floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+fn constant() -> Schedule {
+    Schedule::Constant
+}
+
+/// Which blocks to prune and unify: per layer (every compressible layer named once), or one
+/// pair ranked across the network (METHOD.md §2, global mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Targets {
+    PerLayer(Vec<(String, Ratios)>),
+    Global(Ratios),
+}
+
+/// Everything a run depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdmmConfig {
+    pub model: ModelKind,
+    pub block: BlockShape,
+    pub targets: Targets,
+    /// Initial penalty ρ₀.
+    pub rho0: f64,
+    /// Growth per round: ρ ← min(ρ·γ, ρ_max).
+    pub gamma: f64,
+    pub rho_max: f64,
+    /// ADMM rounds; 0 is the one-shot baseline (hard projection of the dense weights, then
+    /// the same retraining).
+    pub rounds: usize,
+    pub epochs_per_round: usize,
+    pub optimizer: OptimizerKind,
+    /// The learning rate: the start of the dense and retraining schedules, and the W-steps'.
+    pub lr: f64,
+    /// SGD's momentum (unused by Adam).
+    pub momentum: f64,
+    pub schedule: Schedule,
+    /// The learning-rate schedule over all W-step epochs of the ADMM phase.
+    #[serde(default = "constant")]
+    pub admm_schedule: Schedule,
+    pub dense_epochs: usize,
+    pub retrain_epochs: usize,
+    pub batch: i64,
+    pub seed: i64,
+    /// Start from these weights (a tch `.ot` or `.safetensors` of the model's variables)
+    /// instead of the seeded initialisation; `dense_epochs` may then be 0.
+    #[serde(default)]
+    pub init: Option<std::path::PathBuf>,
+    /// Evaluate on the test set after every epoch (progress only; costs eval time).
+    pub eval_every_epoch: bool,
+}
+
+impl AdmmConfig {
+    /// The demo of issue 4: LeNet-5, 4×4 blocks, per-layer targets conv1 0.2/0.4, conv2
+    /// 0.7/0.2, fc1 0.95/0.04, fc2 0.5/0.3, 6 dense epochs, 10 rounds of 1 epoch with
+    /// ρ₀ 5e-3 and γ 1.5, 3 retraining epochs, Adam 1e-3 (cosine within the dense and
+    /// retraining phases), batch 64, seed 1.
+    pub fn demo() -> Self {
+        let r = |p, u| Ratios { prune: p, unify: u };
+        Self {
+            model: ModelKind::Lenet5,
+            block: BlockShape::default(),
+            targets: Targets::PerLayer(vec![
+                ("conv1".into(), r(0.2, 0.4)),
+                ("conv2".into(), r(0.7, 0.2)),
+                ("fc1".into(), r(0.95, 0.04)),
+                ("fc2".into(), r(0.5, 0.3)),
+            ]),
+            rho0: 5e-3,
+            gamma: 1.5,
+            rho_max: 1.0,
+            rounds: 10,
+            epochs_per_round: 1,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            momentum: 0.9,
+            schedule: Schedule::Cosine,
+            admm_schedule: Schedule::Constant,
+            dense_epochs: 6,
+            retrain_epochs: 3,
+            batch: 64,
+            seed: 1,
+            init: None,
+            eval_every_epoch: true,
+        }
+    }
+
+    /// Checks the scalar settings (ratios are checked against the model in [`layer_plan`]).
+    pub fn check(&self) -> Result<()> {
+        let pos = |name: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number, got {v}");
+            }
+            Ok(())
+        };
+        pos("rho0", self.rho0)?;
+        pos("rho-max", self.rho_max)?;
+        pos("lr", self.lr)?;
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("momentum must be in [0, 1), got {}", self.momentum);
+        }
+        if self.rho0 > self.rho_max {
+            bail!(
+                "rho0 {} exceeds rho-max {}: ρ starts at ρ₀ and only grows",
+                self.rho0,
+                self.rho_max
+            );
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 1.0) {
+            bail!("gamma must be at least 1, got {}", self.gamma);
+        }
+        if self.batch < 1 {
+            bail!("batch must be at least 1, got {}", self.batch);
+        }
+        if self.rounds > 0 && self.epochs_per_round == 0 {
+            bail!("ADMM rounds need at least one epoch each");
+        }
+        let b = self.block;
+        if b.rows > MAX_BLOCK_SIDE || b.cols > MAX_BLOCK_SIDE {
+            bail!("block {b} is larger than allowed: at most {MAX_BLOCK_SIDE} per side");
+        }
+        match &self.targets {
+            Targets::Global(r) => {
+                Ratios::new(r.prune, r.unify, "--global")?;
+            }
+            Targets::PerLayer(v) => {
+                for (name, r) in v {
+                    Ratios::new(r.prune, r.unify, &format!("layer {name}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layers to project and their selection mode, checked against the model: every layer
+/// named once in per-layer mode, no unknown names, ratios in range, and a block no larger
+/// than any layer's GEMM view.
+pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, SelectionMode)> {
+    cfg.check()?;
+    let mut specs = Vec::new();
+    for (name, w) in model.weights() {
+        let shape: Vec<usize> = w.size().iter().map(|&d| d as usize).collect();
+        let spec = LayerSpec::new(name.clone(), &shape, cfg.block)?;
+        let (v, b) = (spec.view, cfg.block);
+        if b.rows > v.rows || b.cols > v.cols {
+            bail!(
+                "block {b} is larger than layer {name} allows: its GEMM view is {}x{}",
+                v.rows,
+                v.cols
+            );
+        }
+        specs.push(spec);
+    }
+    let mode = match &cfg.targets {
+        Targets::Global(r) => SelectionMode::Global(*r),
+        Targets::PerLayer(given) => {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            if let Some((n, _)) = given.iter().find(|(n, _)| !names.contains(&n.as_str())) {
+                bail!(
+                    "ratios name layer {n:?}, which {:?} does not have (layers: {})",
+                    cfg.model,
+                    names.join(", ")
+                );
+            }
+            let mut ratios = Vec::new();
+            for s in &specs {
+                let mut found = given.iter().filter(|(n, _)| *n == s.name);
+                let Some((_, r)) = found.next() else {
+                    bail!(
+                        "no ratios for layer {:?} (give every layer: {})",
+                        s.name,
+                        names.join(", ")
+                    );
+                };
+                if found.next().is_some() {
+                    bail!("layer {:?} is given ratios twice", s.name);
+                }
+                ratios.push(*r);
+            }
+            SelectionMode::PerLayer(ratios)
+        }
+    };
+    Ok((specs, mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::models::build;
+
+    fn demo_model() -> Model {
+        build(ModelKind::Lenet5, tch::Device::Cpu, 1).1
+    }
+
+    #[test]
+    fn the_plan_checks_names_ratios_and_block_size() {
+        let m = demo_model();
+        let cfg = AdmmConfig::demo();
+        let (specs, mode) = layer_plan(&cfg, &m).unwrap();
+        assert_eq!(specs.len(), 4);
+        assert!(matches!(mode, SelectionMode::PerLayer(ref r) if r.len() == 4));
+
+        let mut c = cfg.clone();
+        let Targets::PerLayer(v) = &mut c.targets else {
+            unreachable!()
+        };
+        v[0].0 = "conv9".into();
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("conv9"), "{e}");
+
+        let mut c = cfg.clone();
+        let Targets::PerLayer(v) = &mut c.targets else {
+            unreachable!()
+        };
+        v.pop();
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("no ratios for layer \"fc2\""), "{e}");
+
+        let mut c = cfg.clone();
+        c.block = BlockShape::new(16, 16).unwrap();
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("larger than layer fc2"), "{e}");
+
+        let mut c = cfg.clone();
+        c.targets = Targets::Global(Ratios {
+            prune: 0.9,
+            unify: 0.2,
+        });
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("must not exceed 1"), "{e}");
+
+        let mut c = cfg;
+        c.rho0 = 2.0;
+        assert!(c.check().unwrap_err().to_string().contains("rho-max"));
+    }
+}
