@@ -61,7 +61,11 @@ pub enum Targets {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdmmConfig {
     pub model: ModelKind,
+    /// The block shape of every layer not named in `layer_blocks`.
     pub block: BlockShape,
+    /// Per-layer block shapes (METHOD.md §1: block shape is a per-layer setting).
+    #[serde(default)]
+    pub layer_blocks: Vec<(String, BlockShape)>,
     pub targets: Targets,
     /// Initial penalty ρ₀.
     pub rho0: f64,
@@ -78,6 +82,14 @@ pub struct AdmmConfig {
     /// SGD's momentum (unused by Adam).
     pub momentum: f64,
     pub schedule: Schedule,
+    /// Rescale the scaled dual U by ρ_old/ρ_new whenever ρ grows, keeping the unscaled
+    /// dual ρU (METHOD.md §3 leaves this open; Boyd et al. 2011 §3.4.1 rescale).
+    #[serde(default)]
+    pub rescale_dual: bool,
+    /// The retraining phase's starting learning rate (default: `lr`). Fine-tuning a model
+    /// that already fits its structure wants a smaller step than training from scratch.
+    #[serde(default)]
+    pub retrain_lr: Option<f64>,
     /// The learning-rate schedule over all W-step epochs of the ADMM phase.
     #[serde(default = "constant")]
     pub admm_schedule: Schedule,
@@ -96,13 +108,16 @@ pub struct AdmmConfig {
 impl AdmmConfig {
     /// The demo of issue 4: LeNet-5, 4×4 blocks, per-layer targets conv1 0.2/0.4, conv2
     /// 0.7/0.2, fc1 0.95/0.04, fc2 0.5/0.3, 6 dense epochs, 10 rounds of 1 epoch with
-    /// ρ₀ 5e-3 and γ 1.5, 3 retraining epochs, Adam 1e-3 (cosine within the dense and
-    /// retraining phases), batch 64, seed 1.
+    /// ρ₀ 5e-3 and γ 1.5, 5 retraining epochs, Adam 1e-3 (cosine-annealed within each
+    /// phase), batch 64, seed 1. Measured choices (LeNet-5, seed 1, one run each): cosine
+    /// dense training 99.3% against 98.8% at a constant rate; cosine over ADMM 99.20% final
+    /// against 99.12% constant; 5 retraining epochs 99.22% against 99.20% with 3.
     pub fn demo() -> Self {
         let r = |p, u| Ratios { prune: p, unify: u };
         Self {
             model: ModelKind::Lenet5,
             block: BlockShape::default(),
+            layer_blocks: Vec::new(),
             targets: Targets::PerLayer(vec![
                 ("conv1".into(), r(0.2, 0.4)),
                 ("conv2".into(), r(0.7, 0.2)),
@@ -118,9 +133,11 @@ impl AdmmConfig {
             lr: 1e-3,
             momentum: 0.9,
             schedule: Schedule::Cosine,
-            admm_schedule: Schedule::Constant,
+            admm_schedule: Schedule::Cosine,
+            retrain_lr: None,
+            rescale_dual: false,
             dense_epochs: 6,
-            retrain_epochs: 3,
+            retrain_epochs: 5,
             batch: 64,
             seed: 1,
             init: None,
@@ -139,6 +156,9 @@ impl AdmmConfig {
         pos("rho0", self.rho0)?;
         pos("rho-max", self.rho_max)?;
         pos("lr", self.lr)?;
+        if let Some(lr) = self.retrain_lr {
+            pos("retrain-lr", lr)?;
+        }
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("momentum must be in [0, 1), got {}", self.momentum);
         }
@@ -158,9 +178,10 @@ impl AdmmConfig {
         if self.rounds > 0 && self.epochs_per_round == 0 {
             bail!("ADMM rounds need at least one epoch each");
         }
-        let b = self.block;
-        if b.rows > MAX_BLOCK_SIDE || b.cols > MAX_BLOCK_SIDE {
-            bail!("block {b} is larger than allowed: at most {MAX_BLOCK_SIDE} per side");
+        for b in std::iter::once(&self.block).chain(self.layer_blocks.iter().map(|(_, b)| b)) {
+            if b.rows > MAX_BLOCK_SIDE || b.cols > MAX_BLOCK_SIDE {
+                bail!("block {b} is larger than allowed: at most {MAX_BLOCK_SIDE} per side");
+            }
         }
         match &self.targets {
             Targets::Global(r) => {
@@ -181,11 +202,29 @@ impl AdmmConfig {
 /// than any layer's GEMM view.
 pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, SelectionMode)> {
     cfg.check()?;
+    let names: Vec<&str> = model.weights().iter().map(|(n, _)| n.as_str()).collect();
+    for (i, (n, _)) in cfg.layer_blocks.iter().enumerate() {
+        if !names.contains(&n.as_str()) {
+            bail!(
+                "a block shape is given for layer {n:?}, which {:?} does not have (layers: {})",
+                cfg.model,
+                names.join(", ")
+            );
+        }
+        if cfg.layer_blocks[..i].iter().any(|(m, _)| m == n) {
+            bail!("layer {n:?} is given a block shape twice");
+        }
+    }
     let mut specs = Vec::new();
     for (name, w) in model.weights() {
         let shape: Vec<usize> = w.size().iter().map(|&d| d as usize).collect();
-        let spec = LayerSpec::new(name.clone(), &shape, cfg.block)?;
-        let (v, b) = (spec.view, cfg.block);
+        let b = cfg
+            .layer_blocks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(cfg.block, |(_, b)| *b);
+        let spec = LayerSpec::new(name.clone(), &shape, b)?;
+        let v = spec.view;
         if b.rows > v.rows || b.cols > v.cols {
             bail!(
                 "block {b} is larger than layer {name} allows: its GEMM view is {}x{}",
@@ -273,8 +312,25 @@ mod tests {
         let e = layer_plan(&c, &m).unwrap_err().to_string();
         assert!(e.contains("must not exceed 1"), "{e}");
 
-        let mut c = cfg;
+        let mut c = cfg.clone();
         c.rho0 = 2.0;
         assert!(c.check().unwrap_err().to_string().contains("rho-max"));
+
+        // Per-layer block shapes override the network's.
+        let mut c = cfg.clone();
+        let b28 = BlockShape::new(2, 8).unwrap();
+        c.layer_blocks = vec![("fc1".into(), b28)];
+        let (specs, _) = layer_plan(&c, &m).unwrap();
+        let blocks: Vec<BlockShape> = specs.iter().map(|s| s.block).collect();
+        assert_eq!(blocks, [c.block, c.block, b28, c.block]);
+        c.layer_blocks.push(("fc1".into(), b28));
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("\"fc1\" is given a block shape twice"), "{e}");
+        c.layer_blocks = vec![("fc7".into(), b28)];
+        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        assert!(e.contains("layer \"fc7\""), "{e}");
+        c.layer_blocks = vec![("conv1".into(), BlockShape::new(8, 64).unwrap())];
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("at most 32 per side"), "{e}");
     }
 }

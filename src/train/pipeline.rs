@@ -480,6 +480,15 @@ pub fn run(
         r.p.rounds.push(round);
         (r.z, r.u) = (z_new, u_new);
         r.p.rho = (rho * cfg.gamma).min(cfg.rho_max);
+        if cfg.rescale_dual && r.p.rho != rho {
+            // U is the scaled dual y/ρ: when ρ changes, y is kept and U rescaled (Boyd et
+            // al. 2011, §3.4.1), on the host copy and on the GPU that reads it next round.
+            let f = (rho / r.p.rho) as f32;
+            for l in 0..r.u.len() {
+                r.u[l].iter_mut().for_each(|x| *x *= f);
+                r.net.write(gpu, Buf::U, l, &r.u[l])?;
+            }
+        }
         r.p.rounds_done += 1;
         r.save(obs)?;
     }
@@ -530,7 +539,9 @@ pub fn run(
     }
     while r.p.retrain_done < cfg.retrain_epochs {
         let e = r.p.retrain_done;
-        let lr = cfg.schedule.lr(cfg.lr, e, cfg.retrain_epochs);
+        let lr = cfg
+            .schedule
+            .lr(cfg.retrain_lr.unwrap_or(cfg.lr), e, cfg.retrain_epochs);
         r.epoch(Phase::Retrain, e + 1, lr, None, obs)?;
         r.p.retrain_done += 1;
         r.save(obs)?;

@@ -170,7 +170,8 @@ pub fn markdown(cfg: &AdmmConfig, r: &Report) -> String {
     let t = &r.timings;
     let mut s = format!(
         "# train-gpu run\n\n{:?}, block {}, {} ADMM rounds of {} epoch(s) (ρ₀ {}, γ {}, ρ_max {}), \
-         {} dense and {} retraining epochs, {:?} lr {} ({:?}), batch {}, seed {}.\n\n\
+         {} dense and {} retraining epochs, {:?} lr {} ({:?} in the dense and retraining phases, \
+         {:?} over ADMM), batch {}, seed {}{}.\n\n\
          | | accuracy (%) |\n| --- | --- |\n| dense | {:.2} |\n| hard projection | {:.2} |\n\
          | final | {:.2} |\n\n\
          Compression {:.1}× (METHOD.md §1 bits); blocks {}; structure violations {}.\n\n\
@@ -188,8 +189,13 @@ pub fn markdown(cfg: &AdmmConfig, r: &Report) -> String {
         cfg.optimizer,
         cfg.lr,
         cfg.schedule,
+        cfg.admm_schedule,
         cfg.batch,
         cfg.seed,
+        cfg.init.as_ref().map_or(String::new(), |p| format!(
+            ", starting from {}",
+            p.display()
+        )),
         r.dense_accuracy,
         r.hard_projection_accuracy,
         r.final_accuracy,

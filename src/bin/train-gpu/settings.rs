@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Block shape ROWSxCOLS for every layer [4x4].
     #[arg(long)]
     pub block: Option<BlockShape>,
+    /// Per-layer block shapes NAME=ROWSxCOLS,... (other layers take --block).
+    #[arg(long, value_name = "NAME=RxC,...")]
+    pub layer_blocks: Option<String>,
     /// Per-layer targets NAME=PRUNE/UNIFY,... (every layer once)
     /// [conv1=0.2/0.4,conv2=0.7/0.2,fc1=0.95/0.04,fc2=0.5/0.3].
     #[arg(long, conflicts_with_all = ["prune", "unify"])]
@@ -78,7 +81,7 @@ pub struct RunArgs {
     /// Dense training epochs before ADMM [6].
     #[arg(long)]
     pub dense_epochs: Option<usize>,
-    /// Masked retraining epochs after the hard projection [3].
+    /// Masked retraining epochs after the hard projection [5].
     #[arg(long)]
     pub retrain_epochs: Option<usize>,
     /// Optimizer of every phase [adam].
@@ -87,13 +90,19 @@ pub struct RunArgs {
     /// Learning rate [1e-3].
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Rescale the scaled dual U when ρ grows (keeps ρU) [false].
+    #[arg(long)]
+    pub rescale_dual: Option<bool>,
+    /// Starting learning rate of the masked retraining [--lr].
+    #[arg(long)]
+    pub retrain_lr: Option<f64>,
     /// SGD's momentum [0.9].
     #[arg(long)]
     pub momentum: Option<f64>,
     /// Learning-rate schedule of the dense and retraining phases [cosine].
     #[arg(long, value_enum)]
     pub schedule: Option<Schedule>,
-    /// Learning-rate schedule over the ADMM phase's W-step epochs [constant].
+    /// Learning-rate schedule over the ADMM phase's W-step epochs [cosine].
     #[arg(long, value_enum)]
     pub admm_schedule: Option<Schedule>,
     /// Mini-batch size [64].
@@ -138,6 +147,8 @@ pub struct FileConfig {
     pub dataset: Option<Dataset>,
     pub data_dir: Option<PathBuf>,
     pub block: Option<String>,
+    /// Per-layer block shapes: `[layer_blocks] conv1 = "2x8"`.
+    pub layer_blocks: Option<BTreeMap<String, String>>,
     pub ratios: Option<RatioTable>,
     /// One pair for every layer, `[prune, unify]` (or for the network with `global`).
     pub uniform: Option<[f64; 2]>,
@@ -151,6 +162,8 @@ pub struct FileConfig {
     pub retrain_epochs: Option<usize>,
     pub optimizer: Option<OptimizerKind>,
     pub lr: Option<f64>,
+    pub retrain_lr: Option<f64>,
+    pub rescale_dual: Option<bool>,
     pub momentum: Option<f64>,
     pub schedule: Option<Schedule>,
     pub admm_schedule: Option<Schedule>,
@@ -259,6 +272,7 @@ impl RunArgs {
         f(self.dataset.is_some(), "--dataset");
         f(self.data_dir.is_some(), "--data-dir");
         f(self.block.is_some(), "--block");
+        f(self.layer_blocks.is_some(), "--layer-blocks");
         f(self.ratios.is_some(), "--ratios");
         f(self.prune.is_some(), "--prune");
         f(self.unify.is_some(), "--unify");
@@ -272,6 +286,8 @@ impl RunArgs {
         f(self.retrain_epochs.is_some(), "--retrain-epochs");
         f(self.optimizer.is_some(), "--optimizer");
         f(self.lr.is_some(), "--lr");
+        f(self.retrain_lr.is_some(), "--retrain-lr");
+        f(self.rescale_dual.is_some(), "--rescale-dual");
         f(self.momentum.is_some(), "--momentum");
         f(self.schedule.is_some(), "--schedule");
         f(self.admm_schedule.is_some(), "--admm-schedule");
@@ -308,6 +324,8 @@ impl RunArgs {
             retrain_epochs,
             optimizer,
             lr,
+            retrain_lr,
+            rescale_dual,
             momentum,
             schedule,
             admm_schedule,
@@ -322,6 +340,16 @@ impl RunArgs {
         );
         if let Some(b) = self.block {
             f.block = Some(b.to_string());
+        }
+        if let Some(v) = &self.layer_blocks {
+            let mut t = BTreeMap::new();
+            for part in v.split(',').filter(|p| !p.trim().is_empty()) {
+                let Some((n, b)) = part.split_once('=') else {
+                    bail!("--layer-blocks entry {part:?} is not NAME=ROWSxCOLS (e.g. fc1=8x8)");
+                };
+                t.insert(n.trim().to_string(), b.trim().to_string());
+            }
+            f.layer_blocks = Some(t);
         }
         if self.no_epoch_eval {
             f.eval_every_epoch = Some(false);
@@ -357,6 +385,17 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("block {b:?}: {e}"))?,
             None => d.block,
         };
+        let layer_blocks = f
+            .layer_blocks
+            .iter()
+            .flatten()
+            .map(|(n, b)| {
+                let shape = b
+                    .parse::<BlockShape>()
+                    .map_err(|e| anyhow::anyhow!("block {b:?} of layer {n}: {e}"))?;
+                Ok((n.clone(), shape))
+            })
+            .collect::<Result<Vec<_>>>()?;
         if f.ratios.is_some() && f.uniform.is_some() {
             bail!("give either per-layer `ratios` or one `uniform` pair, not both");
         }
@@ -389,6 +428,7 @@ impl Settings {
         let admm = AdmmConfig {
             model,
             block,
+            layer_blocks,
             targets,
             rho0: f.rho0.unwrap_or(d.rho0),
             gamma: f.gamma.unwrap_or(d.gamma),
@@ -397,6 +437,8 @@ impl Settings {
             epochs_per_round: f.epochs_per_round.unwrap_or(d.epochs_per_round),
             optimizer: f.optimizer.unwrap_or(d.optimizer),
             lr: f.lr.unwrap_or(d.lr),
+            retrain_lr: f.retrain_lr.or(d.retrain_lr),
+            rescale_dual: f.rescale_dual.unwrap_or(d.rescale_dual),
             momentum: f.momentum.unwrap_or(d.momentum),
             schedule: f.schedule.unwrap_or(d.schedule),
             admm_schedule: f.admm_schedule.unwrap_or(d.admm_schedule),
@@ -480,6 +522,12 @@ impl Settings {
             dataset: Some(self.dataset),
             data_dir: Some(self.data_dir.clone()),
             block: Some(a.block.to_string()),
+            layer_blocks: (!a.layer_blocks.is_empty()).then(|| {
+                a.layer_blocks
+                    .iter()
+                    .map(|(n, b)| (n.clone(), b.to_string()))
+                    .collect()
+            }),
             ratios,
             uniform,
             global,
@@ -492,6 +540,8 @@ impl Settings {
             retrain_epochs: Some(a.retrain_epochs),
             optimizer: Some(a.optimizer),
             lr: Some(a.lr),
+            retrain_lr: a.retrain_lr,
+            rescale_dual: Some(a.rescale_dual),
             momentum: Some(a.momentum),
             schedule: Some(a.schedule),
             admm_schedule: Some(a.admm_schedule),
