@@ -11,7 +11,7 @@ mod common;
 use microunify::block::Ratios;
 use microunify::data::load_mnist_dir;
 use microunify::format::CompressedFile;
-use microunify::train::config::{AdmmConfig, Targets};
+use microunify::train::config::{AdmmConfig, Schedule, Targets};
 use microunify::train::data::TensorSet;
 use microunify::train::models::ModelKind;
 use microunify::train::pipeline::{self, Observer};
@@ -45,6 +45,8 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
         rho0: 0.5,
         gamma: 2.0,
         rho_max: 10.0,
+        // Steady W-steps: with two rounds, a cosine would all but stop the second one.
+        admm_schedule: Schedule::Constant,
         rounds: 2,
         dense_epochs: 2,
         retrain_epochs: 1,

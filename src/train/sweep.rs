@@ -921,10 +921,11 @@ mod tests {
         for r in &rows {
             let c = &r.config;
             assert_eq!((c.seed, c.batch, c.lr, c.dense_epochs), (1, 64, 1e-3, 6));
+            let budget = base.rounds * base.epochs_per_round + base.retrain_epochs;
             let (rounds, retrain) = match r.training {
-                Training::Admm => (10, 3),
-                Training::OneShot => (0, 3),
-                Training::OneShotLong => (0, 13),
+                Training::Admm => (base.rounds, base.retrain_epochs),
+                Training::OneShot => (0, base.retrain_epochs),
+                Training::OneShotLong => (0, budget),
             };
             assert_eq!(
                 (c.rounds, c.retrain_epochs),
