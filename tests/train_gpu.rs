@@ -1175,3 +1175,55 @@ fn resume_from_another_working_directory() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
 }
+
+/// `train-gpu sweep` on a tiny budget: one dense model, the planned sub-runs, sweep.csv /
+/// sweep.md / sweep.png; a second call reuses every finished sub-run; a changed
+/// configuration is refused rather than mixed with the old results.
+#[test]
+fn a_tiny_sweep_writes_its_outputs_and_reuses_finished_runs() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut v = vec!["sweep".to_string()];
+        v.extend(tiny_args(
+            &out,
+            &["--no-epoch-eval", "--rounds", "1", "--retrain-epochs", "1"],
+        ));
+        v.extend(
+            [
+                "--methods",
+                "mixed,prune-only",
+                "--trainings",
+                "admm,one-shot",
+            ]
+            .map(String::from),
+        );
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let first = succeeds(&sweep(&[]));
+    assert!(first.contains("4 sub-runs"), "{first}");
+    let csv = read_text(&out.join("sweep.csv"));
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    for name in [
+        "mixed,admm",
+        "mixed,one-shot",
+        "prune-only,admm",
+        "prune-only,one-shot",
+    ] {
+        assert!(csv.contains(name), "no {name} row in {csv}");
+    }
+    assert!(read(&out.join("sweep.png")).starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert!(read_text(&out.join("sweep.md")).contains("one-shot"));
+    assert!(out.join("dense/dense.ot").is_file());
+    let again = succeeds(&sweep(&[]));
+    assert_eq!(again.matches("finished before").count(), 5, "{again}");
+    assert_eq!(read_text(&out.join("sweep.csv")), csv);
+    fails_with(
+        &sweep(&["--lr", "0.002"]),
+        "holds a finished run of another configuration",
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

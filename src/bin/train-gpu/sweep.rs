@@ -6,7 +6,7 @@
 //! again and an interrupted one resumes, so re-running the same command continues a
 //! sweep. `sweep.csv`, `sweep.md` and `sweep.png` are rewritten after every sub-run.
 
-use crate::settings::{RunArgs, Settings};
+use crate::settings::{FileConfig, RunArgs, Settings};
 use crate::{check_plan, load_data, run_into};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -55,8 +55,18 @@ enum Found {
     Fresh,
 }
 
-fn find(dir: &Path) -> Result<Found> {
+fn find(dir: &Path, s: &Settings) -> Result<Found> {
     if dir.join(REPORT).is_file() && !dir.join(microunify::train::checkpoint::FILE).exists() {
+        // A finished run is reused only if it ran this very configuration.
+        let saved = FileConfig::load(&dir.join(CONFIG))
+            .and_then(|f| Settings::from_file(&f))
+            .with_context(|| format!("the finished run in {}", dir.display()))?;
+        if saved.admm != s.admm {
+            bail!(
+                "{} holds a finished run of another configuration: delete it, or sweep into another --out",
+                dir.display()
+            );
+        }
         let bytes = std::fs::read(dir.join(REPORT))?;
         let r = serde_json::from_slice(&bytes)
             .with_context(|| format!("reading {}", dir.join(REPORT).display()))?;
@@ -80,7 +90,7 @@ fn run_or_reuse(
     gpu: &Gpu,
     label: &str,
 ) -> Result<Report> {
-    match find(dir)? {
+    match find(dir, s)? {
         Found::Done(r) => {
             eprintln!("{label}finished before: {}", dir.display());
             Ok(r)
@@ -134,7 +144,7 @@ pub fn main(args: &SweepArgs) -> Result<()> {
         let mut dense = base.clone();
         dense.admm.rounds = 0;
         dense.admm.retrain_epochs = 0;
-        let dir = args.out.join("dense");
+        let dir = std::path::absolute(args.out.join("dense"))?;
         run_or_reuse(&dense, &dir, &data, &gpu, "[dense] ")?;
         Some(dir.join("dense.ot"))
     } else {
