@@ -448,7 +448,7 @@ pub fn sweep_csv(rows: &[SweepRow]) -> String {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{},{},{},{},{},{}",
-            row.target,
+            num(row.target, 4),
             row.method,
             row.training,
             num(r.compression_ratio, 4),
@@ -534,7 +534,7 @@ pub fn sweep_markdown(rows: &[SweepRow]) -> String {
         let Some(r) = &row.report else { continue };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2}x | {:.2} | {:.2} | {} | {} | {} | {:.1} |",
+            "| {:.2}x | {} | {} | {:.2}x | {:.2} | {:.2} | {} | {} | {} | {:.1} |",
             row.target,
             row.method,
             row.training,
@@ -558,7 +558,7 @@ pub fn sweep_markdown(rows: &[SweepRow]) -> String {
     let (mut n_a, mut admm_wins) = (0, 0);
     for &t in &targets {
         let Some((arow, a)) = find(rows, t, Method::Mixed, Training::Admm) else {
-            let _ = writeln!(s, "- target {t}x: mixed ADMM not finished.");
+            let _ = writeln!(s, "- target {t:.2}x: mixed ADMM not finished.");
             continue;
         };
         let mut parts = Vec::new();
@@ -587,7 +587,7 @@ pub fn sweep_markdown(rows: &[SweepRow]) -> String {
         };
         let _ = writeln!(
             s,
-            "- target {t}x: ADMM {:.2} at {:.2}x ({} rounds of {} epoch(s), then {} retraining \
+            "- target {t:.2}x: ADMM {:.2} at {:.2}x ({} rounds of {} epoch(s), then {} retraining \
              epochs; hard projection {:.2}) {others}.",
             a.final_accuracy,
             a.compression_ratio,
@@ -630,7 +630,7 @@ pub fn sweep_markdown(rows: &[SweepRow]) -> String {
             }
             parts.push(p);
         }
-        let mut line = format!("- target {t}x: {}", parts.join(", "));
+        let mut line = format!("- target {t:.2}x: {}", parts.join(", "));
         if found.len() > 1 {
             let best = found
                 .iter()
@@ -1027,7 +1027,7 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "20,mixed,admm,20.1000,99.0000,97.0000,98.9000,3,2,1,6.50"
+            "20.0000,mixed,admm,20.1000,99.0000,97.0000,98.9000,3,2,1,6.50"
         );
         let md = sweep_markdown(&rows);
         println!("{md}");
