@@ -30,16 +30,16 @@ pub struct Progress {
     /// The hard projection has run (states and signs are fixed).
     pub projected: bool,
     pub retrain_done: usize,
-    /// Epochs trained so far (each epoch's batch order is seeded by it).
-    pub epoch_no: i64,
     /// ρ of the next round.
     pub rho: f64,
+    /// The optimizer's step count (Adam's bias correction), as of the checkpoint.
     pub optimizer_steps: i64,
     pub dense_accuracy: Option<f64>,
     pub hard_projection_accuracy: Option<f64>,
     /// Accuracy evaluated after the latest epoch of the current phase (so a phase's end is
     /// not evaluated twice).
     pub last_accuracy: Option<f64>,
+    /// Every epoch trained so far; the next one's batch order is seeded by its number.
     pub epochs: Vec<EpochRecord>,
     pub rounds: Vec<RoundReport>,
     pub residuals: Vec<LayerResiduals>,
@@ -55,7 +55,6 @@ impl Progress {
             rounds_done: 0,
             projected: false,
             retrain_done: 0,
-            epoch_no: 0,
             rho: config.rho0,
             optimizer_steps: 0,
             dense_accuracy: None,
@@ -86,14 +85,6 @@ pub struct Checkpoint {
     pub states: BTreeMap<String, Vec<BlockState>>,
 }
 
-fn state_code(s: BlockState) -> u8 {
-    match s {
-        BlockState::Dense => 0,
-        BlockState::Unified => 1,
-        BlockState::Pruned => 2,
-    }
-}
-
 impl Checkpoint {
     /// Writes the checkpoint atomically (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -101,12 +92,7 @@ impl Checkpoint {
         let states: Vec<(String, Vec<u8>)> = self
             .states
             .iter()
-            .map(|(k, v)| {
-                (
-                    format!("states.{k}"),
-                    v.iter().map(|&s| state_code(s)).collect(),
-                )
-            })
+            .map(|(k, v)| (format!("states.{k}"), v.iter().map(|&s| s as u8).collect()))
             .collect();
         for (name, t) in &self.tensors {
             let view = TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
@@ -160,11 +146,10 @@ impl Checkpoint {
                 let s = view
                     .data()
                     .iter()
-                    .map(|&c| match c {
-                        0 => Ok(BlockState::Dense),
-                        1 => Ok(BlockState::Unified),
-                        2 => Ok(BlockState::Pruned),
-                        _ => bail!("{}: tensor {name} holds state code {c}", path.display()),
+                    .map(|&c| {
+                        BlockState::from_code(c.into()).with_context(|| {
+                            format!("{}: tensor {name} holds state code {c}", path.display())
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 states.insert(layer.to_string(), s);

@@ -107,7 +107,6 @@ impl Run<'_> {
             self.cfg.lr,
             self.cfg.momentum,
         );
-        self.p.optimizer_steps = 0;
     }
 
     fn eval(&mut self) -> f64 {
@@ -147,8 +146,8 @@ impl Run<'_> {
         rho: Option<f64>,
         obs: &mut dyn Observer,
     ) -> Result<EpochRecord> {
-        self.p.epoch_no += 1;
-        let seed = self.cfg.seed * 10_000 + self.p.epoch_no;
+        let epoch = self.p.epochs.len() + 1;
+        let seed = self.cfg.seed * 10_000 + epoch as i64;
         self.opt.set_lr(lr);
         let start = Instant::now();
         // The W-step's penalty Σ ρ/2‖W − Z + U‖², with Z − U a constant of the round.
@@ -205,7 +204,6 @@ impl Run<'_> {
             },
         );
         let seconds = start.elapsed().as_secs_f64();
-        self.p.optimizer_steps = self.opt.steps();
         if !loss.is_finite() {
             bail!(
                 "{} epoch {phase_epoch} diverged (loss {loss}); try a smaller --lr",
@@ -215,7 +213,7 @@ impl Run<'_> {
         let test_accuracy = self.cfg.eval_every_epoch.then(|| self.eval());
         self.p.last_accuracy = test_accuracy;
         let rec = EpochRecord {
-            epoch: self.p.epochs.len() + 1,
+            epoch,
             phase,
             phase_epoch,
             lr,
@@ -270,7 +268,10 @@ impl Run<'_> {
             }
         }
         Ok(Checkpoint {
-            progress: self.p.clone(),
+            progress: Progress {
+                optimizer_steps: self.opt.steps(),
+                ..self.p.clone()
+            },
             tensors,
             states,
         })
@@ -339,11 +340,17 @@ impl Run<'_> {
     }
 }
 
-/// Loads `--init` weights (a tch `.ot` or a `.safetensors` of the model's variables).
-fn load_init(vs: &mut nn::VarStore, path: &std::path::Path) -> Result<()> {
+/// `--init` must name a file (checked before a run starts any work).
+pub fn check_init(path: &std::path::Path) -> Result<()> {
     if !path.is_file() {
         bail!("--init {}: no such file", path.display());
     }
+    Ok(())
+}
+
+/// Loads `--init` weights (a tch `.ot` or a `.safetensors` of the model's variables).
+fn load_init(vs: &mut nn::VarStore, path: &std::path::Path) -> Result<()> {
+    check_init(path)?;
     vs.load(path)
         .with_context(|| format!("loading --init {} into the model", path.display()))
 }
@@ -398,7 +405,10 @@ pub fn run(
         r.restore(c)?;
         obs.note(&format!(
             "resumed after {} epochs ({} dense, {} ADMM rounds, {} retraining)",
-            r.p.epoch_no, r.p.dense_done, r.p.rounds_done, r.p.retrain_done
+            r.p.epochs.len(),
+            r.p.dense_done,
+            r.p.rounds_done,
+            r.p.retrain_done
         ));
     }
     let batches = (train.len() as usize).div_ceil(cfg.batch as usize);

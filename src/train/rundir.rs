@@ -16,7 +16,7 @@ use crate::plots::{self, EpochPoint, LayerStates, RoundPoint};
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::config::AdmmConfig;
 use crate::train::pipeline::Outcome;
-use crate::train::report::{self, EpochRecord, RoundReport};
+use crate::train::report::{self, EpochRecord, Report, RoundReport};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use tch::nn;
@@ -30,12 +30,29 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// The run folder at `path` (nothing is checked or created).
+    pub fn at(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The report of a finished run here (report.json and no checkpoint), if there is one.
+    pub fn finished_report(&self) -> Result<Option<Report>> {
+        let path = self.file(REPORT);
+        if !path.is_file() || self.checkpoint_path().exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let r = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(r))
+    }
+
     /// A folder for a new run. Refuses one that holds an unfinished run (its checkpoint),
     /// which only `--resume` may continue; a finished run's files are replaced.
     pub fn create(path: &Path) -> Result<Self> {
-        let d = Self {
-            path: path.to_path_buf(),
-        };
+        let d = Self::at(path);
         if d.checkpoint_path().exists() {
             bail!(
                 "{} holds an unfinished run: continue it with --resume {0}, or delete the folder",
@@ -51,9 +68,7 @@ impl RunDir {
         if !path.is_dir() {
             bail!("--resume {}: no such folder", path.display());
         }
-        let d = Self {
-            path: path.to_path_buf(),
-        };
+        let d = Self::at(path);
         if !d.file(CONFIG).is_file() {
             bail!(
                 "--resume {}: not a train-gpu run folder (no {CONFIG})",
@@ -184,14 +199,7 @@ impl RunDir {
                     name: spec.name.clone(),
                     grid_rows: g.block_rows(),
                     grid_cols: g.block_cols(),
-                    states: states
-                        .iter()
-                        .map(|s| match s {
-                            crate::block::BlockState::Dense => 0,
-                            crate::block::BlockState::Unified => 1,
-                            crate::block::BlockState::Pruned => 2,
-                        })
-                        .collect(),
+                    states: states.iter().map(|&s| s as u8).collect(),
                 }
             })
             .collect();

@@ -12,6 +12,7 @@ mod sweep;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use microunify::LayerSpec;
 use microunify::data::load_mnist_dir;
 use microunify::gpu::Gpu;
 use microunify::train::checkpoint::Checkpoint;
@@ -74,11 +75,11 @@ fn load_data(s: &Settings) -> Result<(TensorSet, TensorSet)> {
     Ok((train, test))
 }
 
-/// Checks the ratios against the model (names, block size) before any data or GPU work.
-fn check_plan(s: &Settings) -> Result<()> {
+/// The layers to compress, checked against the model (names, ratios, block sizes) before
+/// any data or GPU work.
+fn plan(s: &Settings) -> Result<Vec<LayerSpec>> {
     let (_vs, model) = microunify::train::models::build(s.admm.model, tch::Device::Cpu, 0);
-    layer_plan(&s.admm, &model)?;
-    Ok(())
+    Ok(layer_plan(&s.admm, &model)?.0)
 }
 
 /// Total epochs of a run.
@@ -139,17 +140,17 @@ fn main() -> Result<()> {
             }
             let s = Settings::from_file(&file)
                 .with_context(|| format!("the config of {}", dir.path.display()))?;
+            plan(&s)?;
             (s, dir, Some(ckpt))
         }
         None => {
             let s = cli.run.resolve()?;
-            check_plan(&s)?;
+            plan(&s)?;
             let dir = RunDir::create(&cli.out)?;
             dir.write(CONFIG, s.to_toml()?.as_bytes())?;
             (s, dir, None)
         }
     };
-    check_plan(&settings)?;
     let data = load_data(&settings)?;
     let gpu = Gpu::new(&settings.gpu).context("opening the GPU for the projection")?;
     eprintln!(

@@ -450,10 +450,8 @@ impl Settings {
             eval_every_epoch: f.eval_every_epoch.unwrap_or(d.eval_every_epoch),
         };
         admm.check()?;
-        if let Some(init) = &admm.init
-            && !init.is_file()
-        {
-            bail!("--init {}: no such file", init.display());
+        if let Some(init) = &admm.init {
+            microunify::train::pipeline::check_init(init)?;
         }
         let dataset = f.dataset.unwrap_or(Dataset::Mnist);
         let data_dir = match (&f.data_dir, dataset) {

@@ -7,15 +7,13 @@
 //! sweep. `sweep.csv`, `sweep.md` and `sweep.png` are rewritten after every sub-run.
 
 use crate::settings::{FileConfig, RunArgs, Settings};
-use crate::{check_plan, load_data, run_into};
+use crate::{load_data, plan, run_into};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use microunify::gpu::Gpu;
 use microunify::train::checkpoint::Checkpoint;
-use microunify::train::config::layer_plan;
-use microunify::train::models::build;
 use microunify::train::report::Report;
-use microunify::train::rundir::{CONFIG, REPORT, RunDir};
+use microunify::train::rundir::{CONFIG, RunDir};
 use microunify::train::sweep::{Method, SweepPlan, Training, plan_runs, write_outputs};
 use std::path::{Path, PathBuf};
 
@@ -56,7 +54,8 @@ enum Found {
 }
 
 fn find(dir: &Path, s: &Settings) -> Result<Found> {
-    if dir.join(REPORT).is_file() && !dir.join(microunify::train::checkpoint::FILE).exists() {
+    let d = RunDir::at(dir);
+    if let Some(r) = d.finished_report()? {
         // A finished run is reused only if it ran this very configuration.
         let saved = FileConfig::load(&dir.join(CONFIG))
             .and_then(|f| Settings::from_file(&f))
@@ -67,12 +66,9 @@ fn find(dir: &Path, s: &Settings) -> Result<Found> {
                 dir.display()
             );
         }
-        let bytes = std::fs::read(dir.join(REPORT))?;
-        let r = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", dir.join(REPORT).display()))?;
         return Ok(Found::Done(r));
     }
-    if dir.join(microunify::train::checkpoint::FILE).is_file() {
+    if d.checkpoint_path().is_file() {
         let (d, c) = RunDir::open_unfinished(dir)?;
         return Ok(Found::Unfinished(d, Box::new(c)));
     }
@@ -114,12 +110,10 @@ fn run_or_reuse(
 
 pub fn main(args: &SweepArgs) -> Result<()> {
     let base = args.run.resolve()?;
-    check_plan(&base)?;
+    let specs = plan(&base)?;
     if args.methods.is_empty() || args.trainings.is_empty() {
         bail!("--methods and --trainings need at least one value each");
     }
-    let (_vs, model) = build(base.admm.model, tch::Device::Cpu, 0);
-    let (specs, _) = layer_plan(&base.admm, &model)?;
     let mut rows = plan_runs(
         &SweepPlan {
             base: base.admm.clone(),
