@@ -81,7 +81,7 @@ fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut
     compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
     let mut paths = vec![Path::Tiled];
     let bc = cm.block.cols;
-    if n <= 8 && bc % 4 == 0 && (32 % bc == 0 || bc % 32 == 0) {
+    if n <= 8 && bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32)) {
         paths.push(Path::SmallBatch);
     }
     for path in paths {

@@ -1267,7 +1267,7 @@ fn errors_are_reported() {
     // Block shapes with a zero side.
     for (r, c) in [(0, 4), (4, 0), (0, 0), (70_000, 1)] {
         assert!(
-            matches!(BlockShape::new(r, c), Err(Error::BlockShape(_))),
+            matches!(BlockShape::new(r, c), Err(Error::BlockShape { .. })),
             "block {r}x{c} accepted"
         );
     }

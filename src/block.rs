@@ -5,20 +5,48 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// The largest block side anything accepts, the one limit every entry point enforces
+/// (through [`BlockShape::new`], the only way to make a block shape): the sparse GEMM is
+/// specialised up to 32×32 blocks, and the projection kernels' per-block loops stay far
+/// inside the iteration budget of every driver at this size (see `kernels-tests`).
+pub const MAX_BLOCK_SIDE: usize = 32;
+
 /// A block of `rows × cols` weights (the paper's micro-structure unit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawBlockShape")]
 pub struct BlockShape {
     pub rows: usize,
     pub cols: usize,
 }
 
+/// A block shape as stored, checked by [`BlockShape::new`] on the way in.
+#[derive(Deserialize)]
+struct RawBlockShape {
+    rows: usize,
+    cols: usize,
+}
+
+impl TryFrom<RawBlockShape> for BlockShape {
+    type Error = Error;
+    fn try_from(raw: RawBlockShape) -> Result<Self> {
+        Self::new(raw.rows, raw.cols)
+    }
+}
+
 impl BlockShape {
-    /// A block shape; both sides must be at least 1.
+    /// A block shape; both sides must be 1 to [`MAX_BLOCK_SIDE`].
     pub fn new(rows: usize, cols: usize) -> Result<Self> {
-        if rows == 0 || cols == 0 || rows > u16::MAX as usize || cols > u16::MAX as usize {
-            return Err(Error::BlockShape(format!("{rows}x{cols}")));
-        }
-        Ok(Self { rows, cols })
+        let why = if rows == 0 || cols == 0 {
+            "both sides must be at least 1 (e.g. 4x4)".to_string()
+        } else if rows > MAX_BLOCK_SIDE || cols > MAX_BLOCK_SIDE {
+            format!("at most {MAX_BLOCK_SIDE} per side (the largest block the kernels run)")
+        } else {
+            return Ok(Self { rows, cols });
+        };
+        Err(Error::BlockShape {
+            shape: format!("{rows}x{cols}"),
+            why,
+        })
     }
 
     /// Number of weights in a full (non-edge) block.
@@ -47,11 +75,14 @@ impl fmt::Display for BlockShape {
 impl FromStr for BlockShape {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::BlockShape(s.to_string());
+        let bad = || Error::BlockShape {
+            shape: s.to_string(),
+            why: "expected ROWSxCOLS (e.g. 4x4)".into(),
+        };
         let (r, c) = s.trim().split_once(['x', 'X', '×']).ok_or_else(bad)?;
         let r = r.trim().parse().map_err(|_| bad())?;
         let c = c.trim().parse().map_err(|_| bad())?;
-        Self::new(r, c).map_err(|_| bad())
+        Self::new(r, c)
     }
 }
 

@@ -2,13 +2,16 @@
 
 use thiserror::Error;
 
-/// Everything the library can refuse or fail at.
+/// Everything the library can refuse or fail at. Each message is complete in itself: a
+/// wrapped error's text is part of it, and it is not also exposed as a `source()`, so that
+/// printing the chain (`{:#}`) never repeats it.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A block shape with a zero side, or one that does not parse as `RxC`.
-    #[error("invalid block shape {0:?}: expected ROWSxCOLS with both at least 1 (e.g. 4x4)")]
-    BlockShape(String),
+    /// A block shape that does not parse as `RxC`, has a zero side, or is larger than the
+    /// kernels run ([`crate::block::MAX_BLOCK_SIDE`] per side).
+    #[error("invalid block shape {shape:?}: {why}")]
+    BlockShape { shape: String, why: String },
     /// Prune/unify ratios outside [0, 1] or summing past 1.
     #[error("invalid ratios for {scope}: prune {prune}, unify {unify} ({why})")]
     Ratios {
@@ -39,13 +42,12 @@ pub enum Error {
     NoAdapter(String),
     /// The adapter refused to create a device.
     #[error("requesting a device failed: {0}")]
-    RequestDevice(#[from] wgpu::RequestDeviceError),
+    RequestDevice(wgpu::RequestDeviceError),
     /// A wgpu validation or out-of-memory error, captured through an error scope.
-    #[error("wgpu error in {context}: {source}")]
+    #[error("wgpu error in {context}: {reason}")]
     Wgpu {
         context: String,
-        #[source]
-        source: wgpu::Error,
+        reason: wgpu::Error,
     },
     /// GPU work did not finish within the wait bound (see [`crate::gpu::context::GPU_TIMEOUT_ENV`]):
     /// the GPU is hung or far slower than expected. `step` names the kernels waited for.
@@ -69,13 +71,17 @@ pub enum Error {
     /// A compressed file (or the tensors to write into one) is malformed or inconsistent.
     #[error("tensor {tensor:?}: {problem}")]
     Format { tensor: String, problem: String },
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    /// Reading or writing a file failed, or the file is not one this program may read.
+    #[error("{path}: {reason}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
+    /// Another process holds the lock on a folder this process must write.
+    #[error(
+        "{path} is in use by another process{by}: wait for it to finish, or use another folder"
+    )]
+    Locked { path: String, by: String },
 }
 
 /// Shorthand used across the library.

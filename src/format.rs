@@ -27,7 +27,6 @@ use safetensors::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 /// The format version this build writes and the only one it reads.
@@ -266,20 +265,17 @@ impl CompressedFile {
 
     /// Reads and validates a file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = crate::fsio::read_regular(path, u64::MAX, "compressed file")?;
         Self::from_bytes(&bytes)
     }
 
-    /// Writes atomically (see [`write_atomic`]), after reading the bytes back through the
+    /// Writes atomically (see [`crate::fsio::write_atomic`]), after reading the bytes back through the
     /// full validation: a layer we would refuse to read (say a NaN magnitude) is an error
     /// here rather than a file that fails later, on someone else's machine.
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
         Self::from_bytes(&bytes)?;
-        write_atomic(path, &bytes)
+        crate::fsio::write_atomic(path, &bytes)
     }
 
     /// Looks a compressed layer up by name.
@@ -315,43 +311,6 @@ fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
     sorted.resize(n, b' ');
     bytes[8..8 + n].copy_from_slice(&sorted);
     bytes
-}
-
-/// Writes `bytes` to a temporary file in the target's folder, syncs it and renames it over
-/// `path`, so that a reader never sees a half-written file and an error leaves the old file
-/// (or none) in place; the temporary file is removed on error.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| Error::Io { path: p, source }
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let attempt = || -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        // The rename is durable once the folder is synced; some platforms cannot open a
-        // folder for that, and the data itself is already safe, so this is best effort.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    let result = attempt();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 impl LayerMeta {

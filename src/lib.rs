@@ -3,11 +3,13 @@
 
 pub mod bench;
 pub mod block;
+pub mod cli;
 pub mod compressed;
 pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod format;
+pub mod fsio;
 pub mod gpu;
 pub mod layout;
 pub mod nets;

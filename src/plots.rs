@@ -3,7 +3,7 @@
 //! (§1) and accuracy against compression ratio across methods.
 //!
 //! Plain data in, a PNG file out. Every function renders into memory and writes through
-//! [`crate::format::write_atomic`], so a reader never sees a half-written image and a
+//! [`crate::fsio::write_atomic`], so a reader never sees a half-written image and a
 //! failed call leaves any older file in place. Text uses DejaVu Sans embedded in the
 //! binary (assets/fonts/, licence beside it), so nothing depends on system fonts.
 //!
@@ -185,7 +185,7 @@ fn save(path: &Path, (w, h): (u32, u32), draw: impl FnOnce(&Area) -> Result<()>)
         root.present()?;
     }
     let png = encode_png(&rgb, w, h)?;
-    crate::format::write_atomic(path, &png)?;
+    crate::fsio::write_atomic(path, &png)?;
     Ok(())
 }
 

@@ -40,10 +40,7 @@ fn bad(path: &Path, problem: impl Into<String>) -> Error {
 
 /// Reads a whole file, gunzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let raw = crate::fsio::read_regular(path, u64::MAX, "IDX file")?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())

@@ -238,7 +238,7 @@ fn read_states(
                 .ok_or_else(|| format_err(sname, format!("block {b} has state code 3")))
         })
         .collect::<Result<Vec<_>>>()?;
-    if nb % 4 != 0 && packed[nb / 4] >> (2 * (nb % 4)) != 0 {
+    if !nb.is_multiple_of(4) && packed[nb / 4] >> (2 * (nb % 4)) != 0 {
         return Err(format_err(
             sname,
             "padding bits after the last block are not zero",

@@ -115,6 +115,85 @@ pub fn enumerate(options: &GpuOptions) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance(options.backends()).enumerate_adapters(options.backends()))
 }
 
+/// The backends wgpu can have on this operating system, by name.
+fn platform_backends() -> &'static [(BackendChoice, &'static str)] {
+    if cfg!(target_os = "macos") || cfg!(target_os = "ios") {
+        &[
+            (BackendChoice::Metal, "metal"),
+            (BackendChoice::Vulkan, "vulkan (through MoltenVK)"),
+        ]
+    } else if cfg!(windows) {
+        &[
+            (BackendChoice::Dx12, "dx12"),
+            (BackendChoice::Vulkan, "vulkan"),
+            (BackendChoice::Gl, "gl"),
+        ]
+    } else {
+        &[(BackendChoice::Vulkan, "vulkan"), (BackendChoice::Gl, "gl")]
+    }
+}
+
+/// The adapters the options select (backend, then name substring), or an error that says
+/// what exists instead: a backend this system cannot have, other backends' adapters, or,
+/// with no adapter at all, how to get one.
+pub fn matching_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
+    let platform = platform_backends();
+    if let Some(b) = options.backend
+        && !platform.iter().any(|(p, _)| *p == b)
+    {
+        let names: Vec<&str> = platform.iter().map(|(_, n)| *n).collect();
+        return Err(Error::NoAdapter(format!(
+            "the {b:?} backend does not exist on this operating system; it has {}",
+            names.join(", ")
+        )));
+    }
+    let adapters = enumerate(options);
+    if adapters.is_empty() {
+        let others = enumerate(&GpuOptions::default());
+        return Err(Error::NoAdapter(if others.is_empty() {
+            let hint = if cfg!(target_os = "linux") {
+                "; without a GPU, install Mesa's lavapipe (Debian: apt-get install mesa-vulkan-drivers libvulkan1)"
+            } else {
+                "; check the GPU driver"
+            };
+            format!("wgpu found no adapter at all{hint}")
+        } else {
+            let seen: Vec<String> = others.iter().map(|a| describe(&a.get_info())).collect();
+            format!(
+                "no adapter on backend {:?}; adapters on other backends: {}",
+                options.backends(),
+                seen.join("; ")
+            )
+        }));
+    }
+    let Some(wanted) = options.adapter.as_deref().map(str::to_lowercase) else {
+        return Ok(adapters);
+    };
+    let (matching, rest): (Vec<_>, Vec<_>) = adapters
+        .into_iter()
+        .partition(|a| a.get_info().name.to_lowercase().contains(&wanted));
+    if matching.is_empty() {
+        let seen: Vec<String> = rest.iter().map(|a| describe(&a.get_info())).collect();
+        return Err(Error::NoAdapter(format!(
+            "no adapter name contains {:?}; available: {}",
+            options.adapter.as_deref().unwrap_or_default(),
+            seen.join("; ")
+        )));
+    }
+    Ok(matching)
+}
+
+/// Mesa's device-select Vulkan layer prints `XDG_RUNTIME_DIR is invalid` lines when wgpu's
+/// surface extensions wake it; a compute-only program needs neither. Must run before any
+/// wgpu instance exists and before any other thread starts (it sets a process variable).
+/// A value the user set is kept.
+pub fn quiet_mesa_device_select() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, while the process has one thread.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// Preference among adapters: real GPUs before software ones, native APIs before GL.
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
@@ -157,31 +236,7 @@ impl Gpu {
     /// Opens the adapter the options (and environment) ask for.
     pub fn new(options: &GpuOptions) -> Result<Self> {
         let options = options.clone().with_env()?;
-        let adapters = enumerate(&options);
-        if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!(
-                "wgpu found no adapter for backends {:?}; on Linux without a GPU install lavapipe (apt-get install mesa-vulkan-drivers)",
-                options.backends()
-            )));
-        }
-        let wanted = options.adapter.as_deref().map(str::to_lowercase);
-        let mut matching: Vec<wgpu::Adapter> = adapters
-            .iter()
-            .filter(|a| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
-            .cloned()
-            .collect();
-        if matching.is_empty() {
-            let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
-            return Err(Error::NoAdapter(format!(
-                "no adapter name contains {:?}; available: {}",
-                options.adapter.unwrap_or_default(),
-                seen.join("; ")
-            )));
-        }
+        let mut matching = matching_adapters(&options)?;
         matching.sort_by_key(|a| rank(&a.get_info()));
         Self::from_adapter(matching.swap_remove(0))
     }
@@ -196,7 +251,8 @@ impl Gpu {
             required_limits: adapter.limits(),
             ..Default::default()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(Error::RequestDevice)?;
         let info = adapter.get_info();
         Ok(Self {
             adapter,
@@ -269,9 +325,9 @@ impl Gpu {
         let o = pollster::block_on(oom.pop());
         match v.or(o) {
             None => Ok(value),
-            Some(source) => Err(Error::Wgpu {
+            Some(reason) => Err(Error::Wgpu {
                 context: context.to_string(),
-                source,
+                reason,
             }),
         }
     }

@@ -122,7 +122,7 @@ fn micro_buffers(w: &CompressedMatrix, vec4_tiles: bool) -> Result<MicroBuffers>
             }
             if payload & UNIFIED_FLAG == 0 {
                 let off = payload as usize;
-                if off + tile > w.values.len() || (vec4_tiles && off % 4 != 0) {
+                if off + tile > w.values.len() || (vec4_tiles && !off.is_multiple_of(4)) {
                     return Err(bad(format!(
                         "entry {e} of block row {r}: tile offset {off} with {} values",
                         w.values.len()
@@ -156,7 +156,10 @@ fn micro_buffers(w: &CompressedMatrix, vec4_tiles: bool) -> Result<MicroBuffers>
 
 /// The largest divisor of `br` that is at most `cap` (rows a workgroup owns in a block row).
 fn rows_per_group(br: usize, cap: usize) -> usize {
-    (1..=cap.min(br)).rev().find(|d| br % d == 0).unwrap_or(1)
+    (1..=cap.min(br))
+        .rev()
+        .find(|d| br.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 /// Refuses a buffer larger than one storage binding, naming the adapter's limit.

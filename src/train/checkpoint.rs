@@ -4,7 +4,7 @@
 //! signs, ρ, the epoch counter that seeds the batch order, and the metrics so far.
 
 use crate::block::BlockState;
-use crate::format::write_atomic;
+use crate::fsio::write_atomic;
 use crate::train::config::AdmmConfig;
 use crate::train::report::{EpochRecord, LayerResiduals, RoundReport, Timings};
 use anyhow::{Context, Result, bail};

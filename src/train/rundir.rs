@@ -11,7 +11,7 @@
 //! | `final.ot` | tch checkpoint of the final model |
 //! | `dense.ot` | tch checkpoint after dense training (`--init` for another run) |
 
-use crate::format::write_atomic;
+use crate::fsio::write_atomic;
 use crate::plots::{self, EpochPoint, LayerStates, RoundPoint};
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::config::AdmmConfig;
@@ -112,14 +112,12 @@ impl RunDir {
         self.write("rounds.csv", report::rounds_csv(rounds).as_bytes())
     }
 
-    /// A tch checkpoint of `vs`, written beside and renamed into place.
+    /// A tch checkpoint of `vs`, written atomically like every other file.
     pub fn save_vars(&self, name: &str, vs: &nn::VarStore) -> Result<()> {
-        let path = self.file(name);
-        let tmp = self.file(&format!("{name}.tmp"));
-        vs.save(&tmp)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(std::fs::rename(&tmp, &path)?))
-            .with_context(|| format!("writing {}", path.display()))
+        let mut bytes = Vec::new();
+        vs.save_to_stream(&mut bytes)
+            .with_context(|| format!("encoding {name}"))?;
+        self.write(name, &bytes)
     }
 
     /// Everything a finished run writes; the checkpoint goes last. Fails without writing

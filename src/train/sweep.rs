@@ -22,7 +22,7 @@
 //! blocks unevenly; the achieved ratio is what the CSV and plot show.
 
 use crate::block::{LayerSpec, Ratios};
-use crate::format::write_atomic;
+use crate::fsio::write_atomic;
 use crate::plots::{SweepPoint, sweep_plot};
 use crate::train::config::{AdmmConfig, Targets};
 use crate::train::report::Report;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use microunify::gpu::GpuOptions;
-use microunify::gpu::context::{describe, enumerate};
+use microunify::gpu::context::{describe, matching_adapters};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,28 +13,23 @@ pub struct Args {
 
 pub fn run(options: &GpuOptions, args: &Args) -> Result<()> {
     let options = options.clone().with_env()?;
-    let adapters = enumerate(&options);
-    if adapters.is_empty() {
-        anyhow::bail!(
-            "no adapters found; on Linux without a GPU install lavapipe: apt-get install mesa-vulkan-drivers"
-        );
-    }
+    let adapters = matching_adapters(&options)?;
     for (i, a) in adapters.iter().enumerate() {
         let info = a.get_info();
         let l = a.limits();
-        println!("[{i}] {}", describe(&info));
+        microunify::outln!("[{i}] {}", describe(&info));
         if args.all {
-            println!("    limits: {l:#?}");
-            println!("    features: {:?}", a.features());
+            microunify::outln!("    limits: {l:#?}");
+            microunify::outln!("    features: {:?}", a.features());
             continue;
         }
-        println!(
+        microunify::outln!(
             "    max_storage_buffer_binding_size {} MiB, max_buffer_size {} MiB, min_storage_buffer_offset_alignment {}",
             l.max_storage_buffer_binding_size >> 20,
             l.max_buffer_size >> 20,
             l.min_storage_buffer_offset_alignment
         );
-        println!(
+        microunify::outln!(
             "    workgroup storage {} KiB, invocations per workgroup {}, workgroups per dimension {}, subgroup size {}..{}",
             l.max_compute_workgroup_storage_size >> 10,
             l.max_compute_invocations_per_workgroup,
@@ -53,7 +48,7 @@ pub fn run(options: &GpuOptions, args: &Args) -> Result<()> {
             .filter(|(_, x)| f.contains(*x))
             .map(|(n, _)| *n)
             .collect();
-        println!("    features: {}", have.join(", "));
+        microunify::outln!("    features: {}", have.join(", "));
     }
     Ok(())
 }

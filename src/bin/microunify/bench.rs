@@ -82,17 +82,25 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let copy = copy_gbps(gpu, 64 << 20, args.runs)?;
-    println!("adapter: {}", gpu.info.name);
-    println!("copy (vec4, 64 MiB): {copy:.2} GB/s");
-    println!(
+    microunify::outln!("adapter: {}", gpu.info.name);
+    microunify::outln!("copy (vec4, 64 MiB): {copy:.2} GB/s");
+    microunify::outln!(
         "{:<20} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>10} {:>8}",
-        "network", "params", "layers", "chunks", "gpu ms", "GB/s", "x copy", "cpu ms", "ratio"
+        "network",
+        "params",
+        "layers",
+        "chunks",
+        "gpu ms",
+        "GB/s",
+        "x copy",
+        "cpu ms",
+        "ratio"
     );
     let mut cases = Vec::new();
     for s in &shapes {
         let c = projection_case(gpu, s, args.block, ratios, args.runs, copy, !args.no_cpu)
             .with_context(|| format!("projecting {}", s.name))?;
-        println!(
+        microunify::outln!(
             "{:<20} {:>11} {:>6} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>10} {:>7.1}x",
             c.name,
             c.params,
@@ -115,26 +123,16 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
             unify: args.unify,
             cases,
         };
-        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        write_json(path, &report)?;
     }
     Ok(())
 }
 
-/// Writes via a temporary file in the same folder and a rename, so a crash never leaves a
-/// half-written file behind.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+/// Writes a benchmark's JSON atomically, creating its folder, and says where.
+pub fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    let dir = microunify::fsio::parent_dir(path);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    microunify::fsio::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())?;
+    microunify::outln!("wrote {}", path.display());
     Ok(())
 }

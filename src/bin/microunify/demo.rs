@@ -46,7 +46,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
             Ratios::new(p, u, &l.name)
         })
         .collect::<microunify::Result<Vec<_>>>()?;
-    println!(
+    microunify::outln!(
         "projecting {} ({} weights in {} layers, {} blocks) with random W and U on {}",
         shapes.name,
         shapes.params(),
@@ -67,9 +67,16 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     let reference = cpu::project(&work.net.layout.layers, &refs, &work.net.mode)?;
     let cpu_ms = start.elapsed().as_secs_f64() * 1e3;
 
-    println!(
+    microunify::outln!(
         "{:<22} {:>12} {:>6} {:>8} {:>8} {:>8} {:>9} {:>7}",
-        "layer", "GEMM view", "block", "dense", "unified", "pruned", "ratio", "vs CPU"
+        "layer",
+        "GEMM view",
+        "block",
+        "dense",
+        "unified",
+        "pruned",
+        "ratio",
+        "vs CPU"
     );
     let (mut bits, mut weights, mut differ) = (0u64, 0u64, 0usize);
     for ((l, s), r) in work.net.layout.layers.iter().zip(&states).zip(&reference) {
@@ -79,7 +86,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
         bits += b;
         weights += l.view.len() as u64;
         differ += diff;
-        println!(
+        microunify::outln!(
             "{:<22} {:>12} {:>6} {:>8} {:>8} {:>8} {:>8.1}x {:>7}",
             l.name,
             format!("{}x{}", l.view.rows, l.view.cols),
@@ -95,13 +102,13 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
             }
         );
     }
-    println!(
+    microunify::outln!(
         "network: compression {:.1}x ({} bits for {} weights); GPU {gpu_ms:.1} ms (first run, includes pipeline warm-up), CPU reference {cpu_ms:.1} ms",
         32.0 * weights as f64 / bits as f64,
         bits,
         weights
     );
-    println!(
+    microunify::outln!(
         "block states differing from the CPU reference: {differ} (only near-ties may differ; kernels-tests/projection_gpu.rs checks this)"
     );
     Ok(())

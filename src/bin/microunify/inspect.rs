@@ -16,7 +16,7 @@ pub fn run(args: &Args) -> Result<()> {
     let f = CompressedFile::read(&args.file)
         .with_context(|| format!("{} is not a valid compressed file", args.file.display()))?;
     let bytes: usize = f.passthrough.values().map(|t| t.data.len()).sum();
-    println!(
+    microunify::outln!(
         "{}: microunify format {FORMAT_VERSION}, {} compressed layers, {} pass-through tensors ({bytes} bytes); valid",
         args.file.display(),
         f.layers.len(),
@@ -29,16 +29,25 @@ pub fn run(args: &Args) -> Result<()> {
 /// The per-layer table and the totals line. Columns are single whitespace-free tokens so
 /// scripts (and tests/cli.rs) can split them.
 pub fn print_layers(f: &CompressedFile) {
-    println!(
+    microunify::outln!(
         "{:<28} {:>14} {:>11} {:>6} {:>15} {:>8} {:>8} {:>8} {:>12} {:>9}",
-        "layer", "shape", "GEMM", "block", "layout", "dense", "unified", "pruned", "bits", "ratio"
+        "layer",
+        "shape",
+        "GEMM",
+        "block",
+        "layout",
+        "dense",
+        "unified",
+        "pruned",
+        "bits",
+        "ratio"
     );
     let (mut bits, mut weights, mut counts) = (0u64, 0u64, [0usize; 3]);
     for l in &f.layers {
         let m = &l.matrix;
         let c = m.counts();
         let shape: Vec<String> = l.shape.iter().map(usize::to_string).collect();
-        println!(
+        microunify::outln!(
             "{:<28} {:>14} {:>11} {:>6} {:>15} {:>8} {:>8} {:>8} {:>12} {:>8.2}x",
             l.name,
             shape.join("x"),
@@ -65,7 +74,7 @@ pub fn print_layers(f: &CompressedFile) {
     } else {
         32.0 * weights as f64 / bits as f64
     };
-    println!(
+    microunify::outln!(
         "total {} layers {weights} weights dense {} unified {} pruned {} bits {bits} ratio {ratio:.2}x",
         f.layers.len(),
         counts[0],

@@ -50,23 +50,21 @@ impl Cli {
 
     fn open_gpu(&self) -> Result<Gpu> {
         let gpu = Gpu::new(&self.gpu_options())?;
-        eprintln!("adapter: {gpu:?}");
+        microunify::errln!("adapter: {gpu:?}");
         Ok(gpu)
     }
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Adapters(a) => adapters::run(&cli.gpu_options(), a),
-        Command::Bench(a) => cli.open_gpu().and_then(|g| bench::run(&g, a)),
-        Command::Demo(a) => cli.open_gpu().and_then(|g| demo::run(&g, a)),
-        // Both check their input before (or without) touching a GPU.
-        Command::Project(a) => project::run(&cli.gpu_options(), a),
-        Command::Inspect(a) => inspect::run(a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    microunify::cli::main(|| {
+        let cli = Cli::parse();
+        match &cli.command {
+            Command::Adapters(a) => adapters::run(&cli.gpu_options(), a),
+            Command::Bench(a) => cli.open_gpu().and_then(|g| bench::run(&g, a)),
+            Command::Demo(a) => cli.open_gpu().and_then(|g| demo::run(&g, a)),
+            // Both check their input before (or without) touching a GPU.
+            Command::Project(a) => project::run(&cli.gpu_options(), a),
+            Command::Inspect(a) => inspect::run(a),
+        }
+    })
 }

@@ -16,9 +16,6 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The largest block side accepted: the sparse GEMM is specialised up to 32×32 blocks.
-pub const MAX_BLOCK_SIDE: usize = 32;
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint to compress (.safetensors).
@@ -100,11 +97,6 @@ struct Selected {
 pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     let ratios = Ratios::new(args.prune, args.unify, "--prune/--unify")?;
     let b = args.block;
-    if b.rows > MAX_BLOCK_SIDE || b.cols > MAX_BLOCK_SIDE {
-        bail!(
-            "block {b} is larger than allowed: at most {MAX_BLOCK_SIDE} per side (the largest shape the sparse GEMM runs)"
-        );
-    }
     let include = regex("--include", &args.include)?;
     let exclude = regex("--exclude", &args.exclude)?;
     let input = args.input.display();
@@ -166,7 +158,7 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     }
 
     let gpu = Gpu::new(gpu_options)?;
-    eprintln!("adapter: {gpu:?}");
+    microunify::errln!("adapter: {gpu:?}");
     let specs: Vec<LayerSpec> = selected.iter().map(|s| s.spec.clone()).collect();
     let mode = if args.global {
         SelectionMode::Global(ratios)
@@ -190,7 +182,7 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     out.write(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
 
-    println!(
+    microunify::outln!(
         "projected {} layers on {} in {gpu_ms:.1} ms (block {b}, prune {}, unify {}{}); {} tensors passed through",
         out.layers.len(),
         gpu.info.name,
@@ -200,6 +192,6 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
         out.passthrough.len()
     );
     crate::inspect::print_layers(&out);
-    println!("wrote {}", args.output.display());
+    microunify::outln!("wrote {}", args.output.display());
     Ok(())
 }

@@ -108,7 +108,11 @@ fn run_into(
     Ok(out)
 }
 
-fn main() -> Result<()> {
+fn main() {
+    microunify::cli::main(run)
+}
+
+fn run() -> Result<()> {
     flush_denormals();
     let cli = Cli::parse();
     if let Some(Command::Sweep(args)) = &cli.command {
@@ -153,7 +157,7 @@ fn main() -> Result<()> {
     };
     let data = load_data(&settings)?;
     let gpu = Gpu::new(&settings.gpu).context("opening the GPU for the projection")?;
-    eprintln!(
+    microunify::errln!(
         "adapter: {gpu:?}; torch device {:?}; {} train / {} test images from {}",
         settings.device,
         data.0.len(),
@@ -171,7 +175,7 @@ fn main() -> Result<()> {
     )?;
     let r = &out.report;
     let t = &r.timings;
-    println!(
+    microunify::outln!(
         "dense {:.2}% → hard projection {:.2}% → final {:.2}%; compression {:.1}x; blocks: {}; structure violations {}",
         r.dense_accuracy,
         r.hard_projection_accuracy,
@@ -180,7 +184,7 @@ fn main() -> Result<()> {
         report::blocks_summary(&r.blocks),
         r.structure_violations
     );
-    println!(
+    microunify::outln!(
         "timings (s): dense {:.1}, admm {:.1} (GPU projection {:.2}, {:.1}%), retrain {:.1}, eval {:.1}; wall {:.1}",
         t.dense,
         t.admm,
@@ -190,6 +194,6 @@ fn main() -> Result<()> {
         t.eval,
         wall.elapsed().as_secs_f64()
     );
-    println!("wrote {}", dir.path.display());
+    microunify::outln!("wrote {}", dir.path.display());
     Ok(())
 }

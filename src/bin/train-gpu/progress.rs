@@ -65,7 +65,7 @@ impl Progress {
             Some((mp, ..)) => {
                 let _ = mp.println(s);
             }
-            None => eprintln!("{s}"),
+            None => microunify::errln!("{s}"),
         }
     }
 
@@ -99,7 +99,7 @@ impl Observer for Progress {
     fn batch(&mut self, done: usize, loss: f64) {
         if let Some((_, _, epoch)) = &self.bars {
             epoch.set_position(done as u64);
-            if done % 20 == 0 {
+            if done.is_multiple_of(20) {
                 epoch.set_message(format!("loss {loss:.4}"));
             }
         }

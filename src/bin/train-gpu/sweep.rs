@@ -88,7 +88,7 @@ fn run_or_reuse(
 ) -> Result<Report> {
     match find(dir, s)? {
         Found::Done(r) => {
-            eprintln!("{label}finished before: {}", dir.display());
+            microunify::errln!("{label}finished before: {}", dir.display());
             Ok(r)
         }
         Found::Unfinished(d, c) => {
@@ -127,7 +127,7 @@ pub fn main(args: &SweepArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let data = load_data(&base)?;
     let gpu = Gpu::new(&base.gpu).context("opening the GPU for the projection")?;
-    eprintln!(
+    microunify::errln!(
         "adapter: {gpu:?}; {} sub-runs into {}",
         rows.len(),
         args.out.display()
@@ -157,7 +157,7 @@ pub fn main(args: &SweepArgs) -> Result<()> {
         rows[i].report = Some(report);
         write_outputs(&args.out, &rows)?;
     }
-    println!("{}", std::fs::read_to_string(args.out.join("sweep.md"))?);
-    println!("wrote {}", args.out.display());
+    microunify::outln!("{}", std::fs::read_to_string(args.out.join("sweep.md"))?);
+    microunify::outln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `microunify bench gemm`: the micro-structured GEMM against the dense one on the same
 //! projected weights, same X, same adapter, over block shapes, ratios and batch sizes.
 
-use super::write_atomic;
+use super::write_json;
 use anyhow::{Context, Result};
 use microunify::BlockShape;
 use microunify::bench::{AdapterJson, GemmCase, gemm_case, random_compressed};
@@ -64,8 +64,8 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         vec![1024, 4096]
     };
     let runs = if args.quick { 3 } else { 7 };
-    println!("adapter: {}", gpu.info.name);
-    println!(
+    microunify::outln!("adapter: {}", gpu.info.name);
+    microunify::outln!(
         "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>6}",
         "M",
         "K",
@@ -102,7 +102,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                 for &n in &args.n {
                     let c = gemm_case(gpu, &cm, n, (prune, unify), runs)
                         .with_context(|| format!("{size}x{size}x{n} {block}"))?;
-                    println!(
+                    microunify::outln!(
                         "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x",
                         c.m,
                         c.k,
@@ -127,8 +127,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
             adapter: AdapterJson::of(gpu),
             cases,
         };
-        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        write_json(path, &report)?;
     }
     Ok(())
 }
