@@ -310,7 +310,7 @@ fn each_inconsistency_is_named() {
         &b,
         |_, m| _ = m.insert(VERSION_KEY.into(), "one".into()),
         "__metadata__",
-        "is not a number",
+        "is not a plain version number",
     );
     expect(
         &b,
@@ -473,19 +473,19 @@ fn each_inconsistency_is_named() {
         &b,
         |t, _| set4(t, "fc.mu.magnitudes", 0, f32::NAN.to_le_bytes()),
         "fc.mu.magnitudes",
-        "magnitude NaN",
+        "magnitude NaN of unified block 0",
     );
     expect(
         &b,
         |t, _| set4(t, "fc.mu.magnitudes", 0, (-1.0f32).to_le_bytes()),
         "fc.mu.magnitudes",
-        "not a finite value >= 0",
+        "not a finite value >= +0",
     );
     expect(
         &b,
         |t, _| set4(t, "fc.mu.values", 0, f32::INFINITY.to_le_bytes()),
         "fc.mu.values",
-        "non-finite value inf",
+        "non-finite value +inf at flat index 0",
     );
     // "edge": block 1 is a 4x2 edge tile; tile position 3 (row 0, col 3) lies outside.
     expect(
@@ -512,14 +512,14 @@ fn each_inconsistency_is_named() {
         &b,
         |t, _| set4(t, "fc", 5, f32::NAN.to_le_bytes()),
         "fc",
-        "non-finite value NaN at index 5",
+        "non-finite value NaN at flat index 5",
     );
     let v = fc.dense()[7];
     expect(
         &b,
         |t, _| set4(t, "fc", 7, (v + 1.0).to_le_bytes()),
         "fc",
-        "disagrees with the compact form at index 7",
+        "disagrees with the compact form at flat index 7",
     );
 }
 
@@ -567,4 +567,358 @@ fn gpu_projection_builds_the_same_matrix_as_from_dense() {
         let back = CompressedFile::from_bytes(&file.to_bytes().unwrap()).unwrap();
         assert_eq!(back, file);
     }
+}
+
+/// The header JSON of `bytes` as text, rewritten by `change`, with the data after it as it
+/// was (so offsets keep pointing where they pointed).
+fn with_header(bytes: &[u8], change: impl FnOnce(String) -> String) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let text = std::str::from_utf8(&bytes[8..8 + n]).unwrap().trim_end();
+    let mut h = change(text.to_string()).into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// The header as a JSON value, changed by `change` (serde_json sorts its keys).
+fn with_header_value(bytes: &[u8], change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    with_header(bytes, |text| {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        change(&mut v);
+        v.to_string()
+    })
+}
+
+/// The error of `bytes` must name `tensor` and contain every one of `parts`.
+fn refused(bytes: &[u8], tensor: &str, parts: &[&str]) {
+    let msg = format_error(bytes, parts[0]);
+    assert!(
+        msg.contains(&format!("tensor {tensor:?}")),
+        "expected tensor {tensor:?} named in: {msg}"
+    );
+    for p in parts {
+        assert!(msg.contains(p), "expected {p:?} in: {msg}");
+    }
+}
+
+#[test]
+fn compact_tensors_of_unlisted_layers_are_refused() {
+    let f = sample();
+    let b = f.to_bytes().unwrap();
+    // The whole list emptied: every compact tensor is an orphan.
+    let msg = format_error(
+        &edit(&b, |_, m| _ = m.insert(LAYERS_KEY.into(), "[]".into())),
+        "emptied layer list",
+    );
+    assert!(
+        msg.contains(".mu.") && msg.contains("which microunify.layers does not list"),
+        "{msg}"
+    );
+    // One layer taken off the list: its dense tensor would be a fine pass-through tensor,
+    // its compact tensors are not.
+    let without_fc = edit(&b, |_, m| {
+        let mut list: Vec<serde_json::Value> = serde_json::from_str(&m[LAYERS_KEY]).unwrap();
+        list.retain(|l| l["name"] != "fc");
+        m.insert(LAYERS_KEY.into(), serde_json::to_string(&list).unwrap());
+    });
+    let msg = format_error(&without_fc, "fc unlisted");
+    assert!(
+        msg.contains("tensor \"fc.mu.") && msg.contains("layer \"fc\", which microunify.layers"),
+        "{msg}"
+    );
+    // A stray compact-looking tensor of no layer at all.
+    let stray = edit(&b, |t, _| {
+        _ = t.insert("stray.mu.values".into(), (Dtype::F32, vec![1], vec![0; 4]))
+    });
+    refused(&stray, "stray.mu.values", &["layer \"stray\", which"]);
+    // A listed layer's compact name with a further ".mu." part is still that layer's.
+    let deeper = edit(&b, |t, _| {
+        _ = t.insert("fc.mu.x.mu.y".into(), (Dtype::U8, vec![1], vec![0]))
+    });
+    refused(
+        &deeper,
+        "fc.mu.x.mu.y",
+        &["unknown compact tensor of layer \"fc\""],
+    );
+
+    // An empty layer list with no reserved tensor is a valid, if pointless, file.
+    let plain = CompressedFile {
+        layers: vec![],
+        ..f.clone()
+    };
+    let back = CompressedFile::from_bytes(&plain.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, plain);
+}
+
+#[test]
+fn mu_inside_ordinary_names_is_not_reserved() {
+    // A VAE's `encoder.mu.weight` is a layer like any other, its bias a pass-through.
+    let mut f = sample();
+    f.layers.push(layer(
+        "encoder.mu.weight",
+        &[6, 10],
+        "4x4",
+        ConvLayout::ChannelMajor,
+        (0.3, 0.3),
+        11,
+    ));
+    f.passthrough
+        .insert("encoder.mu.bias".into(), raw(Dtype::F32, &[6], vec![0; 24]));
+    let back = CompressedFile::from_bytes(&f.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, f);
+    // What may not be written: a layer named like a compact tensor, a pass-through tensor
+    // that is one.
+    let mut bad = sample();
+    bad.layers[0].name = "x.mu.values".into();
+    let e = bad.to_bytes().unwrap_err().to_string();
+    assert!(
+        e.contains("\"x.mu.values\"") && e.contains("may not be named"),
+        "{e}"
+    );
+    let mut bad = sample();
+    let t = bad.passthrough["fc.bias"].clone();
+    bad.passthrough.insert("y.mu.signs".into(), t);
+    let e = bad.to_bytes().unwrap_err().to_string();
+    assert!(
+        e.contains("\"y.mu.signs\"") && e.contains("does not list"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_version_is_exactly_the_string_1() {
+    let b = sample().to_bytes().unwrap();
+    for v in ["01", "+1", " 1 ", "1 ", "1.0", "1e0", "", "0x1", "-1"] {
+        let msg = format_error(
+            &edit(&b, |_, m| _ = m.insert(VERSION_KEY.into(), v.into())),
+            v,
+        );
+        assert!(
+            msg.contains("\"__metadata__\"") && msg.contains("reads exactly \"1\""),
+            "{v:?}: {msg}"
+        );
+    }
+    for v in ["2", "10"] {
+        let msg = format_error(
+            &edit(&b, |_, m| _ = m.insert(VERSION_KEY.into(), v.into())),
+            v,
+        );
+        assert!(
+            msg.contains(&format!("format version {v} is not known")),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn repeated_keys_are_refused_and_named() {
+    let b = sample().to_bytes().unwrap();
+    let header: serde_json::Value = {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        serde_json::from_slice(&b[8..8 + n]).unwrap()
+    };
+    let bias = header["fc.bias"].to_string();
+    // The same tensor twice, identical (serde would keep one, silently) or with other
+    // offsets (serde would keep the last, and its bytes would be no tensor's).
+    let twice = with_header(&b, |h| {
+        h.replacen('{', &format!("{{\"fc.bias\":{bias},"), 1)
+    });
+    refused(&twice, "fc.bias", &["appears twice in the header"]);
+    let moved = with_header(&b, |h| {
+        let end = h.len() - 1;
+        format!(
+            "{},\"fc.bias\":{{\"dtype\":\"F32\",\"shape\":[13],\"data_offsets\":[0,52]}}}}",
+            &h[..end]
+        )
+    });
+    refused(&moved, "fc.bias", &["appears twice in the header"]);
+    // `__metadata__` itself twice, and a key twice inside it.
+    let meta_twice = with_header(&b, |h| h.replacen('{', "{\"__metadata__\":{},", 1));
+    refused(
+        &meta_twice,
+        "__metadata__",
+        &["appears twice in the header"],
+    );
+    let key_twice = with_header(&b, |h| {
+        h.replacen(
+            "\"__metadata__\":{",
+            "\"__metadata__\":{\"format\":\"np\",",
+            1,
+        )
+    });
+    refused(
+        &key_twice,
+        "__metadata__",
+        &["key \"format\" appears twice"],
+    );
+    // A key twice inside one tensor's entry.
+    let field_twice = with_header(&b, |h| {
+        h.replacen("\"fc.bias\":{", "\"fc.bias\":{\"dtype\":\"F32\",", 1)
+    });
+    refused(&field_twice, "fc.bias", &["has the key \"dtype\" twice"]);
+    // A key twice inside an object of the layer list.
+    let layer_twice = edit(&b, |_, m| {
+        let s = m[LAYERS_KEY].replacen("\"name\":\"fc\"", "\"name\":\"fc\",\"name\":\"fc\"", 1);
+        m.insert(LAYERS_KEY.into(), s);
+    });
+    refused(&layer_twice, "__metadata__", &["repeats the key \"name\""]);
+}
+
+#[test]
+fn non_finite_values_are_named_by_kind_and_index() {
+    let f = sample();
+    let b = f.to_bytes().unwrap();
+    for (v, word) in [
+        (f32::INFINITY, "+inf"),
+        (f32::NEG_INFINITY, "-inf"),
+        (f32::NAN, "NaN"),
+    ] {
+        let bits = v.to_le_bytes();
+        expect(
+            &b,
+            |t, _| set4(t, "fc.mu.values", 3, bits),
+            "fc.mu.values",
+            &format!("non-finite value {word} at flat index 3"),
+        );
+        expect(
+            &b,
+            |t, _| set4(t, "fc.mu.magnitudes", 1, bits),
+            "fc.mu.magnitudes",
+            &format!("magnitude {word} of unified block 1"),
+        );
+        expect(
+            &b,
+            |t, _| set4(t, "fc", 5, bits),
+            "fc",
+            &format!("non-finite value {word} at flat index 5"),
+        );
+    }
+    // A magnitude is never negative, not even -0.
+    expect(
+        &b,
+        |t, _| set4(t, "fc.mu.magnitudes", 0, (-0.0f32).to_le_bytes()),
+        "fc.mu.magnitudes",
+        "magnitude -0 of unified block 0",
+    );
+}
+
+#[test]
+fn a_tensor_dropped_from_the_header_is_named() {
+    let f = sample();
+    let b = f.to_bytes().unwrap();
+    // Each tensor of each layer, its entry removed from the header but its bytes left.
+    for l in &f.layers {
+        let names = std::iter::once(l.name.clone()).chain(
+            microunify::format::COMPACT
+                .iter()
+                .map(|s| format!("{}.mu.{s}", l.name)),
+        );
+        for name in names {
+            let dropped = with_header_value(&b, |h| {
+                h.as_object_mut().unwrap().remove(&name).unwrap();
+            });
+            refused(&dropped, &name, &["missing from the file"]);
+        }
+    }
+    // A pass-through tensor dropped: only the gap it leaves tells, by its neighbours.
+    let dropped = with_header_value(&b, |h| {
+        h.as_object_mut().unwrap().remove("steps").unwrap();
+    });
+    let msg = format_error(&dropped, "steps dropped");
+    assert!(
+        msg.contains("to no tensor") && msg.contains("missing from the header"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_tensors_cover_the_data_exactly() {
+    let b = sample().to_bytes().unwrap();
+    // A tensor moved back by 4 bytes onto its predecessor.
+    let shifted = with_header_value(&b, |h| {
+        let o = &mut h["fc.bias"]["data_offsets"];
+        let (s, e) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+        assert!(s >= 8, "fc.bias follows a tensor of at least 8 bytes");
+        *o = serde_json::json!([s - 4, e - 4]);
+    });
+    let msg = format_error(&shifted, "overlap");
+    assert!(msg.contains("overlap the bytes of tensor"), "{msg}");
+    // Bytes after the last tensor.
+    let mut long = b.clone();
+    long.extend_from_slice(&[0; 8]);
+    refused(&long, "<header>", &["8 bytes belong to no tensor"]);
+    // A tensor whose offsets run past the data.
+    let past = with_header_value(&b, |h| {
+        let o = &mut h["fc.bias"]["data_offsets"];
+        *o = serde_json::json!([1u64 << 40, (1u64 << 40) + 52]);
+    });
+    refused(&past, "fc.bias", &["run past the end of the data"]);
+    // Offsets that do not match dtype x shape.
+    let short = with_header_value(&b, |h| h["fc.bias"]["shape"] = serde_json::json!([12]));
+    refused(&short, "fc.bias", &["takes 48"]);
+}
+
+#[test]
+fn header_lengths_are_bounded_before_anything_is_parsed() {
+    let b = sample().to_bytes().unwrap();
+    let with_len = |n: u64| {
+        let mut c = b.clone();
+        c[..8].copy_from_slice(&n.to_le_bytes());
+        c
+    };
+    for n in [1u64 << 60, u64::MAX, 100_000_001] {
+        refused(&with_len(n), "<header>", &["limit of 100000000"]);
+    }
+    refused(
+        &with_len(b.len() as u64),
+        "<header>",
+        &["bytes follow the length field"],
+    );
+    refused(&b[..5], "<header>", &["too short"]);
+}
+
+/// The compressed layers of `f` as bytes: equal bytes, equal layers to the last bit (f32
+/// `==` would not tell a zero's sign).
+fn layer_bytes(f: &CompressedFile) -> Vec<u8> {
+    CompressedFile {
+        layers: f.layers.clone(),
+        ..Default::default()
+    }
+    .to_bytes()
+    .unwrap()
+}
+
+#[test]
+fn every_bit_flip_is_refused_or_leaves_the_layers_exact() {
+    let f = sample();
+    let bytes = f.to_bytes().unwrap();
+    let want = layer_bytes(&f);
+    let (mut refused, mut accepted) = (0, 0);
+    for bit in 0..bytes.len() * 8 {
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        let got = std::panic::catch_unwind(|| CompressedFile::from_bytes(&b))
+            .unwrap_or_else(|_| panic!("bit {bit} (byte {}) made the reader panic", bit / 8));
+        match got {
+            Err(Error::Format { .. }) => refused += 1,
+            Err(e) => panic!("bit {bit}: unexpected error kind {e}"),
+            Ok(back) => {
+                assert_eq!(
+                    layer_bytes(&back),
+                    want,
+                    "bit {bit} changed a layer unnoticed"
+                );
+                accepted += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} bits: {refused} refused, {accepted} accepted",
+        bytes.len() * 8
+    );
+    assert!(refused > accepted, "{refused} refused, {accepted} accepted");
 }

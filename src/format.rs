@@ -15,9 +15,21 @@
 //! | `L.mu.magnitudes` | F32 | `[u]` | shared magnitude of each unified block |
 //! | `L.mu.signs` | U32 | `[u, ceil(br·bc/32)]` | sign bits, bit `r·bc + c` |
 //!
-//! `__metadata__` holds `microunify.version` (`"1"`) and `microunify.layers`, a JSON array
-//! of [`LayerMeta`]; any other metadata of the input is kept.
+//! `__metadata__` holds `microunify.version` (exactly the string `"1"`) and
+//! `microunify.layers`, a JSON array of [`LayerMeta`]; any other metadata of the input is
+//! kept. No JSON object of the header, of `__metadata__` or of the layer list may repeat a
+//! key.
+//!
+//! Reserved names: in a compressed file, a tensor named `X.mu.S` belongs to the format when
+//! `S` is one of [`COMPACT`] or `X` is a listed layer; it must then be one of the compact
+//! tensors of a listed layer `X`. Any other `.mu.` name is an ordinary tensor (a VAE's
+//! `encoder.mu.weight` stays a pass-through tensor, or a layer, as the user chose), and no
+//! layer may itself be named `X.mu.S` with `S` in [`COMPACT`]. An empty layer list with no
+//! reserved tensors is a valid file (a checkpoint with a version stamp, nothing compressed).
 
+mod header;
+pub mod input;
+mod json;
 mod read;
 
 use crate::block::{BlockShape, BlockState, ConvLayout, GemmView, from_gemm};
@@ -31,10 +43,14 @@ use std::path::Path;
 
 /// The format version this build writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// What every `__metadata__` key of the format starts with (all such keys are reserved).
+pub const META_PREFIX: &str = "microunify.";
 /// `__metadata__` key of the format version.
 pub const VERSION_KEY: &str = "microunify.version";
 /// `__metadata__` key of the per-layer JSON array.
 pub const LAYERS_KEY: &str = "microunify.layers";
+/// Between a layer's name and a compact tensor's suffix: `{name}.mu.{suffix}`.
+pub const COMPACT_INFIX: &str = ".mu.";
 /// Suffixes of the compact tensors, after `{name}.mu.`.
 pub const COMPACT: [&str; 6] = [
     "states",
@@ -181,6 +197,82 @@ fn format_err(tensor: impl Into<String>, problem: impl Into<String>) -> Error {
     }
 }
 
+/// A float as errors show it: `+inf`, `-inf` and `NaN` spelled out (Rust prints `inf`).
+pub(crate) fn float_text(v: f32) -> String {
+    match v {
+        f32::INFINITY => "+inf".into(),
+        f32::NEG_INFINITY => "-inf".into(),
+        v => v.to_string(),
+    }
+}
+
+/// The name of layer `layer`'s compact tensor `suffix` (one of [`COMPACT`]).
+pub fn compact_name(layer: &str, suffix: &str) -> String {
+    format!("{layer}{COMPACT_INFIX}{suffix}")
+}
+
+/// Every way to read `name` as `X.mu.S`: `(X, S)`.
+fn compact_splits(name: &str) -> impl Iterator<Item = (&str, &str)> {
+    name.match_indices(COMPACT_INFIX)
+        .map(move |(i, m)| (&name[..i], &name[i + m.len()..]))
+}
+
+/// Why a tensor that is neither a layer nor one of a layer's compact tensors may not have
+/// this name in a file whose layers are those `is_layer` accepts (see "Reserved names").
+pub(crate) fn reserved_name(name: &str, is_layer: impl Fn(&str) -> bool) -> Option<String> {
+    if let Some((owner, _)) = compact_splits(name).find(|(x, _)| is_layer(x)) {
+        return Some(format!(
+            "unknown compact tensor of layer {owner:?} (its compact tensors are {owner}.mu.{{{}}})",
+            COMPACT.join(",")
+        ));
+    }
+    compact_splits(name)
+        .find(|(_, s)| COMPACT.contains(s))
+        .map(|(owner, _)| {
+            format!(
+                "is named like a compact tensor of layer {owner:?}, which {LAYERS_KEY} does not list"
+            )
+        })
+}
+
+/// Why no layer may have this name, if it may not.
+pub(crate) fn reserved_layer_name(name: &str) -> Option<String> {
+    if name == header::METADATA_KEY {
+        return Some("the name is safetensors' own metadata key".into());
+    }
+    compact_splits(name)
+        .find(|(_, s)| COMPACT.contains(s))
+        .map(|(owner, s)| {
+            format!("a layer may not be named like the compact tensor {s:?} of layer {owner:?}")
+        })
+}
+
+/// The name rules of a file with these layers and pass-through tensors: reserved names
+/// (see the module documentation) and safetensors' metadata key.
+pub(crate) fn check_names<'a>(
+    layers: &[&'a str],
+    passthrough: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    for l in layers {
+        if let Some(p) = reserved_layer_name(l) {
+            return Err(format_err(*l, p));
+        }
+    }
+    let is_layer = |x: &str| layers.contains(&x);
+    for name in passthrough {
+        if name == header::METADATA_KEY {
+            return Err(format_err(
+                name,
+                "a tensor may not take safetensors' own metadata key as its name",
+            ));
+        }
+        if let Some(p) = reserved_name(name, is_layer) {
+            return Err(format_err(name, p));
+        }
+    }
+    Ok(())
+}
+
 impl CompressedFile {
     /// Serialises to safetensors bytes. Names must not collide (a pass-through tensor named
     /// like a layer or one of its compact tensors is an error).
@@ -191,7 +283,7 @@ impl CompressedFile {
             let m = &l.matrix;
             let [d, u, _] = m.counts();
             let wpb = m.words_per_block();
-            let mu = |s: &str| format!("{}.mu.{s}", l.name);
+            let mu = |s: &str| compact_name(&l.name, s);
             let t = |dtype, shape: Vec<usize>, data: Vec<u8>| Out {
                 dtype,
                 shape,
@@ -241,9 +333,11 @@ impl CompressedFile {
                 "two tensors of the file would share this name",
             ));
         }
+        let layer_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        check_names(&layer_names, self.passthrough.keys().map(String::as_str))?;
         let mut meta: HashMap<String, String> = HashMap::new();
         for (k, v) in &self.metadata {
-            if k.starts_with("microunify.") {
+            if k.starts_with(META_PREFIX) {
                 return Err(format_err("__metadata__", format!("key {k:?} is reserved")));
             }
             meta.insert(k.clone(), v.clone());
@@ -263,7 +357,7 @@ impl CompressedFile {
         read::parse(bytes)
     }
 
-    /// Reads and validates a file.
+    /// Reads and validates a file (a regular file only: see [`crate::fsio::read_regular`]).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = crate::fsio::read_regular(path, u64::MAX, "compressed file")?;
         Self::from_bytes(&bytes)

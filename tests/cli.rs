@@ -142,7 +142,11 @@ mod compress {
         let garbage = d.join("garbage.safetensors");
         std::fs::write(&garbage, b"\xff\xff\xff\xff not a file").unwrap();
         a[2] = garbage.to_str().unwrap();
-        fails_1(&a, "is not a valid safetensors file");
+        fails_1(&a, "not a valid safetensors file");
+        let not_json = d.join("not-json.safetensors");
+        std::fs::write(&not_json, b"\x08\0\0\0\0\0\0\0not json").unwrap();
+        a[2] = not_json.to_str().unwrap();
+        fails_1(&a, "the header is not valid JSON");
         fails_1(
             &base(&["--include", "fc("]),
             "--include \"fc(\" is not a valid regex",
@@ -175,6 +179,272 @@ mod compress {
         fails_1(
             &["inspect", missing.to_str().unwrap()],
             "absent.safetensors",
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Runs the binary; a run still going after `secs` (a read that blocks, or one that
+    /// never ends) is killed and fails the test.
+    fn run_bounded(args: &[&str], secs: u64) -> std::process::Output {
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        let mut child = Command::new(super::EXE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?} still running after {secs} s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn fails_quickly(args: &[&str], needle: &str) {
+        let out = run_bounded(args, 30);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in: {stderr}"
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_headers_are_bounded() {
+        let d = scratch("irregular");
+        let out = d.join("out.safetensors");
+        let o = out.to_str().unwrap();
+        let huge = d.join("huge.safetensors");
+        let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}      ");
+        std::fs::write(&huge, bytes).unwrap();
+        let mut cases = vec![
+            (d.clone(), "is a folder"),
+            (huge, "more than safetensors' limit of 100000000"),
+        ];
+        #[cfg(unix)]
+        {
+            let fifo = d.join("fifo");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            cases.push((fifo, "not a regular file"));
+            cases.push((PathBuf::from("/dev/zero"), "not a regular file"));
+        }
+        for (path, needle) in &cases {
+            let p = path.to_str().unwrap();
+            fails_quickly(&["inspect", p], needle);
+            let project = [
+                "project",
+                "--input",
+                p,
+                "--output",
+                o,
+                "--prune",
+                "0.5",
+                "--unify",
+                "0",
+                "--adapter",
+                "no-such-gpu-anywhere",
+            ];
+            fails_quickly(&project, needle);
+        }
+        assert!(!out.exists(), "an output was written");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_output_is_checked_before_the_input_and_any_gpu() {
+        let d = scratch("output");
+        let input = d.join("in.safetensors");
+        checkpoint(&input);
+        let i = input.to_str().unwrap();
+        let project = |o: &Path, needle: &str| {
+            let args = [
+                "project",
+                "--input",
+                i,
+                "--output",
+                o.to_str().unwrap(),
+                "--prune",
+                "0.5",
+                "--unify",
+                "0.3",
+                "--adapter",
+                "no-such-gpu-anywhere",
+            ];
+            // The output's error, not the adapter's: it came first.
+            fails_1(&args, needle);
+            fails_1(&args, "--output cannot be written");
+        };
+        project(&d.join("no/such/folder/out.safetensors"), "does not exist");
+        let taken = d.join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        project(&taken, "is a folder");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if unsafe { libc::geteuid() } == 0 {
+                eprintln!(
+                    "*** skipping the read-only folder case: running as root, where folder permissions do not bind ***"
+                );
+            } else {
+                let ro = d.join("ro");
+                std::fs::create_dir(&ro).unwrap();
+                std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+                project(&ro.join("out.safetensors"), "ermission denied");
+                std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_non_finite_weight_is_named_by_kind_before_any_gpu() {
+        let d = scratch("inf");
+        let (input, out) = (d.join("in.safetensors"), d.join("out.safetensors"));
+        for (v, word) in [
+            (f32::INFINITY, "+inf"),
+            (f32::NEG_INFINITY, "-inf"),
+            (f32::NAN, "NaN"),
+        ] {
+            let mut w = [0.5f32; 32];
+            w[5] = v;
+            let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let view = TensorView::new(Dtype::F32, vec![4, 8], &bytes).unwrap();
+            std::fs::write(&input, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+            fails_1(
+                &[
+                    "project",
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--prune",
+                    "0.5",
+                    "--unify",
+                    "0",
+                    "--adapter",
+                    "no-such-gpu-anywhere",
+                ],
+                &format!("tensor \"w\": non-finite value {word} at flat index 5"),
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_compressed_file_can_be_projected_again() {
+        if common::gpu().is_none() {
+            return;
+        }
+        let d = scratch("again");
+        let input = d.join("in.safetensors");
+        checkpoint(&input);
+        let project = |from: &Path, to: &Path, extra: &[&str]| {
+            let mut a = vec![
+                "project",
+                "--input",
+                from.to_str().unwrap(),
+                "--output",
+                to.to_str().unwrap(),
+            ];
+            a.extend_from_slice(extra);
+            let out = run(&a);
+            assert!(
+                out.status.success(),
+                "{a:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            CompressedFile::read(to).unwrap()
+        };
+        // First fc1 alone; the F16 conv weight passes through.
+        let once_path = d.join("once.safetensors");
+        let once = project(
+            &input,
+            &once_path,
+            &[
+                "--prune",
+                "0.5",
+                "--unify",
+                "0.3",
+                "--exclude",
+                "^emb|^conv",
+            ],
+        );
+        assert_eq!(once.layers.len(), 1);
+        assert!(once.passthrough.contains_key("conv.weight"));
+        // Again, with another block shape and ratios: fc1 from its dense reconstruction,
+        // its old compact tensors replaced, and the conv weight selected now.
+        let twice_path = d.join("twice.safetensors");
+        let twice = project(
+            &once_path,
+            &twice_path,
+            &[
+                "--block",
+                "2x8",
+                "--prune",
+                "0.2",
+                "--unify",
+                "0.5",
+                "--exclude",
+                "^emb",
+            ],
+        );
+        let names: Vec<&str> = twice.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["fc1.weight", "conv.weight"]);
+        assert!(
+            twice
+                .layers
+                .iter()
+                .all(|l| l.matrix.block.to_string() == "2x8")
+        );
+        // fc1: 20x30 in 2x8 blocks is 10 x 4 = 40 blocks -> 8 pruned, 20 unified.
+        assert_eq!(twice.layers[0].matrix.counts(), [12, 20, 8]);
+        let mut passed = once.passthrough.clone();
+        passed.remove("conv.weight");
+        assert_eq!(twice.passthrough, passed);
+        check_inspect(&twice_path, &twice);
+        // Only fc1: the conv keeps its compressed form, bit for bit.
+        let part_path = d.join("part.safetensors");
+        let part = project(
+            &twice_path,
+            &part_path,
+            &[
+                "--include",
+                "^fc1",
+                "--block",
+                "8x8",
+                "--prune",
+                "0.6",
+                "--unify",
+                "0.2",
+            ],
+        );
+        assert_eq!(part.layer("conv.weight"), twice.layer("conv.weight"));
+        assert_eq!(
+            part.layer("fc1.weight").unwrap().matrix.block.to_string(),
+            "8x8"
+        );
+        assert_eq!(part.passthrough, twice.passthrough);
+        check_inspect(&part_path, &part);
+        // Projected again with nothing pruned or unified, a layer is its stored
+        // reconstruction: that is what is projected.
+        let same = project(
+            &twice_path,
+            &d.join("same.safetensors"),
+            &["--include", "^fc1", "--prune", "0", "--unify", "0"],
+        );
+        assert_eq!(
+            same.layer("fc1.weight").unwrap().dense(),
+            twice.layer("fc1.weight").unwrap().dense()
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -337,7 +607,7 @@ mod compress {
         ];
         fails_1(
             &a,
-            "layer \"fc1.weight\": non-finite value NaN at flat index 37",
+            "tensor \"fc1.weight\": non-finite value NaN at flat index 37",
         );
         assert!(!none.exists());
         for l in &f.layers {

@@ -1,51 +1,50 @@
-//! Reading a compressed file. Nothing is trusted before it is checked: the safetensors
-//! header first (offsets, lengths, overflow), then each layer's dense tensor, whose
-//! presence with the metadata's shape bounds every size derived from the metadata by the
-//! file's own length, then the compact tensors against the state map, and last the dense
-//! reconstruction against the compact form. Every failure is an [`Error::Format`] naming
-//! the tensor and the problem.
+//! Reading a compressed file. Nothing is trusted before it is checked: the container first
+//! (header length, JSON without repeated keys, each tensor's offsets, see [`super::header`]),
+//! then the metadata, then each layer's dense tensor, whose presence with the metadata's
+//! shape bounds every size derived from the metadata by the file's own length, then the
+//! compact tensors against the state map, the dense reconstruction against the compact
+//! form, the reserved names, and last that the tensors cover the data exactly (after the
+//! layers, so that a tensor dropped from the header is named as missing rather than by the
+//! gap it leaves). Every failure is an [`crate::Error::Format`] naming the tensor and the
+//! problem.
 
+use super::header::{Container, METADATA_KEY, check_loads_in_safetensors};
+use super::json::Json;
 use super::{
-    COMPACT, CompressedFile, CompressedLayer, FORMAT_VERSION, LAYERS_KEY, LayerMeta, RawTensor,
-    VERSION_KEY, format_err,
+    COMPACT, CompressedFile, CompressedLayer, FORMAT_VERSION, LAYERS_KEY, LayerMeta, META_PREFIX,
+    RawTensor, VERSION_KEY, compact_name, float_text, format_err, reserved_layer_name,
+    reserved_name,
 };
 use crate::block::{BlockGrid, BlockState, GemmView};
 use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
-use crate::error::{Error, Result};
-use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use crate::error::Result;
+use safetensors::Dtype;
 use std::collections::{BTreeMap, HashSet};
 
-/// A header the safetensors crate refuses (truncation, bad JSON, offsets that overlap or
-/// leave gaps, lengths that do not match dtype and shape).
-fn header_err(e: SafeTensorError) -> Error {
-    match e {
-        SafeTensorError::InvalidOffset(name) => format_err(
-            name,
-            "data offsets overlap or leave a gap (corrupted header or truncated file)",
-        ),
-        other => format_err("<header>", format!("not a valid safetensors file: {other}")),
-    }
-}
-
-/// The bytes of tensor `name`, which must have this dtype and shape. Safetensors has
+/// The bytes of tensor `name`, which must have this dtype and shape. The container has
 /// already checked that they lie inside the file and match dtype × shape.
-fn tensor<'d>(st: &SafeTensors<'d>, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'d [u8]> {
+fn tensor<'a>(
+    st: &'a Container<'_>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> Result<&'a [u8]> {
     let v = st
-        .tensor(name)
-        .map_err(|_| format_err(name, "missing from the file"))?;
-    if v.dtype() != dtype {
+        .get(name)
+        .ok_or_else(|| format_err(name, "missing from the file"))?;
+    if v.dtype != dtype {
         return Err(format_err(
             name,
-            format!("dtype {:?}, expected {dtype:?}", v.dtype()),
+            format!("dtype {:?}, expected {dtype:?}", v.dtype),
         ));
     }
-    if v.shape() != shape {
+    if v.shape != shape {
         return Err(format_err(
             name,
-            format!("shape {:?}, expected {shape:?}", v.shape()),
+            format!("shape {:?}, expected {shape:?}", v.shape),
         ));
     }
-    Ok(v.data())
+    Ok(v.data)
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
@@ -60,44 +59,73 @@ fn u32s(b: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// Whether a container is meant as a compressed file: it has the format's metadata.
+pub(super) fn is_compressed(st: &Container<'_>) -> bool {
+    st.metadata.keys().any(|k| k.starts_with(META_PREFIX))
+}
+
 pub(super) fn parse(bytes: &[u8]) -> Result<CompressedFile> {
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(header_err)?;
-    let st = SafeTensors::deserialize(bytes).map_err(header_err)?;
-    let mut metadata: BTreeMap<String, String> = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let meta_err = |p: String| format_err("__metadata__", p);
+    let st = Container::parse(bytes)?;
+    let file = decode(&st)?;
+    check_loads_in_safetensors(bytes)?;
+    Ok(file)
+}
+
+/// The version must be written exactly as this build writes it: `"01"` or `" 1"` are not
+/// what any writer of the format produces, so they are damage, not a version.
+fn check_version(version: &str) -> Result<()> {
+    let meta_err = |p: String| format_err(METADATA_KEY, p);
+    let want = FORMAT_VERSION.to_string();
+    if version == want {
+        return Ok(());
+    }
+    let canonical = !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && (version == "0" || !version.starts_with('0'));
+    Err(meta_err(if canonical {
+        format!("format version {version} is not known (this build reads version {want})")
+    } else {
+        format!(
+            "format version {version:?} is not a plain version number (digits only, without sign, spaces or leading zeros; this build reads exactly \"{want}\")"
+        )
+    }))
+}
+
+/// The layer list: JSON without repeated keys, then [`LayerMeta`]s.
+fn layer_list(json: &str) -> Result<Vec<LayerMeta>> {
+    let meta_err = |p: String| format_err(METADATA_KEY, p);
+    let tree: Json = serde_json::from_str(json)
+        .map_err(|e| meta_err(format!("{LAYERS_KEY} is not a valid layer list: {e}")))?;
+    if let Some(d) = tree.duplicate() {
+        return Err(meta_err(format!(
+            "{LAYERS_KEY} repeats the key {:?} in the object at {LAYERS_KEY}{}",
+            d.key, d.path
+        )));
+    }
+    serde_json::from_value(tree.into_value())
+        .map_err(|e| meta_err(format!("{LAYERS_KEY} is not a valid layer list: {e}")))
+}
+
+/// The compressed file a container holds, every check but the final safetensors one done.
+pub(super) fn decode(st: &Container<'_>) -> Result<CompressedFile> {
+    let mut metadata = st.metadata.clone();
+    let meta_err = |p: String| format_err(METADATA_KEY, p);
     let version = metadata.remove(VERSION_KEY).ok_or_else(|| {
         meta_err(format!(
             "no {VERSION_KEY:?} entry: not a microunify compressed file"
         ))
     })?;
-    match version.trim().parse::<u64>() {
-        Ok(v) if v == FORMAT_VERSION as u64 => {}
-        Ok(v) => {
-            return Err(meta_err(format!(
-                "format version {v} is not known (this build reads version {FORMAT_VERSION})"
-            )));
-        }
-        Err(_) => {
-            return Err(meta_err(format!(
-                "format version {version:?} is not a number"
-            )));
-        }
-    }
+    check_version(&version)?;
     let layers_json = metadata
         .remove(LAYERS_KEY)
         .ok_or_else(|| meta_err(format!("no {LAYERS_KEY:?} entry")))?;
-    if let Some(k) = metadata.keys().find(|k| k.starts_with("microunify.")) {
+    if let Some(k) = metadata.keys().find(|k| k.starts_with(META_PREFIX)) {
         return Err(meta_err(format!("unknown key {k:?}")));
     }
-    let metas: Vec<LayerMeta> = serde_json::from_str(&layers_json)
-        .map_err(|e| meta_err(format!("{LAYERS_KEY} is not a valid layer list: {e}")))?;
+    let metas = layer_list(&layers_json)?;
 
     let mut names = HashSet::new();
+    let mut consumed = HashSet::new();
     let mut layers = Vec::with_capacity(metas.len());
     for m in &metas {
         if !names.insert(m.name.as_str()) {
@@ -106,33 +134,30 @@ pub(super) fn parse(bytes: &[u8]) -> Result<CompressedFile> {
                 "listed twice in the metadata's layers",
             ));
         }
-        layers.push(layer(&st, m)?);
+        if let Some(p) = reserved_layer_name(&m.name) {
+            return Err(format_err(m.name.as_str(), p));
+        }
+        layers.push(layer(st, m)?);
+        consumed.extend(COMPACT.iter().map(|s| compact_name(&m.name, s)));
     }
     let mut passthrough = BTreeMap::new();
     for (name, v) in st.iter() {
-        if names.contains(name) {
+        if names.contains(name) || consumed.contains(name) {
             continue;
         }
-        if let Some((owner, suffix)) = name.rsplit_once(".mu.")
-            && names.contains(owner)
-        {
-            if COMPACT.contains(&suffix) {
-                continue;
-            }
-            return Err(format_err(
-                name,
-                format!("unknown compact tensor of layer {owner:?}"),
-            ));
+        if let Some(p) = reserved_name(name, |x| names.contains(x)) {
+            return Err(format_err(name, p));
         }
         passthrough.insert(
             name.to_string(),
             RawTensor {
-                dtype: v.dtype(),
-                shape: v.shape().to_vec(),
-                data: v.data().to_vec(),
+                dtype: v.dtype,
+                shape: v.shape.to_vec(),
+                data: v.data.to_vec(),
             },
         );
     }
+    st.check_coverage()?;
     Ok(CompressedFile {
         layers,
         passthrough,
@@ -141,9 +166,9 @@ pub(super) fn parse(bytes: &[u8]) -> Result<CompressedFile> {
 }
 
 /// Validates and decodes one compressed layer.
-fn layer(st: &SafeTensors<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
+fn layer(st: &Container<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
     let name = m.name.as_str();
-    let mu = |s: &str| format!("{name}.mu.{s}");
+    let mu = |s: &str| compact_name(name, s);
     // First, so that every size below is bounded by bytes the file really holds.
     let dense_bytes = tensor(st, name, Dtype::F32, &m.shape)?;
     let view = GemmView::of_shape(name, &m.shape)
@@ -168,16 +193,27 @@ fn layer(st: &SafeTensors<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
     let values = f32s(tensor(st, &vname, Dtype::F32, &[nd, br, bc])?);
     if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         let problem = format!(
-            "non-finite value {v} at index {i} (dense block {})",
+            "non-finite value {} at flat index {i} (dense block {})",
+            float_text(*v),
             i / len
         );
         return Err(format_err(&vname, problem));
     }
     let mname = mu("magnitudes");
     let magnitudes = f32s(tensor(st, &mname, Dtype::F32, &[nu])?);
-    if let Some((k, a)) = (magnitudes.iter().enumerate()).find(|(_, a)| !a.is_finite() || **a < 0.0)
+    // A magnitude is a mean of absolute values: never negative, not even -0 (which the
+    // dense reconstruction would turn into sign-flipped zeros).
+    if let Some((k, a)) =
+        (magnitudes.iter().enumerate()).find(|(_, a)| !a.is_finite() || a.is_sign_negative())
     {
-        let problem = format!("magnitude {a} of unified block {k} is not a finite value >= 0");
+        let problem = format!(
+            "magnitude {} of unified block {k} (flat index {k}) is not a finite value >= +0",
+            if *a == 0.0 {
+                "-0".into()
+            } else {
+                float_text(*a)
+            }
+        );
         return Err(format_err(&mname, problem));
     }
     let signs = u32s(tensor(
@@ -208,14 +244,16 @@ fn layer(st: &SafeTensors<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
         if !have.is_finite() {
             return Err(format_err(
                 name,
-                format!("non-finite value {have} at index {i}"),
+                format!("non-finite value {} at flat index {i}", float_text(have)),
             ));
         }
-        if have != want {
+        // Bit for bit: the writer stores exactly this reconstruction, and `==` would let a
+        // zero's sign flip by.
+        if have.to_bits() != want.to_bits() {
             return Err(format_err(
                 name,
                 format!(
-                    "dense reconstruction disagrees with the compact form at index {i}: {have} in the file, {want} from {name}.mu.*"
+                    "dense reconstruction disagrees with the compact form at flat index {i}: {have} in the file, {want} from {name}.mu.*"
                 ),
             ));
         }
@@ -225,7 +263,7 @@ fn layer(st: &SafeTensors<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
 
 /// The 2-bit state map: no code 3, zero padding, and the metadata's counts.
 fn read_states(
-    st: &SafeTensors<'_>,
+    st: &Container<'_>,
     sname: &str,
     nb: usize,
     meta_counts: [usize; 3],
@@ -260,7 +298,7 @@ fn read_states(
 /// Row pointers: from 0, monotone, each block row as long as its non-pruned blocks (so
 /// the last one is the number of entries).
 fn read_row_ptr(
-    st: &SafeTensors<'_>,
+    st: &Container<'_>,
     rname: &str,
     grid: &BlockGrid,
     states: &[BlockState],
@@ -300,9 +338,9 @@ fn read_row_ptr(
 /// `m` holds everything but the entries, already shape-checked.
 fn read_entries(name: &str, m: &CompressedMatrix, raw: &[u32]) -> Result<Vec<[u32; 2]>> {
     let (ename, vname, gname) = (
-        format!("{name}.mu.entries"),
-        format!("{name}.mu.values"),
-        format!("{name}.mu.signs"),
+        compact_name(name, "entries"),
+        compact_name(name, "values"),
+        compact_name(name, "signs"),
     );
     let grid = m.grid();
     let (block_cols, bc, len, wpb) = (
@@ -347,9 +385,9 @@ fn read_entries(name: &str, m: &CompressedMatrix, raw: &[u32]) -> Result<Vec<[u3
                     }
                     // Distinct dense blocks, so di < the number of dense tiles.
                     let tile = &m.values[di * len..(di + 1) * len];
-                    if let Some(p) = (0..len).find(|&p| !inside(p) && tile[p] != 0.0) {
+                    if let Some(p) = (0..len).find(|&p| !inside(p) && tile[p].to_bits() != 0) {
                         let problem = format!(
-                            "dense block {di} (block {b}) holds {} outside the matrix edge",
+                            "dense block {di} (block {b}) holds {} at tile position {p}, outside the matrix edge (must be +0)",
                             tile[p]
                         );
                         return Err(format_err(&vname, problem));

@@ -2,7 +2,8 @@
 //! `microunify::format`) and prints per-layer block counts, storage bits and compression
 //! ratios, then the totals. Needs no GPU.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use microunify::Error;
 use microunify::format::{CompressedFile, FORMAT_VERSION};
 use std::path::PathBuf;
 
@@ -13,8 +14,15 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let f = CompressedFile::read(&args.file)
-        .with_context(|| format!("{} is not a valid compressed file", args.file.display()))?;
+    // A file that cannot be read at all is named by its own error; one that reads but is
+    // not a valid compressed file gets said so.
+    let f = CompressedFile::read(&args.file).map_err(|e| match e {
+        Error::Format { .. } => anyhow::Error::new(e).context(format!(
+            "{} is not a valid compressed file",
+            args.file.display()
+        )),
+        e => e.into(),
+    })?;
     let bytes: usize = f.passthrough.values().map(|t| t.data.len()).sum();
     microunify::outln!(
         "{}: microunify format {FORMAT_VERSION}, {} compressed layers, {} pass-through tensors ({bytes} bytes); valid",

@@ -1,18 +1,20 @@
 //! `microunify project`: one-shot compression of a `.safetensors` checkpoint. Every selected
 //! 2-D (linear) or 4-D (conv) float tensor is projected on the GPU in one batched run with
 //! `U = 0`; the result is written in the compressed format (`microunify::format`), other
-//! tensors passing through unchanged. The input is checked before a GPU is opened, so bad
-//! arguments and bad files fail fast and without an adapter.
+//! tensors passing through unchanged. A compressed input is projected again: its selected
+//! layers from their dense reconstruction, the others kept compressed as they are (see
+//! `microunify::format::input`). The output path and the input are checked before a GPU is
+//! opened, so bad arguments and bad files fail fast and without an adapter.
 
-use anyhow::{Context, Result, anyhow, bail};
-use microunify::block::{ConvLayout, to_gemm};
+use anyhow::{Context, Result, bail};
+use microunify::block::ConvLayout;
 use microunify::compressed::CompressedMatrix;
-use microunify::format::{CompressedFile, CompressedLayer, RawTensor};
+use microunify::format::input::{ProjectInput, Selection};
+use microunify::fsio;
 use microunify::gpu::projection::Tensor;
 use microunify::gpu::{Gpu, GpuOptions, NetworkProjection};
-use microunify::{BlockShape, GemmView, LayerSpec, Ratios, SelectionMode};
+use microunify::{BlockShape, Ratios, SelectionMode};
 use regex::Regex;
-use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -64,133 +66,77 @@ fn regex(flag: &str, pattern: &Option<String>) -> Result<Option<Regex>> {
         .transpose()
 }
 
-/// A tensor's values as f32 (little-endian F32, F16 or BF16), or `None` for other dtypes.
-fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    let halves = || {
-        data.chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-    };
-    match dtype {
-        Dtype::F32 => Some(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        Dtype::F16 => Some(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
-        Dtype::BF16 => Some(
-            halves()
-                .map(|h| half::bf16::from_bits(h).to_f32())
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-/// One tensor chosen for projection, in its GEMM view.
-struct Selected {
-    shape: Vec<usize>,
-    layout: ConvLayout,
-    spec: LayerSpec,
-    gemm: Vec<f32>,
-}
-
 pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     let ratios = Ratios::new(args.prune, args.unify, "--prune/--unify")?;
     let b = args.block;
-    let include = regex("--include", &args.include)?;
-    let exclude = regex("--exclude", &args.exclude)?;
+    let selection = Selection {
+        include: regex("--include", &args.include)?,
+        exclude: regex("--exclude", &args.exclude)?,
+        layout: args.layout,
+    };
+    // Before any reading or GPU work: an output that cannot be written is known now.
+    fsio::check_writable(&args.output).context("--output cannot be written")?;
     let input = args.input.display();
-    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {input}"))?;
-    let bad = |e| anyhow!("{input} is not a valid safetensors file: {e}");
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
-
-    let mut out = CompressedFile::default();
-    // Metadata of the input travels along, except a previous compression's own keys.
-    if let Some(m) = header.metadata() {
-        out.metadata.extend(
-            m.iter()
-                .filter(|(k, _)| !k.starts_with("microunify."))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-    }
-    let mut selected = Vec::new();
-    for name in header.offset_keys() {
-        let t = st.tensor(&name).map_err(bad)?;
-        let wanted = include.as_ref().is_none_or(|r| r.is_match(&name))
-            && !exclude.as_ref().is_some_and(|r| r.is_match(&name))
-            && matches!(t.shape().len(), 2 | 4)
-            && GemmView::of_shape(&name, t.shape()).is_ok();
-        match floats(t.dtype(), t.data()).filter(|_| wanted) {
-            Some(data) => {
-                let shape = t.shape().to_vec();
-                // The layout only means something for conv weights; recording it on a
-                // linear one would only mislead readers of the metadata.
-                let layout = if shape.len() == 4 {
-                    args.layout
-                } else {
-                    ConvLayout::ChannelMajor
-                };
-                selected.push(Selected {
-                    spec: LayerSpec::new(name.clone(), &shape, b)?,
-                    gemm: to_gemm(&data, &shape, layout),
-                    shape,
-                    layout,
-                });
-            }
-            None => {
-                out.passthrough.insert(
-                    name.clone(),
-                    RawTensor {
-                        dtype: t.dtype(),
-                        shape: t.shape().to_vec(),
-                        data: t.data().to_vec(),
-                    },
-                );
-            }
-        }
-    }
-    if selected.is_empty() {
+    // A regular file only: a FIFO would block the read, a device never end it. Its length
+    // is its own bound.
+    let bytes = fsio::read_regular(&args.input, u64::MAX, "input checkpoint")?;
+    let parsed =
+        ProjectInput::parse(&bytes, &selection).with_context(|| format!("reading {input}"))?;
+    drop(bytes);
+    if parsed.selected.is_empty() {
         bail!(
             "no tensor selected: none of the {} tensors in {input} is a 2-D or 4-D F32/F16/BF16 tensor matching --include/--exclude",
-            st.len()
+            parsed.tensors
         );
     }
+    let specs = parsed.specs(b)?;
 
     let gpu = Gpu::new(gpu_options)?;
     microunify::errln!("adapter: {gpu:?}");
-    let specs: Vec<LayerSpec> = selected.iter().map(|s| s.spec.clone()).collect();
     let mode = if args.global {
         SelectionMode::Global(ratios)
     } else {
         SelectionMode::PerLayer(vec![ratios; specs.len()])
     };
     let start = Instant::now();
-    let net = NetworkProjection::new(&gpu, specs, mode)?;
-    for (l, s) in selected.iter().enumerate() {
+    let net = NetworkProjection::new(&gpu, specs.clone(), mode)?;
+    for (l, s) in parsed.selected.iter().enumerate() {
         net.write(&gpu, Tensor::W, l, &s.gemm)?;
     }
     net.zero_dual(&gpu);
     net.run(&gpu)?;
-    for (l, s) in selected.iter().enumerate() {
-        let p = net.read_layer(&gpu, l)?;
-        let m = CompressedMatrix::from_projection(&s.spec, &p)?;
-        out.layers
-            .push(CompressedLayer::new(&s.spec.name, &s.shape, s.layout, m)?);
-    }
+    let matrices = (specs.iter().enumerate())
+        .map(|(l, spec)| {
+            Ok(CompressedMatrix::from_projection(
+                spec,
+                &net.read_layer(&gpu, l)?,
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (compressed, recompressed, kept) = (
+        parsed.compressed,
+        parsed.selected.iter().filter(|s| s.recompressed).count(),
+        parsed.kept.layers.len(),
+    );
+    let out = parsed.finish(matrices)?;
     out.write(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
 
     microunify::outln!(
         "projected {} layers on {} in {gpu_ms:.1} ms (block {b}, prune {}, unify {}{}); {} tensors passed through",
-        out.layers.len(),
+        specs.len(),
         gpu.info.name,
         args.prune,
         args.unify,
         if args.global { ", global" } else { "" },
         out.passthrough.len()
     );
+    if compressed {
+        microunify::outln!(
+            "the input was a compressed file: {recompressed} of its layers projected again from their dense reconstruction, {kept} kept as they were"
+        );
+    }
     crate::inspect::print_layers(&out);
     microunify::outln!("wrote {}", args.output.display());
     Ok(())
