@@ -1640,7 +1640,10 @@ fn planted_links_are_not_followed() {
             "--force",
         ],
     ));
-    assert_eq!(read_text(&victim), "precious");
+    assert!(
+        read(&victim) == b"precious",
+        "the link's target was written"
+    );
     for f in ["dense.ot", "final.ot"] {
         let m = std::fs::symlink_metadata(out.join(f)).unwrap();
         assert!(m.file_type().is_file(), "{f} is not a regular file");
@@ -1802,10 +1805,35 @@ fn settings_that_would_be_ignored_are_errors() {
             "seed 9223372036854775807 is out of range",
         ),
     ];
+    // Tiny in every other way: were a case accepted, it would fail in seconds.
+    let data = tiny_mnist().display().to_string();
+    let quick = |given: &[&str]| {
+        let mut v: Vec<String> = given.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--data-dir",
+                &data,
+                "--limit-train",
+                "50",
+                "--limit-test",
+                "50",
+                "--dense-epochs",
+                "1",
+                "--retrain-epochs",
+                "0",
+                "--no-epoch-eval",
+                "--out",
+                o,
+            ]
+            .map(String::from),
+        );
+        if !given.contains(&"--rounds") {
+            v.extend(["--rounds", "0"].map(String::from));
+        }
+        v
+    };
     for (args, needle) in flags {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend(["--out", o]);
-        fails_with(&v, needle);
+        fails_with(&quick(args), needle);
     }
     let files = [
         (
@@ -1837,15 +1865,7 @@ fn settings_that_would_be_ignored_are_errors() {
     ];
     for (name, text, needle) in files {
         let f = toml_file(&dir, name, text);
-        let e = fails_with(
-            &[
-                "--config".as_ref(),
-                f.as_os_str(),
-                "--out".as_ref(),
-                o.as_ref(),
-            ],
-            needle,
-        );
+        let e = fails_with(&quick(&["--config", f.to_str().unwrap()]), needle);
         assert!(e.contains(&f.display().to_string()), "{e}");
     }
     assert!(!out.exists(), "a refused setting made a run folder");
@@ -1879,6 +1899,10 @@ fn a_bad_config_is_one_error_line_without_a_backtrace() {
         )),
         "{stderr}"
     );
-    assert!(!stderr.contains("stack backtrace") && !stderr.contains("panicked"));
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("backtrace") && !lower.contains("panicked"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -134,6 +134,11 @@ impl Progress {
                 self.retrain_done
             ));
         }
+        // ρ of each round so far, and after the last: computed once (records are checked
+        // against it in linear time, whatever their number).
+        let rho_at: Vec<f64> = std::iter::successors(Some(c.rho0), |&r| Some(c.next_rho(r)))
+            .take(self.rounds_done + 1)
+            .collect();
         let admm = self.rounds_done * c.epochs_per_round;
         let expected = self.dense_done + admm + self.retrain_done;
         if self.epochs.len() != expected {
@@ -147,11 +152,7 @@ impl Progress {
                 (Phase::Dense, i + 1, None)
             } else if i < self.dense_done + admm {
                 let j = i - self.dense_done;
-                (
-                    Phase::Admm,
-                    j + 1,
-                    Some(c.rho_after(j / c.epochs_per_round)),
-                )
+                (Phase::Admm, j + 1, Some(rho_at[j / c.epochs_per_round]))
             } else {
                 (Phase::Retrain, i - self.dense_done - admm + 1, None)
             };
@@ -181,14 +182,14 @@ impl Progress {
             ));
         }
         for (k, r) in self.rounds.iter().enumerate() {
-            if r.round != k + 1 || r.rho != c.rho_after(k) {
+            if r.round != k + 1 || r.rho != rho_at[k] {
                 return Err(format!(
                     "round record {} says round {} at ρ {}; expected round {} at ρ {}",
                     k + 1,
                     r.round,
                     r.rho,
                     k + 1,
-                    c.rho_after(k)
+                    rho_at[k]
                 ));
             }
             non_negative(&format!("the primal residual of round {}", k + 1), r.primal)?;
@@ -223,7 +224,7 @@ impl Progress {
                 self.rho, c.rho_max
             ));
         }
-        let rho = c.rho_after(self.rounds_done);
+        let rho = rho_at[self.rounds_done];
         if self.rho != rho {
             return Err(format!(
                 "rho is {}, but {} rounds from rho0 {} by gamma {} (at most rho_max {}) give {rho}",
