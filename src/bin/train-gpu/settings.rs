@@ -1,5 +1,5 @@
 //! What a run is asked to do on the command line: flags over an optional TOML file
-//! (`--config`) over the defaults (the demo of issue 4). The schema, the defaults and
+//! (`--config`) over the defaults (`AdmmConfig::demo`). The schema, the defaults and
 //! every check of the values are the library's ([`microunify::train::settings`]); this
 //! module holds the flags, reads the files, and checks what needs this machine (the
 //! dataset folder, the `--init` file, the libtorch device). The resolved settings are
