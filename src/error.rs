@@ -71,6 +71,10 @@ pub enum Error {
     /// A compressed file (or the tensors to write into one) is malformed or inconsistent.
     #[error("tensor {tensor:?}: {problem}")]
     Format { tensor: String, problem: String },
+    /// A dataset file (or its folder) that cannot be used: missing, malformed, or
+    /// inconsistent with its partner file. `path` is the file (or folder) at fault.
+    #[error("{path}: {problem}")]
+    Data { path: String, problem: String },
     /// Reading or writing a file failed, or the file is not one this program may read.
     #[error("{path}: {reason}")]
     Io {

@@ -74,6 +74,7 @@ pub fn write_atomic_with(
     fill(tmp.as_file_mut())
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| io_err(tmp.path(), e))?;
+    kill_point(&format!("write:{name}"));
     tmp.persist(path).map_err(|e| io_err(path, e.error))?;
     // The rename is durable once the folder is synced. Some platforms cannot open a
     // folder for that; the data itself is already safe, so this is best effort.
@@ -260,6 +261,56 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+/// The environment variable that names a [`kill_point`].
+pub const KILL_AT_ENV: &str = "MICROUNIFY_KILL_AT";
+
+/// A place where a crash test may kill this process. When `MICROUNIFY_KILL_AT` is `name`,
+/// or `name:N` (the N-th time this process reaches the point, counted from 1), the process
+/// sends itself SIGKILL here: no destructor, no flush, as `kill -9` or a power cut would
+/// leave it. Elsewhere than on unix it does nothing. The variable is read at every call,
+/// so each process (and each test) sets its own.
+///
+/// The points:
+/// - `write:FILE`: in [`write_atomic_with`], once the temporary file for `FILE` (a file
+///   name: `checkpoint.safetensors`, `compressed.safetensors`, `final.ot`, `dense.ot`,
+///   `report.json`, ...) is written and synced, before it is renamed over `FILE`;
+/// - `epoch:dense`, `epoch:admm`, `epoch:retrain`: at the end of each training epoch of
+///   that phase (trained and recorded, before any checkpoint that follows it);
+/// - `round`: after each ADMM round's Z/U projection, before the round's checkpoint.
+pub fn kill_point(name: &str) {
+    let Some(want) = std::env::var_os(KILL_AT_ENV) else {
+        return;
+    };
+    let want = want.to_string_lossy();
+    let (point, nth) = match want.rsplit_once(':') {
+        Some((p, n)) if n.parse::<u64>().is_ok() => (p, n.parse::<u64>().unwrap_or(1)),
+        _ => (&*want, 1),
+    };
+    if point != name {
+        return;
+    }
+    static REACHED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let count = {
+        let mut reached = REACHED.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match reached.iter().position(|(p, _)| p == name) {
+            Some(i) => i,
+            None => {
+                reached.push((name.to_string(), 0));
+                reached.len() - 1
+            }
+        };
+        reached[i].1 += 1;
+        reached[i].1
+    };
+    if count == nth {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on our own pid; no memory is involved.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod common;
 use microunify::block::Ratios;
 use microunify::data::load_mnist_dir;
 use microunify::format::CompressedFile;
+use microunify::train::checkpoint::{Checkpoint, sha256_hex};
 use microunify::train::config::{AdmmConfig, Schedule, Targets};
 use microunify::train::data::TensorSet;
 use microunify::train::models::ModelKind;
@@ -185,9 +186,9 @@ fn cfg_counts(prune: f64, unify: f64, n: usize) -> (usize, usize) {
 
 const EXE: &str = env!("CARGO_BIN_EXE_train-gpu");
 
-/// Runs train-gpu with `args` in `cwd` (the package root by default), with
-/// `OMP_NUM_THREADS=1` unless the caller set it: libtorch must not spin on a busy machine.
-fn train_gpu_in<S: AsRef<OsStr>>(cwd: Option<&Path>, args: &[S]) -> Output {
+/// A train-gpu command with `args`, with `OMP_NUM_THREADS=1` unless the caller set it:
+/// libtorch must not spin on a busy machine.
+fn command<S: AsRef<OsStr>>(args: &[S]) -> Command {
     let mut c = Command::new(EXE);
     c.args(args);
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
@@ -195,6 +196,14 @@ fn train_gpu_in<S: AsRef<OsStr>>(cwd: Option<&Path>, args: &[S]) -> Output {
     }
     // Errors without a captured backtrace: shorter to read, and quicker to print.
     c.env("RUST_LIB_BACKTRACE", "0");
+    // Only the tests that mean to kill a process set a kill point.
+    c.env_remove(microunify::fsio::KILL_AT_ENV);
+    c
+}
+
+/// Runs train-gpu with `args` in `cwd` (the package root by default).
+fn train_gpu_in<S: AsRef<OsStr>>(cwd: Option<&Path>, args: &[S]) -> Output {
+    let mut c = command(args);
     if let Some(d) = cwd {
         c.current_dir(d);
     }
@@ -230,7 +239,8 @@ fn succeeds<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let tmp = std::env::temp_dir().join(format!("train-gpu-errors-{}", std::process::id()));
-    let out = tmp.to_str().unwrap();
+    let run = tmp.join("run");
+    let out = run.to_str().unwrap();
     fails_with(
         &["--data-dir", "/nonexistent/mnist", "--out", out],
         "missing train-images-idx3-ubyte",
@@ -645,15 +655,12 @@ fn resume_refuses_what_it_cannot_continue() {
         &["--resume".as_ref(), empty.as_os_str()],
         "not a train-gpu run folder (no config.toml)",
     );
-    // What a finished run leaves: config.toml and report.json, no checkpoint.
-    let done = dir.join("finished");
-    std::fs::create_dir_all(&done).unwrap();
-    std::fs::write(done.join("config.toml"), "").unwrap();
-    std::fs::write(done.join("report.json"), "{}").unwrap();
+    // A finished run: its finished.json vouches for its config.toml and report.json.
+    let done = finished_folder(&dir.join("finished"));
     fails_with(
         &["--resume".as_ref(), done.as_os_str()],
         &format!(
-            "--resume {}: this run has finished (report.json is there, no checkpoint)",
+            "--resume {}: this run has finished (its finished.json vouches for report.json)",
             done.display()
         ),
     );
@@ -670,7 +677,8 @@ fn an_unfinished_run_is_kept_and_a_bad_checkpoint_named() {
     if gpu().is_none() {
         return;
     }
-    let out = stopped_run("unfinished", 1, 1, &["--no-epoch-eval"]);
+    // Stopped in the ADMM phase (dense training done, one round), so dense.ot is there.
+    let out = stopped_run("unfinished", 3, 3, &[]);
     let ckpt = out.join("checkpoint.safetensors");
     let saved = read(&ckpt);
     let config = read(&out.join("config.toml"));
@@ -684,6 +692,53 @@ fn an_unfinished_run_is_kept_and_a_bad_checkpoint_named() {
     );
     assert!(read(&ckpt) == saved && read(&out.join("config.toml")) == config);
     let dir = out.to_str().unwrap();
+    let dense = out.join("dense.ot");
+    let corrupt = |needle: &str| {
+        let e = fails_with(
+            &["--resume", dir],
+            &format!("error: {} is corrupt: {needle}", ckpt.display()),
+        );
+        for advice in [
+            "It was this run's only saved state (each checkpoint replaces the previous one), so \
+             the run cannot continue: start it again from the beginning with --force"
+                .to_string(),
+            format!(
+                "or, as dense training had finished, from its dense model: --force --init {} \
+                 --dense-epochs 0",
+                dense.display()
+            ),
+        ] {
+            assert!(e.contains(&advice), "{advice:?} in {e}");
+        }
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    };
+    // One flipped bit in the tensor data.
+    let mut b = saved.clone();
+    let n = b.len();
+    b[n - 100] ^= 0x04;
+    std::fs::write(&ckpt, &b).unwrap();
+    corrupt("its contents do not match their checksum");
+    // Truncated to half its length.
+    std::fs::write(&ckpt, &saved[..saved.len() / 2]).unwrap();
+    corrupt("not a complete safetensors file");
+    // Re-encoded with a valid checksum over contents out of range: the range checks.
+    let good = Checkpoint::from_bytes(&saved, &ckpt).unwrap();
+    let mut c = good.clone();
+    c.progress.rounds_done = 99;
+    std::fs::write(&ckpt, c.to_bytes().unwrap()).unwrap();
+    corrupt("rounds_done is 99, but the run has 2 ADMM rounds");
+    let mut c = good.clone();
+    c.progress.rho = -1.0;
+    std::fs::write(&ckpt, c.to_bytes().unwrap()).unwrap();
+    corrupt("rho is -1, outside (0, rho_max = 1]");
+    let mut c = good.clone();
+    c.tensors.get_mut("z.fc2").unwrap().data[3] = f32::NAN;
+    std::fs::write(&ckpt, c.to_bytes().unwrap()).unwrap();
+    corrupt("tensor z.fc2 holds NaN at index 3");
+    let mut c = good.clone();
+    c.tensors.remove("u.fc1");
+    std::fs::write(&ckpt, c.to_bytes().unwrap()).unwrap();
+    corrupt("tensor u.fc1 is missing");
     // Another safetensors file in the checkpoint's place.
     std::fs::copy(baseline().join("compressed.safetensors"), &ckpt).unwrap();
     fails_with(
@@ -693,12 +748,27 @@ fn an_unfinished_run_is_kept_and_a_bad_checkpoint_named() {
             ckpt.display()
         ),
     );
-    // Truncated to half its length.
-    std::fs::write(&ckpt, &saved[..saved.len() / 2]).unwrap();
-    fails_with(
-        &["--resume", dir],
-        &format!("reading the checkpoint {}", ckpt.display()),
+    // What the error says to do works: a new run there from the dense model (which
+    // --force keeps, as the new run's --init), with the dense accuracy of the same model.
+    let d = dense.to_str().unwrap();
+    let args = tiny_args(
+        &out,
+        &[
+            "--rounds",
+            "2",
+            "--retrain-epochs",
+            "2",
+            "--dense-epochs",
+            "0",
+            "--init",
+            d,
+            "--force",
+        ],
     );
+    succeeds(&args);
+    let acc = |d: &Path| json(&d.join("report.json"))["dense_accuracy"].as_f64();
+    assert_eq!(acc(&out), acc(baseline()));
+    assert!(dense.is_file() && !ckpt.exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -974,7 +1044,7 @@ fn devices_libtorch_cannot_use_are_refused() {
     if !tch::Cuda::is_available() {
         fails_with(
             &["--device", "cuda", "--out", o],
-            "--device cuda: CUDA is not available to libtorch here",
+            "--device cuda:0: CUDA is not available to libtorch here",
         );
     }
     fails_with(
@@ -1221,9 +1291,618 @@ fn a_tiny_sweep_writes_its_outputs_and_reuses_finished_runs() {
     let again = succeeds(&sweep(&[]));
     assert_eq!(again.matches("finished before").count(), 5, "{again}");
     assert_eq!(read_text(&out.join("sweep.csv")), csv);
+    // Other files in the sweep's folder: refused, or kept with --force.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    fails_with(
+        &sweep(&[]),
+        &format!(
+            "{} holds files a sweep does not write (notes.txt)",
+            out.display()
+        ),
+    );
+    let forced = succeeds(&sweep(&["--force"]));
+    assert_eq!(forced.matches("finished before").count(), 5, "{forced}");
+    assert_eq!(read_text(&out.join("notes.txt")), "mine");
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
     fails_with(
         &sweep(&["--lr", "0.002"]),
         "holds a finished run of another configuration",
     );
     let _ = std::fs::remove_dir_all(&out);
+}
+
+// ---------------------------------------------------------------------------------------
+// Run folders: one process at a time, what a new run may replace, a run killed before its
+// first checkpoint, stale temporary files, planted links. Datasets that do not fit the
+// model; settings that would be ignored; one error line.
+// ---------------------------------------------------------------------------------------
+
+/// A tiny configuration as a `config.toml`.
+fn tiny_config_toml() -> String {
+    format!(
+        "model = \"lenet-300-100\"\ndata_dir = {:?}\nuniform = [0.5, 0.3]\nrounds = 1\n\
+         dense_epochs = 1\nretrain_epochs = 1\nlimit_train = 1000\nlimit_test = 300\n",
+        tiny_mnist().display().to_string()
+    )
+}
+
+/// A folder as a finished run leaves it, for the tests that only read its state: a tiny
+/// config.toml, a report.json, and the finished.json that ties them together.
+fn finished_folder(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = tiny_config_toml();
+    let report = "{}";
+    std::fs::write(dir.join("config.toml"), &config).unwrap();
+    std::fs::write(dir.join("report.json"), report).unwrap();
+    let evidence = serde_json::json!({
+        "config_sha256": sha256_hex(config.as_bytes()),
+        "report_sha256": sha256_hex(report.as_bytes()),
+    });
+    std::fs::write(dir.join("finished.json"), evidence.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Names in a folder, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A folder held by another process (here: this test process) is refused to a new run,
+/// to --resume and to a sweep, naming the folder and the holder, before anything in it
+/// is read or written; released, it is usable again.
+#[test]
+fn a_locked_folder_is_refused_by_name() {
+    let dir = scratch("locked");
+    let run = finished_folder(&dir.join("run"));
+    let lock = microunify::fsio::FolderLock::acquire(&run).unwrap();
+    let before = names(&run);
+    let held = format!(
+        "{} is in use by another process (process {})",
+        run.display(),
+        std::process::id()
+    );
+    fails_with(&tiny_args(&run, &["--force"]), &held);
+    fails_with(&["--resume".as_ref(), run.as_os_str()], &held);
+    assert_eq!(names(&run), before, "a refused process changed the folder");
+    // A sweep's sub-run folder held: refused by its name; the sweep folder itself too.
+    let sweep = dir.join("sweep");
+    let sub = sweep.join("dense");
+    std::fs::create_dir_all(&sub).unwrap();
+    let sub_lock = microunify::fsio::FolderLock::acquire(&sub).unwrap();
+    let mut args = vec!["sweep".to_string()];
+    args.extend(tiny_args(
+        &sweep,
+        &["--rounds", "1", "--retrain-epochs", "1"],
+    ));
+    if gpu().is_some() {
+        fails_with(
+            &args,
+            &format!("{} is in use by another process", sub.display()),
+        );
+    }
+    drop(sub_lock);
+    let sweep_lock = microunify::fsio::FolderLock::acquire(&sweep).unwrap();
+    fails_with(
+        &args,
+        &format!("{} is in use by another process", sweep.display()),
+    );
+    drop(sweep_lock);
+    drop(lock);
+    // Released: the folder is a finished run again, as --resume says.
+    fails_with(
+        &["--resume".as_ref(), run.as_os_str()],
+        "this run has finished",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two real train-gpu processes: while the first trains into D, a second run into D and
+/// a --resume of D are refused, naming D; once the first is killed, D is usable.
+#[test]
+fn a_second_process_is_refused_while_the_first_runs() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("two-processes");
+    let mut first = command(&tiny_args(
+        &out,
+        &["--dense-epochs", "2000", "--no-epoch-eval"],
+    ))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Wait for the first checkpoint: the first process holds the lock and has trained.
+    let start = std::time::Instant::now();
+    while !out.join("epochs.csv").is_file() {
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let held = format!(
+        "{} is in use by another process (process {})",
+        out.display(),
+        first.id()
+    );
+    fails_with(&tiny_args(&out, &["--seed", "2"]), &held);
+    fails_with(&tiny_args(&out, &["--seed", "2", "--force"]), &held);
+    fails_with(&["--resume".as_ref(), out.as_os_str()], &held);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run ended early"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The kernel released the lock: the folder continues.
+    fails_with(
+        &[
+            "--resume".as_ref(),
+            out.as_os_str(),
+            "--stop-after".as_ref(),
+            "1".as_ref(),
+        ],
+        "stopped after 1 checkpoint(s) as --stop-after asked",
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A new run starts only in a missing or empty folder; a finished run, other files, or
+/// both are refused, saying what is there; `--force` replaces train-gpu's own files
+/// (its earlier outputs go first: no stale report.json beside the new config) and keeps
+/// the others.
+#[test]
+fn a_new_run_replaces_nothing_without_force_and_only_its_own_files_with_it() {
+    let dir = scratch("folder-rules");
+    // A finished run.
+    let done = finished_folder(&dir.join("finished"));
+    let e = fails_with(
+        &tiny_args(&done, &[]),
+        &format!(
+            "{} holds a finished run: use another --out, or --force to replace it",
+            done.display()
+        ),
+    );
+    assert!(e.contains("keeps every other"), "{e}");
+    // The user's own files, one named like ours.
+    let user = dir.join("user");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::write(user.join("notes.txt"), "mine").unwrap();
+    std::fs::write(user.join("report.md"), "my report").unwrap();
+    fails_with(
+        &tiny_args(&user, &[]),
+        &format!(
+            "{} is not empty (it holds notes.txt, report.md): a new run starts only in a \
+             missing or empty folder; use another --out, or --force to run there (it replaces \
+             report.md and keeps notes.txt)",
+            user.display()
+        ),
+    );
+    assert_eq!(read_text(&user.join("report.md")), "my report");
+    assert_eq!(names(&user), [".microunify.lock", "notes.txt", "report.md"]);
+    if gpu().is_none() {
+        return;
+    }
+    let quick = [
+        "--dense-epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--retrain-epochs",
+        "1",
+        "--no-epoch-eval",
+        "--force",
+    ];
+    succeeds(&tiny_args(&user, &quick));
+    assert_eq!(read_text(&user.join("notes.txt")), "mine");
+    assert!(read_text(&user.join("report.md")).starts_with("# "));
+    // A finished run with a stray file of the user's, replaced by a run killed before its
+    // first checkpoint: none of the old run's outputs survive beside the new config.
+    std::fs::write(done.join("notes.txt"), "mine").unwrap();
+    let o = command(&tiny_args(&done, &["--seed", "3", "--force"]))
+        .env(microunify::fsio::KILL_AT_ENV, "epoch:dense")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "killed at epoch:dense: {o:?}");
+    assert_eq!(
+        names(&done),
+        [".microunify.lock", "config.toml", "notes.txt"],
+        "the old report.json and finished.json went before the new config came"
+    );
+    assert!(read_text(&done.join("config.toml")).contains("seed = 3"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run killed before its first checkpoint leaves its config.toml and no checkpoint:
+/// --resume starts that run from the beginning with that config (a report.json left
+/// beside it by another run, as older versions did, proves nothing), and ends where an
+/// uninterrupted run ends.
+#[test]
+fn resume_starts_a_run_killed_before_its_first_checkpoint_from_the_beginning() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("killed-early");
+    let o = command(&tiny_args(&out, &PHASES))
+        .env(microunify::fsio::KILL_AT_ENV, "epoch:dense")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "{o:?}");
+    assert!(out.join("config.toml").is_file() && !out.join("checkpoint.safetensors").exists());
+    // What older versions left: another run's report beside this config, and the
+    // evidence of that other run.
+    let other = finished_folder(&scratch("killed-early-other"));
+    for f in ["report.json", "finished.json"] {
+        std::fs::copy(other.join(f), out.join(f)).unwrap();
+    }
+    std::fs::copy(baseline().join("dense.ot"), out.join("dense.ot")).unwrap();
+    let stderr = succeeds(&["--resume", out.to_str().unwrap()]);
+    assert!(
+        stderr.contains("stopped before its first checkpoint: starting the run from the beginning"),
+        "{stderr}"
+    );
+    assert_same_end(baseline(), &out, true);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+/// The temporary files of writers killed mid-write (old and new names) are removed by the
+/// next process that holds the folder; the user's files, even ones named like temporary
+/// files, stay. One of them is left by a real process, killed through a kill point right
+/// before renaming its checkpoint into place; the resumed run still ends where the
+/// uninterrupted one ends.
+#[test]
+fn stale_temporary_files_are_removed_and_nothing_else() {
+    if gpu().is_none() {
+        return;
+    }
+    let out = scratch("stale-temps");
+    let o = command(&tiny_args(&out, &PHASES))
+        .env(
+            microunify::fsio::KILL_AT_ENV,
+            "write:checkpoint.safetensors:2",
+        )
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "{o:?}");
+    let left: Vec<String> = names(&out)
+        .into_iter()
+        .filter(|n| n.starts_with(".checkpoint.safetensors.") && n.ends_with(".tmp"))
+        .collect();
+    assert_eq!(left.len(), 1, "the killed writer's temp: {:?}", names(&out));
+    let planted = [
+        ".checkpoint.safetensors.4242.tmp",
+        ".compressed.safetensors.4243.tmp",
+        ".final.ot.17.Ab12Cd.tmp",
+    ];
+    for f in planted {
+        std::fs::write(out.join(f), "stale").unwrap();
+    }
+    for f in [".notes.txt.1.tmp", "notes.txt"] {
+        std::fs::write(out.join(f), "mine").unwrap();
+    }
+    resume(&out, 1);
+    let now = names(&out);
+    for f in planted.iter().map(|s| s.to_string()).chain(left) {
+        assert!(!now.contains(&f), "{f} is still there: {now:?}");
+    }
+    assert!(
+        !now.iter()
+            .any(|n| n.ends_with(".tmp") && n != ".notes.txt.1.tmp"),
+        "{now:?}"
+    );
+    for f in [".notes.txt.1.tmp", "notes.txt"] {
+        assert_eq!(read_text(&out.join(f)), "mine", "{f}");
+    }
+    assert_same_end(baseline(), &out, true);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A symlink planted at a temporary name, fixed (`dense.ot.tmp`, as save_vars once used)
+/// or of our pattern (`.dense.ot.PID.tmp`), is never written through: the victim stays as
+/// it was, `dense.ot` is a regular file, and `--force` leaves the user's links alone.
+#[test]
+fn planted_links_are_not_followed() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = scratch("links");
+    let out = dir.join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let mut links = vec!["dense.ot.tmp".to_string(), "final.ot.tmp".to_string()];
+    // The child's pid is not known in advance: the next few hundred.
+    let me = std::process::id();
+    links.extend((me..me + 300).map(|p| format!(".dense.ot.{p}.tmp")));
+    links.extend((me..me + 300).map(|p| format!(".checkpoint.safetensors.{p}.tmp")));
+    for l in &links {
+        std::os::unix::fs::symlink(&victim, out.join(l)).unwrap();
+    }
+    fails_with(&tiny_args(&out, &[]), "is not empty");
+    succeeds(&tiny_args(
+        &out,
+        &[
+            "--dense-epochs",
+            "1",
+            "--rounds",
+            "1",
+            "--retrain-epochs",
+            "1",
+            "--no-epoch-eval",
+            "--force",
+        ],
+    ));
+    assert!(
+        read(&victim) == b"precious",
+        "the link's target was written"
+    );
+    for f in ["dense.ot", "final.ot"] {
+        let m = std::fs::symlink_metadata(out.join(f)).unwrap();
+        assert!(m.file_type().is_file(), "{f} is not a regular file");
+    }
+    for l in &links {
+        let p = out.join(l);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.file_type().is_symlink(), "{l} was replaced");
+        assert_eq!(std::fs::read_link(&p).unwrap(), victim);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes the four IDX files of a set of `n_train`/`n_test` images of `rows × cols`
+/// into `dir`, with labels `label(i)`.
+fn idx_set(dir: &Path, rows: usize, cols: usize, n: [usize; 2], label: impl Fn(usize) -> u8) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, count) in [("train", n[0]), ("t10k", n[1])] {
+        let px: Vec<u8> = (0..count * rows * cols)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect();
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            idx(&[count, rows, cols], &px),
+        )
+        .unwrap();
+        let labels: Vec<u8> = (0..count).map(&label).collect();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx(&[count], &labels),
+        )
+        .unwrap();
+    }
+}
+
+/// A valid IDX dataset whose images or labels do not suit the model is a clear error,
+/// naming the file and both shapes, before anything trains (no panic inside libtorch, and
+/// 14×56 = 784 pixels does not train as if it were 28×28).
+#[test]
+fn datasets_that_do_not_fit_the_model_are_refused() {
+    let dir = scratch("shapes");
+    let run = |data: &Path, model: &str, needle: &str| {
+        let out = dir.join("run");
+        let mut args = vec![
+            "--model".to_string(),
+            model.into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--dense-epochs".into(),
+            "1".into(),
+        ];
+        if model != "lenet5" {
+            args.extend(["--prune", "0.5", "--unify", "0.3"].map(String::from));
+        }
+        let e = fails_with(&args, needle);
+        assert!(!e.contains("tensor"), "a dataset file is not a tensor: {e}");
+        assert!(!e.contains("epoch"), "it trained: {e}");
+        assert!(
+            !out.join("config.toml").exists(),
+            "a refused dataset started a run"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    };
+    for (rows, cols) in [(32, 32), (14, 56)] {
+        let d = dir.join(format!("{rows}x{cols}"));
+        idx_set(&d, rows, cols, [20, 10], |i| (i % 10) as u8);
+        for model in ["lenet5", "lenet-300-100"] {
+            run(
+                &d,
+                model,
+                &format!(
+                    "error: the dataset's images are 1×{rows}×{cols} (from {}), but model {model} \
+                     takes 1×28×28",
+                    d.join("train-images-idx3-ubyte").display()
+                ),
+            );
+        }
+    }
+    // The test set alone of another size.
+    let d = dir.join("test-32");
+    idx_set(&d, 28, 28, [20, 10], |i| (i % 10) as u8);
+    let t = idx(&[10, 32, 32], &vec![0; 10 * 32 * 32]);
+    std::fs::write(d.join("t10k-images-idx3-ubyte"), t).unwrap();
+    run(
+        &d,
+        "lenet5",
+        &format!(
+            "the dataset's images are 1×32×32 (from {})",
+            d.join("t10k-images-idx3-ubyte").display()
+        ),
+    );
+    // A label past the model's classes; an empty set.
+    let d = dir.join("labels");
+    idx_set(&d, 28, 28, [20, 10], |i| if i == 13 { 10 } else { 3 });
+    run(
+        &d,
+        "lenet5",
+        &format!(
+            "label 10 at index 13 of {} is not a class of model lenet5 (it has 10: labels 0 to 9)",
+            d.join("train-labels-idx1-ubyte").display()
+        ),
+    );
+    let d = dir.join("empty");
+    idx_set(&d, 28, 28, [0, 10], |_| 0);
+    run(
+        &d,
+        "lenet5",
+        &format!(
+            "{} holds no images",
+            d.join("train-images-idx3-ubyte").display()
+        ),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Settings that would be ignored or silently changed are errors, in the flag and the
+/// TOML form, refused before a run folder is made.
+#[test]
+fn settings_that_would_be_ignored_are_errors() {
+    let dir = scratch("ignored-settings");
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    let demo_ratios = "conv1=0.2/0.4,conv2=0.7/0.2,fc1=0.95/0.04,fc2=0.5/0.3";
+    let flags: [(&[&str], &str); 7] = [
+        (
+            &["--global", "--ratios", demo_ratios],
+            "the argument '--global' cannot be used with '--ratios",
+        ),
+        (
+            &[
+                "--ratios",
+                "conv1=0.2/0.4,conv1=0.3/0.4,conv2=0.7/0.2,fc1=0.95/0.04,fc2=0.5/0.3",
+            ],
+            "--ratios names layer \"conv1\" twice",
+        ),
+        (
+            &["--layer-blocks", "fc1=2x8,fc1=4x4"],
+            "--layer-blocks names layer \"fc1\" twice",
+        ),
+        (
+            &[
+                "--ratios",
+                "conv1=0.2/0.4,conv2=0.7/0.2,fc1=0.95/0.04,fc2=0.5/0.3,fc3=0.1/0.1",
+            ],
+            "ratios name layer \"fc3\", which lenet5 does not have (layers: conv1, conv2, fc1, fc2)",
+        ),
+        (
+            &["--momentum", "0.5"],
+            "momentum is SGD's (--optimizer sgd)",
+        ),
+        (
+            &["--rounds", "1000000"],
+            "rounds is 1000000; at most 100000 epochs per phase",
+        ),
+        (
+            &["--seed", "9223372036854775807"],
+            "seed 9223372036854775807 is out of range",
+        ),
+    ];
+    // Tiny in every other way: were a case accepted, it would fail in seconds.
+    let data = tiny_mnist().display().to_string();
+    let quick = |given: &[&str]| {
+        let mut v: Vec<String> = given.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--data-dir",
+                &data,
+                "--limit-train",
+                "50",
+                "--limit-test",
+                "50",
+                "--dense-epochs",
+                "1",
+                "--retrain-epochs",
+                "0",
+                "--no-epoch-eval",
+                "--out",
+                o,
+            ]
+            .map(String::from),
+        );
+        if !given.contains(&"--rounds") {
+            v.extend(["--rounds", "0"].map(String::from));
+        }
+        v
+    };
+    for (args, needle) in flags {
+        fails_with(&quick(args), needle);
+    }
+    let files = [
+        (
+            "three.toml",
+            "[ratios]\nconv1 = [0.2, 0.4, 0.1]\nconv2 = [0.7, 0.2]\nfc1 = [0.95, 0.04]\nfc2 = [0.5, 0.3]\n",
+            "three.toml, line 2, column 9: expected [prune, unify] (two numbers), got 3 values",
+        ),
+        (
+            "one.toml",
+            "uniform = [0.5]\n",
+            "one.toml, line 1, column 11: expected [prune, unify] (two numbers), got 1 value",
+        ),
+        (
+            "global.toml",
+            "global = true\n[ratios]\nconv1 = [0.2, 0.4]\n",
+            "`global` ranks blocks across layers with one pair",
+        ),
+        ("momentum.toml", "momentum = 0.5\n", "momentum is SGD's"),
+        (
+            "float.toml",
+            "rounds = 2.5\n",
+            "float.toml, line 1, column 10: invalid type: floating point `2.5`, expected usize",
+        ),
+        (
+            "nan.toml",
+            "rho0 = nan\n",
+            "rho0 must be a positive number, got NaN",
+        ),
+    ];
+    for (name, text, needle) in files {
+        let f = toml_file(&dir, name, text);
+        let e = fails_with(&quick(&["--config", f.to_str().unwrap()]), needle);
+        assert!(e.contains(&f.display().to_string()), "{e}");
+    }
+    assert!(!out.exists(), "a refused setting made a run folder");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user error is one `error: ` line naming the problem and the file, with no backtrace
+/// even under RUST_BACKTRACE=1.
+#[test]
+fn a_bad_config_is_one_error_line_without_a_backtrace() {
+    let dir = scratch("one-line");
+    let f = toml_file(&dir, "bad.toml", "rounds = 1\nroundz = 2\n");
+    let o = command(&[
+        "--config".as_ref(),
+        f.as_os_str(),
+        "--out".as_ref(),
+        dir.join("run").as_os_str(),
+    ])
+    .env("RUST_BACKTRACE", "1")
+    .env_remove("RUST_LIB_BACKTRACE")
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: {}, line 2, column 1: unknown field `roundz`",
+            f.display()
+        )),
+        "{stderr}"
+    );
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("backtrace") && !lower.contains("panicked"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

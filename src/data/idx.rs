@@ -1,6 +1,8 @@
 //! IDX files (the MNIST / Fashion-MNIST format), plain or gzipped, with every header field
-//! checked: a wrong magic, a truncated body, mismatched counts or a label out of range is
-//! an error naming the file.
+//! checked: a wrong magic, a truncated body or mismatched counts is an error naming the
+//! file. Whether the images and labels suit a model (image size, class count) is the
+//! model's question: each set remembers the files it came from, so that the answer can
+//! name them.
 
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -13,6 +15,9 @@ pub struct ImageSet {
     pub cols: usize,
     pub images: Vec<u8>,
     pub labels: Vec<u8>,
+    /// The files they were read from (for messages).
+    pub image_file: PathBuf,
+    pub label_file: PathBuf,
 }
 
 impl ImageSet {
@@ -31,21 +36,33 @@ impl ImageSet {
     }
 }
 
+/// The most bytes an IDX file may hold (plain, or once gunzipped): 16 GiB, far above any
+/// dataset in this format (MNIST's training images are 47 MB), and a bound on what a
+/// corrupt header or a gzip bomb can make this program allocate.
+pub const MAX_IDX_BYTES: u64 = 16 << 30;
+
 fn bad(path: &Path, problem: impl Into<String>) -> Error {
-    Error::Format {
-        tensor: path.display().to_string(),
+    Error::Data {
+        path: path.display().to_string(),
         problem: problem.into(),
     }
 }
 
 /// Reads a whole file, gunzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = crate::fsio::read_regular(path, u64::MAX, "IDX file")?;
+    let raw = crate::fsio::read_regular(path, MAX_IDX_BYTES, "IDX file")?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| bad(path, format!("corrupt gzip stream: {e}")))?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            return Err(bad(
+                path,
+                format!("unpacks to more than the {MAX_IDX_BYTES} bytes an IDX file may have"),
+            ));
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -106,7 +123,7 @@ pub fn parse_idx_u8(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize
 }
 
 /// Loads an image file (3 dimensions) and a label file (1 dimension) as one set.
-pub fn load_pair(images: &Path, labels: &Path, classes: u8) -> Result<ImageSet> {
+pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageSet> {
     let (ishape, ibody) = parse_idx_u8(images, &read_maybe_gz(images)?, 3)?;
     let (lshape, lbody) = parse_idx_u8(labels, &read_maybe_gz(labels)?, 1)?;
     if ishape[0] != lshape[0] {
@@ -120,17 +137,13 @@ pub fn load_pair(images: &Path, labels: &Path, classes: u8) -> Result<ImageSet> 
             ),
         ));
     }
-    if let Some(i) = lbody.iter().position(|&l| l >= classes) {
-        return Err(bad(
-            labels,
-            format!("label {} at index {i} is not below {classes}", lbody[i]),
-        ));
-    }
     Ok(ImageSet {
         rows: ishape[1],
         cols: ishape[2],
         images: ibody,
         labels: lbody,
+        image_file: images.to_path_buf(),
+        label_file: labels.to_path_buf(),
     })
 }
 
@@ -149,12 +162,10 @@ pub fn load_mnist_dir(dir: &Path) -> Result<(ImageSet, ImageSet)> {
     let train = load_pair(
         &find(dir, "train-images-idx3-ubyte")?,
         &find(dir, "train-labels-idx1-ubyte")?,
-        10,
     )?;
     let test = load_pair(
         &find(dir, "t10k-images-idx3-ubyte")?,
         &find(dir, "t10k-labels-idx1-ubyte")?,
-        10,
     )?;
     Ok((train, test))
 }
@@ -205,24 +216,38 @@ mod tests {
     fn missing_and_corrupt_files_are_named() {
         let dir = std::env::temp_dir().join(format!("microunify-idx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = load_mnist_dir(&dir).unwrap_err();
-        assert!(e.to_string().contains("train-images-idx3-ubyte"), "{e}");
+        let e = load_mnist_dir(&dir).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz)",
+                dir.display()
+            )
+        );
         std::fs::write(
             dir.join("train-images-idx3-ubyte.gz"),
             [0x1f, 0x8b, 1, 2, 3],
         )
         .unwrap();
         std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(&[1], &[3])).unwrap();
-        let e = load_mnist_dir(&dir).unwrap_err();
-        assert!(e.to_string().contains("corrupt gzip"), "{e}");
-        std::fs::write(
-            dir.join("train-images-idx3-ubyte.gz"),
-            idx(&[1, 1, 1], &[0]),
-        )
-        .unwrap();
-        std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(&[1], &[12])).unwrap();
-        let e = load_mnist_dir(&dir).unwrap_err();
-        assert!(e.to_string().contains("label 12"), "{e}");
+        let e = load_mnist_dir(&dir).unwrap_err().to_string();
+        let gz = dir.join("train-images-idx3-ubyte.gz");
+        assert!(
+            e.starts_with(&format!("{}: corrupt gzip", gz.display())),
+            "{e}"
+        );
+        assert!(!e.contains("tensor"), "an IDX file is a file: {e}");
+        std::fs::write(&gz, idx(&[2, 1, 1], &[0, 0])).unwrap();
+        let e = load_mnist_dir(&dir).unwrap_err().to_string();
+        let labels = dir.join("train-labels-idx1-ubyte");
+        assert_eq!(
+            e,
+            format!(
+                "{}: 1 labels for 2 images in {}",
+                labels.display(),
+                gz.display()
+            )
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,9 +2,21 @@
 //! to project that it implies for a model.
 
 use crate::block::{BlockShape, LayerSpec, Ratios, SelectionMode};
-use crate::train::models::{Model, ModelKind};
+use crate::train::models::ModelKind;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+
+/// The most epochs one phase may have (dense, ADMM rounds × epochs per round, retraining):
+/// far beyond any useful run, and small enough that every count and seed derived from
+/// epochs stays exact.
+pub const MAX_PHASE_EPOCHS: usize = 100_000;
+
+/// Each epoch's batch order is seeded with `seed · SEED_STRIDE + epoch` (see
+/// [`AdmmConfig::epoch_seed`]).
+const SEED_STRIDE: i64 = 10_000;
+
+/// The largest seed (in magnitude) whose epoch seeds fit in an `i64`.
+pub const MAX_SEED: i64 = (i64::MAX - 3 * MAX_PHASE_EPOCHS as i64) / SEED_STRIDE;
 
 /// The optimizer of every phase (dense training, W-steps, retraining).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -141,6 +153,33 @@ impl AdmmConfig {
         }
     }
 
+    /// ρ of the round after one at `rho`: `min(ρ·γ, ρ_max)`.
+    pub fn next_rho(&self, rho: f64) -> f64 {
+        (rho * self.gamma).min(self.rho_max)
+    }
+
+    /// ρ after `rounds` rounds, starting at ρ₀.
+    pub fn rho_after(&self, rounds: usize) -> f64 {
+        (0..rounds).fold(self.rho0, |rho, _| self.next_rho(rho))
+    }
+
+    /// The seed of the batch order of epoch `epoch` (1-based, counted over the whole run).
+    pub fn epoch_seed(&self, epoch: usize) -> i64 {
+        self.seed * SEED_STRIDE + epoch as i64
+    }
+
+    /// Epochs of the ADMM phase (`rounds · epochs_per_round`; bounded by [`Self::check`]).
+    pub fn admm_epochs(&self) -> usize {
+        self.rounds.saturating_mul(self.epochs_per_round)
+    }
+
+    /// Every epoch of the run.
+    pub fn total_epochs(&self) -> usize {
+        self.dense_epochs
+            .saturating_add(self.admm_epochs())
+            .saturating_add(self.retrain_epochs)
+    }
+
     /// Checks the scalar settings (ratios are checked against the model in [`layer_plan`]).
     pub fn check(&self) -> Result<()> {
         let pos = |name: &str, v: f64| -> Result<()> {
@@ -174,6 +213,22 @@ impl AdmmConfig {
         if self.rounds > 0 && self.epochs_per_round == 0 {
             bail!("ADMM rounds need at least one epoch each");
         }
+        for (name, n) in [
+            ("dense-epochs", self.dense_epochs),
+            ("rounds", self.rounds),
+            ("rounds × epochs-per-round", self.admm_epochs()),
+            ("retrain-epochs", self.retrain_epochs),
+        ] {
+            if n > MAX_PHASE_EPOCHS {
+                bail!("{name} is {n}; at most {MAX_PHASE_EPOCHS} epochs per phase");
+            }
+        }
+        if self.seed.unsigned_abs() > MAX_SEED.unsigned_abs() {
+            bail!(
+                "seed {} is out of range: at most {MAX_SEED} in magnitude",
+                self.seed
+            );
+        }
         match &self.targets {
             Targets::Global(r) => {
                 Ratios::new(r.prune, r.unify, "--global")?;
@@ -188,16 +243,17 @@ impl AdmmConfig {
     }
 }
 
-/// The layers to project and their selection mode, checked against the model: every layer
-/// named once in per-layer mode, no unknown names, ratios in range, and a block no larger
-/// than any layer's GEMM view.
-pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, SelectionMode)> {
+/// The layers to project and their selection mode, checked against the model's
+/// architecture: every layer named once in per-layer mode, no unknown names, ratios in
+/// range, and a block no larger than any layer's GEMM view.
+pub fn layer_plan(cfg: &AdmmConfig) -> Result<(Vec<LayerSpec>, SelectionMode)> {
     cfg.check()?;
-    let names: Vec<&str> = model.weights().iter().map(|(n, _)| n.as_str()).collect();
+    let layers = cfg.model.architecture().layers;
+    let names: Vec<&str> = layers.iter().map(|l| l.name).collect();
     for (i, (n, _)) in cfg.layer_blocks.iter().enumerate() {
         if !names.contains(&n.as_str()) {
             bail!(
-                "a block shape is given for layer {n:?}, which {:?} does not have (layers: {})",
+                "a block shape is given for layer {n:?}, which {} does not have (layers: {})",
                 cfg.model,
                 names.join(", ")
             );
@@ -207,14 +263,14 @@ pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, Se
         }
     }
     let mut specs = Vec::new();
-    for (name, w) in model.weights() {
-        let shape: Vec<usize> = w.size().iter().map(|&d| d as usize).collect();
+    for l in layers {
+        let name = l.name;
         let b = cfg
             .layer_blocks
             .iter()
             .find(|(n, _)| n == name)
             .map_or(cfg.block, |(_, b)| *b);
-        let spec = LayerSpec::new(name.clone(), &shape, b)?;
+        let spec = LayerSpec::new(name, l.weight, b)?;
         let v = spec.view;
         if b.rows > v.rows || b.cols > v.cols {
             bail!(
@@ -231,7 +287,7 @@ pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, Se
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             if let Some((n, _)) = given.iter().find(|(n, _)| !names.contains(&n.as_str())) {
                 bail!(
-                    "ratios name layer {n:?}, which {:?} does not have (layers: {})",
+                    "ratios name layer {n:?}, which {} does not have (layers: {})",
                     cfg.model,
                     names.join(", ")
                 );
@@ -260,17 +316,11 @@ pub fn layer_plan(cfg: &AdmmConfig, model: &Model) -> Result<(Vec<LayerSpec>, Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::models::build;
-
-    fn demo_model() -> Model {
-        build(ModelKind::Lenet5, tch::Device::Cpu, 1).1
-    }
 
     #[test]
     fn the_plan_checks_names_ratios_and_block_size() {
-        let m = demo_model();
         let cfg = AdmmConfig::demo();
-        let (specs, mode) = layer_plan(&cfg, &m).unwrap();
+        let (specs, mode) = layer_plan(&cfg).unwrap();
         assert_eq!(specs.len(), 4);
         assert!(matches!(mode, SelectionMode::PerLayer(ref r) if r.len() == 4));
 
@@ -279,7 +329,7 @@ mod tests {
             unreachable!()
         };
         v[0].0 = "conv9".into();
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("conv9"), "{e}");
 
         let mut c = cfg.clone();
@@ -287,12 +337,12 @@ mod tests {
             unreachable!()
         };
         v.pop();
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("no ratios for layer \"fc2\""), "{e}");
 
         let mut c = cfg.clone();
         c.block = BlockShape::new(16, 16).unwrap();
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("larger than layer fc2"), "{e}");
 
         let mut c = cfg.clone();
@@ -300,7 +350,7 @@ mod tests {
             prune: 0.9,
             unify: 0.2,
         });
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("must not exceed 1"), "{e}");
 
         let mut c = cfg.clone();
@@ -311,16 +361,54 @@ mod tests {
         let mut c = cfg.clone();
         let b28 = BlockShape::new(2, 8).unwrap();
         c.layer_blocks = vec![("fc1".into(), b28)];
-        let (specs, _) = layer_plan(&c, &m).unwrap();
+        let (specs, _) = layer_plan(&c).unwrap();
         let blocks: Vec<BlockShape> = specs.iter().map(|s| s.block).collect();
         assert_eq!(blocks, [c.block, c.block, b28, c.block]);
         c.layer_blocks.push(("fc1".into(), b28));
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("\"fc1\" is given a block shape twice"), "{e}");
         c.layer_blocks = vec![("fc7".into(), b28)];
-        let e = layer_plan(&c, &m).unwrap_err().to_string();
+        let e = layer_plan(&c).unwrap_err().to_string();
         assert!(e.contains("layer \"fc7\""), "{e}");
         let e = BlockShape::new(8, 64).unwrap_err().to_string();
         assert!(e.contains("at most 32 per side"), "{e}");
+    }
+
+    #[test]
+    fn counts_and_seeds_are_bounded() {
+        let cfg = AdmmConfig::demo();
+        let mut c = cfg.clone();
+        c.rounds = usize::MAX;
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("at most 100000 epochs per phase"), "{e}");
+        let mut c = cfg.clone();
+        c.rounds = 1000;
+        c.epochs_per_round = 1000;
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("rounds × epochs-per-round is 1000000"), "{e}");
+        for seed in [i64::MAX, i64::MIN, MAX_SEED + 1] {
+            let mut c = cfg.clone();
+            c.seed = seed;
+            assert!(
+                c.check().unwrap_err().to_string().contains("seed"),
+                "{seed}"
+            );
+        }
+        let mut c = cfg.clone();
+        c.seed = -MAX_SEED;
+        c.check().unwrap();
+        c.seed = MAX_SEED;
+        c.check().unwrap();
+        let last = c.total_epochs().max(3 * MAX_PHASE_EPOCHS);
+        assert!(c.epoch_seed(last) > 0);
+    }
+
+    #[test]
+    fn rho_grows_to_its_bound() {
+        let c = AdmmConfig::demo();
+        assert_eq!(c.rho_after(0), c.rho0);
+        assert_eq!(c.rho_after(1), c.rho0 * c.gamma);
+        assert_eq!(c.rho_after(1000), c.rho_max);
+        assert_eq!(c.next_rho(c.rho_max), c.rho_max);
     }
 }

@@ -14,5 +14,6 @@ pub mod optim;
 pub mod pipeline;
 pub mod report;
 pub mod rundir;
+pub mod settings;
 pub mod sweep;
 pub mod tensors;

@@ -1,6 +1,8 @@
 //! The networks of the ADMM pruning papers on MNIST: Caffe's LeNet-5 (conv 20, conv 50,
-//! fc 500, fc 10; 431k weights) and LeNet-300-100. Their conv and linear weights are the
-//! tensors the projection compresses.
+//! fc 500, fc 10; 431k weights) and LeNet-300-100. Each declares its [`Architecture`] (the
+//! input it takes, its classes, its layers' weight shapes) as plain data, so that settings,
+//! datasets and checkpoints are checked against it without building the model; the tch
+//! model is built from the same declaration.
 
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
@@ -15,6 +17,116 @@ pub enum ModelKind {
     #[value(name = "lenet-300-100")]
     #[serde(rename = "lenet-300-100")]
     Lenet300100,
+}
+
+/// A compressible layer: its name and weight shape (PyTorch order: conv `[Cout, Cin, kh,
+/// kw]`, linear `[out, in]`). Each has a bias of `[Cout]` / `[out]` beside it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    pub name: &'static str,
+    pub weight: &'static [usize],
+}
+
+/// What a network takes and has.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Architecture {
+    /// Input images: channels, height, width.
+    pub input: [usize; 3],
+    /// Output classes (labels 0 to `classes − 1`).
+    pub classes: usize,
+    /// The conv and linear layers, in forward order.
+    pub layers: &'static [LayerShape],
+}
+
+const MNIST_INPUT: [usize; 3] = [1, 28, 28];
+const MNIST_CLASSES: usize = 10;
+
+const LENET5: Architecture = Architecture {
+    input: MNIST_INPUT,
+    classes: MNIST_CLASSES,
+    layers: &[
+        LayerShape {
+            name: "conv1",
+            weight: &[20, 1, 5, 5],
+        },
+        LayerShape {
+            name: "conv2",
+            weight: &[50, 20, 5, 5],
+        },
+        // 50 channels of 4×4 after two 5×5 convolutions and 2×2 poolings of 28×28.
+        LayerShape {
+            name: "fc1",
+            weight: &[500, 800],
+        },
+        LayerShape {
+            name: "fc2",
+            weight: &[MNIST_CLASSES, 500],
+        },
+    ],
+};
+
+const LENET_300_100: Architecture = Architecture {
+    input: MNIST_INPUT,
+    classes: MNIST_CLASSES,
+    layers: &[
+        LayerShape {
+            name: "fc1",
+            weight: &[300, 784],
+        },
+        LayerShape {
+            name: "fc2",
+            weight: &[100, 300],
+        },
+        LayerShape {
+            name: "fc3",
+            weight: &[MNIST_CLASSES, 100],
+        },
+    ],
+};
+
+impl ModelKind {
+    pub fn architecture(self) -> &'static Architecture {
+        match self {
+            ModelKind::Lenet5 => &LENET5,
+            ModelKind::Lenet300100 => &LENET_300_100,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    /// The name the command line and the TOML file use (`lenet5`, `lenet-300-100`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => write!(f, "{self:?}"),
+        }
+    }
+}
+
+impl Architecture {
+    /// The input as `C×H×W`.
+    pub fn input_text(&self) -> String {
+        let [c, h, w] = self.input;
+        format!("{c}×{h}×{w}")
+    }
+
+    /// Every variable of the built model, `(name, shape)` sorted by name (the order of
+    /// the optimizer and the checkpoint): `LAYER.weight` and `LAYER.bias`.
+    pub fn variables(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<(String, Vec<usize>)> = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    (format!("{}.weight", l.name), l.weight.to_vec()),
+                    (format!("{}.bias", l.name), vec![l.weight[0]]),
+                ]
+            })
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// PyTorch's default initialisation of conv and linear layers: weights and biases uniform
@@ -48,7 +160,7 @@ fn linear(p: nn::Path, cin: i64, cout: i64) -> nn::Linear {
     nn::linear(p, cin, cout, cfg)
 }
 
-/// A classifier over 1×28×28 images with named, compressible weight matrices.
+/// A classifier with named, compressible weight matrices, built from its [`Architecture`].
 pub struct Model {
     pub kind: ModelKind,
     net: nn::Sequential,
@@ -56,27 +168,39 @@ pub struct Model {
     weights: Vec<(String, Tensor)>,
 }
 
+/// A square conv layer of `l`'s weight shape.
+fn conv_of(root: &nn::Path, l: &LayerShape) -> nn::Conv2D {
+    conv(
+        root / l.name,
+        l.weight[1] as i64,
+        l.weight[0] as i64,
+        l.weight[2] as i64,
+    )
+}
+
+fn linear_of(root: &nn::Path, l: &LayerShape) -> nn::Linear {
+    linear(root / l.name, l.weight[1] as i64, l.weight[0] as i64)
+}
+
 impl Model {
     /// Builds the network's parameters under `vs`'s root.
     pub fn new(vs: &nn::VarStore, kind: ModelKind) -> Self {
         let root = vs.root();
+        let arch = kind.architecture();
+        let [c, h, w] = arch.input.map(|d| d as i64);
+        let l = arch.layers;
         let mut weights = Vec::new();
         let net = match kind {
             ModelKind::Lenet5 => {
-                let conv1 = conv(&root / "conv1", 1, 20, 5);
-                let conv2 = conv(&root / "conv2", 20, 50, 5);
-                let fc1 = linear(&root / "fc1", 800, 500);
-                let fc2 = linear(&root / "fc2", 500, 10);
-                for (n, w) in [
-                    ("conv1", &conv1.ws),
-                    ("conv2", &conv2.ws),
-                    ("fc1", &fc1.ws),
-                    ("fc2", &fc2.ws),
-                ] {
-                    weights.push((n.to_string(), w.shallow_clone()));
+                let conv1 = conv_of(&root, &l[0]);
+                let conv2 = conv_of(&root, &l[1]);
+                let fc1 = linear_of(&root, &l[2]);
+                let fc2 = linear_of(&root, &l[3]);
+                for (l, w) in l.iter().zip([&conv1.ws, &conv2.ws, &fc1.ws, &fc2.ws]) {
+                    weights.push((l.name.to_string(), w.shallow_clone()));
                 }
                 nn::seq()
-                    .add_fn(|x| x.view([-1, 1, 28, 28]))
+                    .add_fn(move |x| x.view([-1, c, h, w]))
                     .add(conv1)
                     .add_fn(|x| x.max_pool2d_default(2))
                     .add(conv2)
@@ -86,14 +210,14 @@ impl Model {
                     .add(fc2)
             }
             ModelKind::Lenet300100 => {
-                let fc1 = linear(&root / "fc1", 784, 300);
-                let fc2 = linear(&root / "fc2", 300, 100);
-                let fc3 = linear(&root / "fc3", 100, 10);
-                for (n, w) in [("fc1", &fc1.ws), ("fc2", &fc2.ws), ("fc3", &fc3.ws)] {
-                    weights.push((n.to_string(), w.shallow_clone()));
+                let fc1 = linear_of(&root, &l[0]);
+                let fc2 = linear_of(&root, &l[1]);
+                let fc3 = linear_of(&root, &l[2]);
+                for (l, w) in l.iter().zip([&fc1.ws, &fc2.ws, &fc3.ws]) {
+                    weights.push((l.name.to_string(), w.shallow_clone()));
                 }
                 nn::seq()
-                    .add_fn(|x| x.view([-1, 784]))
+                    .add_fn(move |x| x.view([-1, c * h * w]))
                     .add(fc1)
                     .add_fn(|x| x.relu())
                     .add(fc2)
@@ -104,7 +228,7 @@ impl Model {
         Self { kind, net, weights }
     }
 
-    /// Logits for a batch of images `[N, 1, 28, 28]` (or `[N, 784]`).
+    /// Logits for a batch of images `[N, C, H, W]` of the architecture's input.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.net.forward(x)
     }
@@ -151,6 +275,32 @@ mod tests {
             (tch::Kind::Float, Device::Cpu),
         ));
         assert_eq!(y.size(), vec![3, 10]);
+    }
+
+    /// The declared architecture is the built model: every variable with its shape, and
+    /// a forward pass over the declared input giving one logit per class.
+    #[test]
+    fn the_declaration_is_the_model() {
+        for kind in [ModelKind::Lenet5, ModelKind::Lenet300100] {
+            let arch = kind.architecture();
+            let (vs, m) = build(kind, Device::Cpu, 1);
+            let mut vars: Vec<(String, Vec<usize>)> = vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.size().iter().map(|&d| d as usize).collect()))
+                .collect();
+            vars.sort();
+            assert_eq!(vars, arch.variables(), "{kind}");
+            let names: Vec<&str> = m.weights().iter().map(|(n, _)| n.as_str()).collect();
+            let declared: Vec<&str> = arch.layers.iter().map(|l| l.name).collect();
+            assert_eq!(names, declared);
+            let mut input = vec![2i64];
+            input.extend(arch.input.map(|d| d as i64));
+            let y = m.forward(&Tensor::zeros(input, (tch::Kind::Float, Device::Cpu)));
+            assert_eq!(y.size(), vec![2, arch.classes as i64]);
+        }
+        assert_eq!(ModelKind::Lenet5.to_string(), "lenet5");
+        assert_eq!(ModelKind::Lenet300100.to_string(), "lenet-300-100");
     }
 
     #[test]

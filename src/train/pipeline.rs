@@ -8,6 +8,7 @@
 
 use crate::block::{BlockState, LayerSpec};
 use crate::format::CompressedFile;
+use crate::fsio::kill_point;
 use crate::gpu::Gpu;
 use crate::gpu::projection::{NetworkProjection, Tensor as Buf};
 use crate::train::checkpoint::{Checkpoint, HostTensor, Progress};
@@ -147,7 +148,7 @@ impl Run<'_> {
         obs: &mut dyn Observer,
     ) -> Result<EpochRecord> {
         let epoch = self.p.epochs.len() + 1;
-        let seed = self.cfg.seed * 10_000 + epoch as i64;
+        let seed = self.cfg.epoch_seed(epoch);
         self.opt.set_lr(lr);
         let start = Instant::now();
         // The W-step's penalty Σ ρ/2‖W − Z + U‖², with Z − U a constant of the round.
@@ -229,6 +230,7 @@ impl Run<'_> {
         }
         self.p.epochs.push(rec.clone());
         obs.epoch(&rec);
+        kill_point(&format!("epoch:{}", phase.name()));
         Ok(rec)
     }
 
@@ -282,18 +284,10 @@ impl Run<'_> {
     }
 
     /// Puts a checkpoint's tensors back: variables, optimizer moments, Z/U (and U on the
-    /// GPU), states and signs.
+    /// GPU), states and signs. `c` has passed [`Checkpoint::check_against`] for this run.
     fn restore(&mut self, c: &Checkpoint) -> Result<()> {
         for (name, t) in named_vars(&self.vs) {
-            let h = c.tensor(&format!("var.{name}"))?;
-            if h.data.len() as i64 != t.numel() as i64 {
-                bail!(
-                    "checkpoint variable {name} has {} values, the model {}",
-                    h.data.len(),
-                    t.numel()
-                );
-            }
-            set_values(&t, &h.data)?;
+            set_values(&t, &c.tensor(&format!("var.{name}"))?.data)?;
         }
         let get = |k: &str| {
             c.tensors.get(&format!("opt.{k}")).map(|h| {
@@ -302,17 +296,10 @@ impl Run<'_> {
             })
         };
         self.opt.load_state(&get, c.progress.optimizer_steps)?;
-        let n = |l: usize| self.specs[l].view.len();
         if c.progress.rounds_done > 0 && !c.progress.projected {
             for (l, spec) in self.specs.iter().enumerate() {
                 let z = c.tensor(&format!("z.{}", spec.name))?.data.clone();
                 let u = c.tensor(&format!("u.{}", spec.name))?.data.clone();
-                if z.len() != n(l) || u.len() != n(l) {
-                    bail!(
-                        "checkpoint Z/U of layer {} have the wrong length",
-                        spec.name
-                    );
-                }
                 self.net.write(self.gpu, Buf::U, l, &u)?;
                 self.z.push(z);
                 self.u.push(u);
@@ -324,12 +311,6 @@ impl Run<'_> {
                     bail!("the checkpoint has no block states for layer {}", spec.name);
                 };
                 let sign = c.tensor(&format!("sign.{}", spec.name))?.data.clone();
-                if s.len() != spec.grid().num_blocks() || sign.len() != n(l) {
-                    bail!(
-                        "checkpoint states/signs of layer {} have the wrong length",
-                        spec.name
-                    );
-                }
                 let device = self.weights[l].device();
                 self.masks.push(Mask::new(spec, s, &sign, device));
                 self.states.push(s.clone());
@@ -365,9 +346,15 @@ pub fn run(
     resume: Option<&Checkpoint>,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
+    train.check_fits(cfg.model, "training")?;
+    test.check_fits(cfg.model, "test")?;
+    if let Some(c) = resume {
+        c.check_against(cfg)
+            .context("the checkpoint to resume from")?;
+    }
     let device = train.images.device();
     let (mut vs, model) = build(cfg.model, device, cfg.seed);
-    let (specs, mode) = layer_plan(cfg, &model)?;
+    let (specs, mode) = layer_plan(cfg)?;
     if let (Some(init), None) = (&cfg.init, resume) {
         load_init(&mut vs, init)?;
     }
@@ -398,9 +385,6 @@ pub fn run(
         masks: Vec::new(),
     };
     if let Some(c) = resume {
-        if c.progress.config != *cfg {
-            bail!("the checkpoint was made with another configuration");
-        }
         r.p = c.progress.clone();
         r.restore(c)?;
         obs.note(&format!(
@@ -465,6 +449,7 @@ pub fn run(
         // Z-step and U-step: one batched projection of W + U for all layers.
         let w = r.weights_host()?;
         let (z_new, u_new) = r.project(&w)?;
+        kill_point("round");
         let (mut dwz, mut dw, mut dz) = (0.0, 0.0, 0.0);
         for (l, spec) in r.specs.iter().enumerate() {
             let a = norm(w[l].iter().zip(&z_new[l]).map(|(w, z)| f64::from(w - z)));
@@ -489,7 +474,7 @@ pub fn run(
         obs.round(&round);
         r.p.rounds.push(round);
         (r.z, r.u) = (z_new, u_new);
-        r.p.rho = (rho * cfg.gamma).min(cfg.rho_max);
+        r.p.rho = cfg.next_rho(rho);
         if cfg.rescale_dual && r.p.rho != rho {
             // U is the scaled dual y/ρ: when ρ changes, y is kept and U rescaled (Boyd et
             // al. 2011, §3.4.1), on the host copy and on the GPU that reads it next round.

@@ -22,14 +22,14 @@
 //! blocks unevenly; the achieved ratio is what the CSV and plot show.
 
 use crate::block::{LayerSpec, Ratios};
-use crate::fsio::write_atomic;
+use crate::fsio::{FolderLock, LOCK_FILE, remove_stale_temps, write_atomic};
 use crate::plots::{SweepPoint, sweep_plot};
 use crate::train::config::{AdmmConfig, Targets};
 use crate::train::report::Report;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How a layer's compressed blocks are split between pruning and unification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -464,12 +464,73 @@ pub fn sweep_csv(rows: &[SweepRow]) -> String {
     s
 }
 
+pub const SWEEP_CSV: &str = "sweep.csv";
+pub const SWEEP_MD: &str = "sweep.md";
+pub const SWEEP_PNG: &str = "sweep.png";
+/// The files a sweep writes into its folder (besides one run folder per sub-run).
+pub const SWEEP_FILES: [&str; 3] = [SWEEP_CSV, SWEEP_MD, SWEEP_PNG];
+
+/// A sweep's folder, locked by this process while this value lives (as a run folder is,
+/// see [`crate::train::rundir`]): it holds the sweep's own files and one run folder per
+/// sub-run, each of which follows the run folder's rules when it is used.
+#[derive(Debug)]
+pub struct SweepDir {
+    pub path: PathBuf,
+    _lock: FolderLock,
+}
+
+impl SweepDir {
+    /// Creates (if missing) and locks the sweep folder, and removes the stale temporary
+    /// files of its own files. A sweep runs in a missing or empty folder or in an earlier
+    /// sweep's (its files and sub-run folders); any other file there is refused, named,
+    /// unless `force` (then it is kept: a sweep only ever writes its own files). A folder
+    /// or link bearing a sweep file's name is refused whatever the flags.
+    pub fn open(path: &Path, force: bool) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let lock = FolderLock::acquire(path)?;
+        remove_stale_temps(path, &SWEEP_FILES)?;
+        let mut others = Vec::new();
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            if SWEEP_FILES.contains(&name.as_str()) {
+                if !kind.is_file() {
+                    bail!(
+                        "{} is not a regular file, where a sweep keeps a file of its own: move it away",
+                        entry.path().display()
+                    );
+                }
+            } else if name != LOCK_FILE && !kind.is_dir() {
+                others.push(name);
+            }
+        }
+        others.sort();
+        if !others.is_empty() && !force {
+            bail!(
+                "{} holds files a sweep does not write ({}): sweep into a missing or empty \
+                 folder or an earlier sweep's, or add --force to sweep beside them (they are kept)",
+                path.display(),
+                others.join(", ")
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+}
+
 /// Writes `sweep.csv`, `sweep.png` (final accuracy against achieved compression ratio, one
 /// line per "method training", the dense accuracy of the first finished sub-run dashed)
 /// and `sweep.md` (table and findings) into `dir`. Safe to call after every sub-run.
 pub fn write_outputs(dir: &Path, rows: &[SweepRow]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomic(&dir.join("sweep.csv"), sweep_csv(rows).as_bytes())?;
+    write_atomic(&dir.join(SWEEP_CSV), sweep_csv(rows).as_bytes())?;
     let points: Vec<SweepPoint> = rows
         .iter()
         .filter_map(|row| {
@@ -485,8 +546,8 @@ pub fn write_outputs(dir: &Path, rows: &[SweepRow]) -> Result<()> {
         .find_map(|r| r.report.as_ref())
         .map(|r| r.dense_accuracy)
         .filter(|a| a.is_finite());
-    sweep_plot(&dir.join("sweep.png"), &points, dense)?;
-    write_atomic(&dir.join("sweep.md"), sweep_markdown(rows).as_bytes())?;
+    sweep_plot(&dir.join(SWEEP_PNG), &points, dense)?;
+    write_atomic(&dir.join(SWEEP_MD), sweep_markdown(rows).as_bytes())?;
     Ok(())
 }
 

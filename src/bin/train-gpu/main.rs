@@ -17,12 +17,12 @@ use microunify::data::load_mnist_dir;
 use microunify::gpu::Gpu;
 use microunify::train::checkpoint::Checkpoint;
 use microunify::train::config::layer_plan;
-use microunify::train::data::{TensorSet, pixel_stats};
+use microunify::train::data::{TensorSet, check_fits, pixel_stats};
 use microunify::train::denormals::flush_denormals;
 use microunify::train::pipeline::{self, Outcome};
 use microunify::train::report;
-use microunify::train::rundir::{CONFIG, RunDir};
-use settings::{FileConfig, RunArgs, Settings};
+use microunify::train::rundir::{CONFIG, RunDir, State};
+use settings::{Ready, RunArgs};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -39,11 +39,17 @@ struct Cli {
     run: RunArgs,
     /// Run folder: config.toml, checkpoint.safetensors (while running), report.json,
     /// report.md, epochs.csv, rounds.csv, residuals.csv, accuracy.png, residuals.png,
-    /// block-states.png, compressed.safetensors, final.ot, dense.ot.
+    /// block-states.png, compressed.safetensors, final.ot, dense.ot, finished.json. A new
+    /// run needs a missing or empty folder (see --force).
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Continue the interrupted run in this folder with its own config.toml (only
-    /// --adapter, --backend and --device may be given with it).
+    /// Start the new run in a folder that is not empty (an earlier run, other files):
+    /// train-gpu's own files there are replaced, every other file is kept.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Continue the run in this folder with its own config.toml: from its checkpoint, or
+    /// from the beginning if it stopped before its first one (only --adapter, --backend
+    /// and --device may be given with it).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Stop with an error after N checkpoints (to test --resume).
@@ -58,18 +64,21 @@ enum Command {
     Sweep(sweep::SweepArgs),
 }
 
-/// The train and test sets of `s`, on its device, normalised with the training set's
-/// pixel statistics.
-fn load_data(s: &Settings) -> Result<(TensorSet, TensorSet)> {
+/// The train and test sets of `s`, checked against its model, on its device, normalised
+/// with the training set's pixel statistics.
+fn load_data(s: &Ready) -> Result<(TensorSet, TensorSet)> {
     let (train, test) = load_mnist_dir(&s.data_dir)
         .with_context(|| format!("loading the dataset from {}", s.data_dir.display()))?;
+    for set in [&train, &test] {
+        check_fits(s.admm().model, set)?;
+    }
     let stats = pixel_stats(&train);
     let mut train = TensorSet::normalised(&train, s.device, stats);
     let mut test = TensorSet::normalised(&test, s.device, stats);
-    if let Some(n) = s.limit_train {
+    if let Some(n) = s.settings.limit_train {
         train = train.take(n);
     }
-    if let Some(n) = s.limit_test {
+    if let Some(n) = s.settings.limit_test {
         test = test.take(n);
     }
     Ok((train, test))
@@ -77,20 +86,26 @@ fn load_data(s: &Settings) -> Result<(TensorSet, TensorSet)> {
 
 /// The layers to compress, checked against the model (names, ratios, block sizes) before
 /// any data or GPU work.
-fn plan(s: &Settings) -> Result<Vec<LayerSpec>> {
-    let (_vs, model) = microunify::train::models::build(s.admm.model, tch::Device::Cpu, 0);
-    Ok(layer_plan(&s.admm, &model)?.0)
+fn plan(s: &Ready) -> Result<Vec<LayerSpec>> {
+    Ok(layer_plan(s.admm())?.0)
 }
 
-/// Total epochs of a run.
-fn total_epochs(s: &Settings) -> usize {
-    let a = &s.admm;
-    a.dense_epochs + a.rounds * a.epochs_per_round + a.retrain_epochs
+/// The projection's GPU, named on stderr with the data.
+fn open_gpu(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<Gpu> {
+    let gpu = Gpu::new(&s.settings.gpu).context("opening the GPU for the projection")?;
+    microunify::errln!(
+        "adapter: {gpu:?}; torch device {:?}; {} train / {} test images from {}",
+        s.device,
+        data.0.len(),
+        data.1.len(),
+        s.data_dir.display()
+    );
+    Ok(gpu)
 }
 
 /// Runs (or continues) one configuration into `dir`, data and GPU given.
 fn run_into(
-    s: &Settings,
+    s: &Ready,
     dir: &RunDir,
     data: &(TensorSet, TensorSet),
     gpu: &Gpu,
@@ -98,18 +113,72 @@ fn run_into(
     label: &str,
     stop_after: Option<usize>,
 ) -> Result<Outcome> {
-    let mut obs = progress::Progress::new(dir.clone(), label, total_epochs(s), stop_after);
+    let mut obs = progress::Progress::new(dir.clone(), label, s.admm().total_epochs(), stop_after);
     if let Some(c) = resume {
         obs.skip(c.progress.epochs.len());
     }
-    let out = pipeline::run(&s.admm, gpu, &data.0, &data.1, resume, &mut obs)?;
+    let out = pipeline::run(s.admm(), gpu, &data.0, &data.1, resume, &mut obs)?;
     obs.finish();
-    dir.finish(&s.admm, &out)?;
+    dir.finish(s.admm(), &out)?;
     Ok(out)
 }
 
 fn main() {
     microunify::cli::main(run)
+}
+
+/// `--resume DIR`: the folder's run with its own config (where it runs may change), from
+/// its checkpoint or, if it stopped before its first one, from the beginning.
+fn resume(cli: &Cli, path: &std::path::Path) -> Result<(Ready, RunDir, Option<Checkpoint>)> {
+    let given = cli.run.given();
+    if !given.is_empty() {
+        bail!(
+            "--resume continues with the run's own {CONFIG}; drop {}",
+            given.join(", ")
+        );
+    }
+    let d = path.display();
+    if !path.is_dir() {
+        bail!("--resume {d}: no such folder");
+    }
+    let dir = RunDir::lock(path)?;
+    let state = dir.contents()?.state;
+    match state {
+        State::Empty | State::Other => {
+            bail!("--resume {d}: not a train-gpu run folder (no {CONFIG})")
+        }
+        State::Finished => {
+            bail!("--resume {d}: this run has finished (its finished.json vouches for report.json)")
+        }
+        State::Started | State::Unfinished => {}
+    }
+    let mut file = dir.read_config()?;
+    // Where the work runs may change; what it computes may not.
+    for (v, given) in [
+        (&mut file.adapter, &cli.run.adapter),
+        (&mut file.device, &cli.run.device),
+    ] {
+        if given.is_some() {
+            v.clone_from(given);
+        }
+    }
+    if cli.run.backend.is_some() {
+        file.backend = cli.run.backend;
+    }
+    let s = file
+        .resolve()
+        .and_then(settings::prepare)
+        .with_context(|| format!("the config of {d}"))?;
+    let ckpt = match state {
+        State::Unfinished => Some(dir.load_checkpoint(s.admm())?),
+        _ => {
+            microunify::errln!(
+                "{d} stopped before its first checkpoint: starting the run from the beginning"
+            );
+            None
+        }
+    };
+    Ok((s, dir, ckpt))
 }
 
 fn run() -> Result<()> {
@@ -119,57 +188,36 @@ fn run() -> Result<()> {
         return sweep::main(args);
     }
     let wall = Instant::now();
-    let (settings, dir, resume) = match &cli.resume {
-        Some(path) => {
-            let given = cli.run.given();
-            if !given.is_empty() {
-                bail!(
-                    "--resume continues with the run's own {CONFIG}; drop {}",
-                    given.join(", ")
-                );
-            }
-            let (dir, ckpt) = RunDir::open_unfinished(path)?;
-            let mut file = FileConfig::load(&dir.file(CONFIG))?;
-            // Where the work runs may change; what it computes may not.
-            for (v, given) in [
-                (&mut file.adapter, &cli.run.adapter),
-                (&mut file.device, &cli.run.device),
-            ] {
-                if given.is_some() {
-                    v.clone_from(given);
-                }
-            }
-            if cli.run.backend.is_some() {
-                file.backend = cli.run.backend;
-            }
-            let s = Settings::from_file(&file)
-                .with_context(|| format!("the config of {}", dir.path.display()))?;
-            plan(&s)?;
-            (s, dir, Some(ckpt))
-        }
+    let (settings, dir, ckpt) = match &cli.resume {
+        Some(path) => resume(&cli, path)?,
         None => {
             let s = cli.run.resolve()?;
             plan(&s)?;
             let dir = RunDir::create(&cli.out)?;
-            dir.write(CONFIG, s.to_toml()?.as_bytes())?;
+            // Refused before any work; nothing is removed until the data and GPU are ready.
+            if cli.force {
+                dir.contents()?;
+            } else {
+                dir.start_new(false, None)?;
+            }
             (s, dir, None)
         }
     };
     let data = load_data(&settings)?;
-    let gpu = Gpu::new(&settings.gpu).context("opening the GPU for the projection")?;
-    microunify::errln!(
-        "adapter: {gpu:?}; torch device {:?}; {} train / {} test images from {}",
-        settings.device,
-        data.0.len(),
-        data.1.len(),
-        settings.data_dir.display()
-    );
+    let gpu = open_gpu(&settings, &data)?;
+    let init = settings.admm().init.as_deref();
+    if cli.resume.is_none() {
+        dir.start_new(cli.force, init)?;
+        dir.write(CONFIG, settings.to_toml()?.as_bytes())?;
+    } else if ckpt.is_none() {
+        dir.restart(init)?;
+    }
     let out = run_into(
         &settings,
         &dir,
         &data,
         &gpu,
-        resume.as_ref(),
+        ckpt.as_ref(),
         "",
         cli.stop_after,
     )?;

@@ -7,7 +7,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use microunify::train::checkpoint::Checkpoint;
 use microunify::train::pipeline::Observer;
 use microunify::train::report::{EpochRecord, Phase, RoundReport};
-use microunify::train::rundir::RunDir;
+use microunify::train::rundir::{DENSE, RunDir};
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -137,7 +137,7 @@ impl Observer for Progress {
     }
 
     fn dense_trained(&mut self, vs: &tch::nn::VarStore) -> Result<()> {
-        self.dir.save_vars("dense.ot", vs)
+        self.dir.save_vars(DENSE, vs)
     }
 
     fn checkpoint(&mut self, c: &Checkpoint) -> Result<()> {

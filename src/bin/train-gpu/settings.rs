@@ -1,30 +1,27 @@
-//! What a run is asked to do: command-line flags over an optional TOML file over the
-//! defaults (the demo of issue 4). The resolved settings are saved with the run as
-//! `config.toml`, in the same schema, so `--config RUN/config.toml` repeats a run and
-//! `--resume RUN` continues one.
+//! What a run is asked to do on the command line: flags over an optional TOML file
+//! (`--config`) over the defaults (`AdmmConfig::demo`). The schema, the defaults and
+//! every check of the values are the library's ([`microunify::train::settings`]); this
+//! module holds the flags, reads the files, and checks what needs this machine (the
+//! dataset folder, the `--init` file, the libtorch device). The resolved settings are
+//! saved with the run as `config.toml`, in the same schema, so `--config RUN/config.toml`
+//! repeats a run and `--resume RUN` continues one.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use microunify::gpu::{BackendChoice, GpuOptions};
-use microunify::train::config::{AdmmConfig, OptimizerKind, Schedule, Targets};
+use microunify::fsio::read_regular;
+use microunify::gpu::BackendChoice;
+use microunify::train::config::{AdmmConfig, OptimizerKind, Schedule};
 use microunify::train::models::ModelKind;
+use microunify::train::settings::{Dataset, FileConfig, Pair, Settings};
 use microunify::{BlockShape, Ratios};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where Debian's `dataset-fashion-mnist` package puts the IDX files.
 const FASHION_DEFAULT: &str = "/usr/share/datasets/fashion-mnist";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Dataset {
-    /// MNIST from the repository's assets/mnist.
-    Mnist,
-    /// Fashion-MNIST from --data-dir (default /usr/share/datasets/fashion-mnist, Debian's
-    /// dataset-fashion-mnist package).
-    FashionMnist,
-}
+/// The most bytes a `--config` file may have.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// The flags that shape a run. Every one is optional: unset, the config file's value or the
 /// default applies (shown in brackets).
@@ -60,7 +57,7 @@ pub struct RunArgs {
     #[arg(long, requires = "prune")]
     pub unify: Option<f64>,
     /// Rank blocks across all layers (with --prune/--unify).
-    #[arg(long, requires = "prune")]
+    #[arg(long, requires = "prune", conflicts_with = "ratios")]
     pub global: bool,
     /// Initial ADMM penalty ρ₀ [5e-3].
     #[arg(long)]
@@ -96,7 +93,7 @@ pub struct RunArgs {
     /// Starting learning rate of the masked retraining [--lr].
     #[arg(long)]
     pub retrain_lr: Option<f64>,
-    /// SGD's momentum [0.9].
+    /// SGD's momentum (with --optimizer sgd) [0.9].
     #[arg(long)]
     pub momentum: Option<f64>,
     /// Learning-rate schedule of the dense and retraining phases [cosine].
@@ -136,89 +133,51 @@ pub struct RunArgs {
     pub backend: Option<BackendChoice>,
 }
 
-/// Per-layer ratios in the file: `[ratios] fc1 = [0.95, 0.04]` (prune, unify).
-type RatioTable = BTreeMap<String, [f64; 2]>;
-
-/// The TOML schema (every key optional; unknown keys are errors).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub model: Option<ModelKind>,
-    pub dataset: Option<Dataset>,
-    pub data_dir: Option<PathBuf>,
-    pub block: Option<String>,
-    /// Per-layer block shapes: `[layer_blocks] conv1 = "2x8"`.
-    pub layer_blocks: Option<BTreeMap<String, String>>,
-    pub ratios: Option<RatioTable>,
-    /// One pair for every layer, `[prune, unify]` (or for the network with `global`).
-    pub uniform: Option<[f64; 2]>,
-    pub global: Option<bool>,
-    pub rho0: Option<f64>,
-    pub gamma: Option<f64>,
-    pub rho_max: Option<f64>,
-    pub rounds: Option<usize>,
-    pub epochs_per_round: Option<usize>,
-    pub dense_epochs: Option<usize>,
-    pub retrain_epochs: Option<usize>,
-    pub optimizer: Option<OptimizerKind>,
-    pub lr: Option<f64>,
-    pub retrain_lr: Option<f64>,
-    pub rescale_dual: Option<bool>,
-    pub momentum: Option<f64>,
-    pub schedule: Option<Schedule>,
-    pub admm_schedule: Option<Schedule>,
-    pub batch: Option<i64>,
-    pub seed: Option<i64>,
-    pub init: Option<PathBuf>,
-    pub eval_every_epoch: Option<bool>,
-    pub limit_train: Option<i64>,
-    pub limit_test: Option<i64>,
-    pub device: Option<String>,
-    pub adapter: Option<String>,
-    pub backend: Option<BackendChoice>,
+/// Reads and parses a TOML settings file.
+pub fn read_config(path: &Path) -> Result<FileConfig> {
+    let bytes = read_regular(path, MAX_CONFIG_BYTES, "config file")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", path.display()))?;
+    FileConfig::parse(&text, path)
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// `--ratios NAME=PRUNE/UNIFY,...`: each layer once.
+fn parse_ratios(s: &str) -> Result<BTreeMap<String, Pair>> {
+    let mut v = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let bad = || format!("--ratios entry {part:?} is not NAME=PRUNE/UNIFY (e.g. fc1=0.9/0.05)");
+        let (name, pair) = part.split_once('=').with_context(bad)?;
+        let (p, u) = pair.split_once('/').with_context(bad)?;
+        let p: f64 = p.trim().parse().with_context(bad)?;
+        let u: f64 = u.trim().parse().with_context(bad)?;
+        let name = name.trim().to_string();
+        Ratios::new(p, u, &format!("layer {name}"))?;
+        if v.insert(name.clone(), Pair([p, u])).is_some() {
+            bail!("--ratios names layer {name:?} twice");
+        }
     }
-}
-
-/// Everything a run needs, resolved.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub admm: AdmmConfig,
-    pub dataset: Dataset,
-    pub data_dir: PathBuf,
-    pub limit_train: Option<i64>,
-    pub limit_test: Option<i64>,
-    pub device: tch::Device,
-    device_name: String,
-    pub gpu: GpuOptions,
-}
-
-fn parse_ratios(s: &str) -> Result<Vec<(String, Ratios)>> {
-    let v = s
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            let bad =
-                || format!("--ratios entry {part:?} is not NAME=PRUNE/UNIFY (e.g. fc1=0.9/0.05)");
-            let (name, pair) = part.split_once('=').with_context(bad)?;
-            let (p, u) = pair.split_once('/').with_context(bad)?;
-            let p: f64 = p.trim().parse().with_context(bad)?;
-            let u: f64 = u.trim().parse().with_context(bad)?;
-            let name = name.trim().to_string();
-            let r = Ratios::new(p, u, &format!("layer {name}"))?;
-            Ok((name, r))
-        })
-        .collect::<Result<Vec<_>>>()?;
     if v.is_empty() {
         bail!("--ratios is empty");
     }
     Ok(v)
+}
+
+/// `--layer-blocks NAME=RxC,...`: each layer once.
+fn parse_layer_blocks(s: &str) -> Result<BTreeMap<String, String>> {
+    let mut t = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((n, b)) = part.split_once('=') else {
+            bail!("--layer-blocks entry {part:?} is not NAME=ROWSxCOLS (e.g. fc1=8x8)");
+        };
+        let n = n.trim().to_string();
+        if t.insert(n.clone(), b.trim().to_string()).is_some() {
+            bail!("--layer-blocks names layer {n:?} twice");
+        }
+    }
+    if t.is_empty() {
+        bail!("--layer-blocks is empty");
+    }
+    Ok(t)
 }
 
 /// `p` made absolute against the working directory (it need not exist).
@@ -226,35 +185,63 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving the path {}", p.display()))
 }
 
-fn layer_names(model: ModelKind) -> &'static [&'static str] {
-    match model {
-        ModelKind::Lenet5 => &["conv1", "conv2", "fc1", "fc2"],
-        ModelKind::Lenet300100 => &["fc1", "fc2", "fc3"],
+/// Settings checked against this machine, ready to run.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// With the dataset folder and `--init` made absolute (so that the run's config.toml
+    /// works from any directory).
+    pub settings: Settings,
+    pub data_dir: PathBuf,
+    pub device: tch::Device,
+}
+
+impl Ready {
+    pub fn admm(&self) -> &AdmmConfig {
+        &self.settings.admm
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        self.settings.to_toml()
     }
 }
 
-fn parse_device(s: &str) -> Result<tch::Device> {
-    let cuda = |i: usize| -> Result<tch::Device> {
-        if !tch::Cuda::is_available() {
-            bail!(
-                "--device {s}: CUDA is not available to libtorch here (no NVIDIA GPU, or a \
-                 build without CUDA support); use --device cpu"
-            );
+/// Checks what `s` needs of this machine: the dataset folder (the dataset's usual place
+/// when none is given), the `--init` file, the libtorch device.
+pub fn prepare(mut s: Settings) -> Result<Ready> {
+    let data_dir = match (&s.data_dir, s.dataset) {
+        (Some(d), _) => d.clone(),
+        (None, Dataset::Mnist) => {
+            let local = Path::new("assets/mnist");
+            if local.is_dir() {
+                local.to_path_buf()
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist")
+            }
         }
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            bail!("--device {s}: only {n} CUDA device(s)");
+        (None, Dataset::FashionMnist) => {
+            let p = PathBuf::from(FASHION_DEFAULT);
+            if !p.is_dir() {
+                bail!(
+                    "Fashion-MNIST is not in {FASHION_DEFAULT}: install Debian's \
+                     dataset-fashion-mnist package, or pass --data-dir with the four IDX files"
+                );
+            }
+            p
         }
-        Ok(tch::Device::Cuda(i))
     };
-    match s {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
-        },
+    let data_dir = absolute(&data_dir)?;
+    s.data_dir = Some(data_dir.clone());
+    if let Some(init) = &s.admm.init {
+        let init = absolute(init)?;
+        microunify::train::pipeline::check_init(&init)?;
+        s.admm.init = Some(init);
     }
+    let device = s.device.open()?;
+    Ok(Ready {
+        settings: s,
+        data_dir,
+        device,
+    })
 }
 
 impl RunArgs {
@@ -300,14 +287,12 @@ impl RunArgs {
         v
     }
 
-    /// Defaults ← the config file (if any) ← these flags.
-    pub fn resolve(&self) -> Result<Settings> {
-        let file = match &self.config {
-            Some(p) => FileConfig::load(p)?,
+    /// The file config (if any) with these flags over it, key by key.
+    pub fn file(&self) -> Result<FileConfig> {
+        let mut f = match &self.config {
+            Some(p) => read_config(p)?,
             None => FileConfig::default(),
         };
-        let mut f = file.clone();
-        // Flags over the file, key by key.
         macro_rules! over {
             ($($k:ident),*) => { $( if let Some(v) = &self.$k { f.$k = Some(v.clone()); } )* };
         }
@@ -342,220 +327,35 @@ impl RunArgs {
             f.block = Some(b.to_string());
         }
         if let Some(v) = &self.layer_blocks {
-            let mut t = BTreeMap::new();
-            for part in v.split(',').filter(|p| !p.trim().is_empty()) {
-                let Some((n, b)) = part.split_once('=') else {
-                    bail!("--layer-blocks entry {part:?} is not NAME=ROWSxCOLS (e.g. fc1=8x8)");
-                };
-                t.insert(n.trim().to_string(), b.trim().to_string());
-            }
-            f.layer_blocks = Some(t);
+            f.layer_blocks = Some(parse_layer_blocks(v)?);
         }
         if self.no_epoch_eval {
             f.eval_every_epoch = Some(false);
         }
         // Targets given on the command line replace the file's wholesale.
         if let Some(r) = &self.ratios {
-            f.ratios = Some(
-                parse_ratios(r)?
-                    .into_iter()
-                    .map(|(n, r)| (n, [r.prune, r.unify]))
-                    .collect(),
-            );
+            f.ratios = Some(parse_ratios(r)?);
             f.uniform = None;
             f.global = None;
         }
         if let (Some(p), Some(u)) = (self.prune, self.unify) {
-            f.uniform = Some([p, u]);
+            f.uniform = Some(Pair([p, u]));
             f.ratios = None;
             f.global = Some(self.global);
         }
-        Settings::from_file(&f)
-    }
-}
-
-impl Settings {
-    /// Resolves a (merged) file config over the defaults and checks it.
-    pub fn from_file(f: &FileConfig) -> Result<Self> {
-        let d = AdmmConfig::demo();
-        let model = f.model.unwrap_or(d.model);
-        let block = match &f.block {
-            Some(b) => b
-                .parse::<BlockShape>()
-                .map_err(|e| anyhow::anyhow!("block {b:?}: {e}"))?,
-            None => d.block,
-        };
-        let layer_blocks = f
-            .layer_blocks
-            .iter()
-            .flatten()
-            .map(|(n, b)| {
-                let shape = b
-                    .parse::<BlockShape>()
-                    .map_err(|e| anyhow::anyhow!("block {b:?} of layer {n}: {e}"))?;
-                Ok((n.clone(), shape))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if f.ratios.is_some() && f.uniform.is_some() {
-            bail!("give either per-layer `ratios` or one `uniform` pair, not both");
-        }
-        if f.global == Some(true) && f.uniform.is_none() {
-            bail!("`global` ranks blocks across layers: it needs one pair (--prune/--unify)");
-        }
-        let targets = if let Some([p, u]) = f.uniform {
-            if f.global == Some(true) {
-                Targets::Global(Ratios::new(p, u, "--global")?)
-            } else {
-                let r = Ratios::new(p, u, "--prune/--unify")?;
-                Targets::PerLayer(
-                    layer_names(model)
-                        .iter()
-                        .map(|n| (n.to_string(), r))
-                        .collect(),
-                )
-            }
-        } else if let Some(t) = &f.ratios {
-            Targets::PerLayer(
-                t.iter()
-                    .map(|(n, [p, u])| Ok((n.clone(), Ratios::new(*p, *u, &format!("layer {n}"))?)))
-                    .collect::<Result<_>>()?,
-            )
-        } else if model == d.model {
-            d.targets.clone()
-        } else {
-            bail!("{model:?} needs ratios: --ratios NAME=P/U,... or --prune P --unify U")
-        };
-        let admm = AdmmConfig {
-            model,
-            block,
-            layer_blocks,
-            targets,
-            rho0: f.rho0.unwrap_or(d.rho0),
-            gamma: f.gamma.unwrap_or(d.gamma),
-            rho_max: f.rho_max.unwrap_or(d.rho_max),
-            rounds: f.rounds.unwrap_or(d.rounds),
-            epochs_per_round: f.epochs_per_round.unwrap_or(d.epochs_per_round),
-            optimizer: f.optimizer.unwrap_or(d.optimizer),
-            lr: f.lr.unwrap_or(d.lr),
-            retrain_lr: f.retrain_lr.or(d.retrain_lr),
-            rescale_dual: f.rescale_dual.unwrap_or(d.rescale_dual),
-            momentum: f.momentum.unwrap_or(d.momentum),
-            schedule: f.schedule.unwrap_or(d.schedule),
-            admm_schedule: f.admm_schedule.unwrap_or(d.admm_schedule),
-            dense_epochs: f.dense_epochs.unwrap_or(d.dense_epochs),
-            retrain_epochs: f.retrain_epochs.unwrap_or(d.retrain_epochs),
-            batch: f.batch.unwrap_or(d.batch),
-            seed: f.seed.unwrap_or(d.seed),
-            init: f.init.as_deref().map(absolute).transpose()?,
-            eval_every_epoch: f.eval_every_epoch.unwrap_or(d.eval_every_epoch),
-        };
-        admm.check()?;
-        if let Some(init) = &admm.init {
-            microunify::train::pipeline::check_init(init)?;
-        }
-        let dataset = f.dataset.unwrap_or(Dataset::Mnist);
-        let data_dir = match (&f.data_dir, dataset) {
-            (Some(d), _) => d.clone(),
-            (None, Dataset::Mnist) => {
-                let local = Path::new("assets/mnist");
-                if local.is_dir() {
-                    local.to_path_buf()
-                } else {
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist")
-                }
-            }
-            (None, Dataset::FashionMnist) => {
-                let p = PathBuf::from(FASHION_DEFAULT);
-                if !p.is_dir() {
-                    bail!(
-                        "Fashion-MNIST is not in {FASHION_DEFAULT}: install Debian's \
-                         dataset-fashion-mnist package, or pass --data-dir with the four IDX files"
-                    );
-                }
-                p
-            }
-        };
-        // Saved absolute, so the run's config.toml works from any directory (--resume).
-        let data_dir = absolute(&data_dir)?;
-        for (name, n) in [("limit-train", f.limit_train), ("limit-test", f.limit_test)] {
-            if let Some(n) = n
-                && n < 1
-            {
-                bail!("{name} must be at least 1, got {n}");
-            }
-        }
-        let device_name = f.device.clone().unwrap_or_else(|| "cpu".into());
-        Ok(Self {
-            admm,
-            dataset,
-            data_dir,
-            limit_train: f.limit_train,
-            limit_test: f.limit_test,
-            device: parse_device(&device_name)?,
-            device_name,
-            gpu: GpuOptions {
-                adapter: f.adapter.clone(),
-                backend: f.backend,
-            },
-        })
+        Ok(f)
     }
 
-    /// The resolved settings in the file schema (what `config.toml` of a run holds).
-    pub fn to_file(&self) -> FileConfig {
-        let a = &self.admm;
-        let (ratios, uniform, global) = match &a.targets {
-            Targets::PerLayer(v) => (
-                Some(
-                    v.iter()
-                        .map(|(n, r)| (n.clone(), [r.prune, r.unify]))
-                        .collect(),
-                ),
-                None,
-                None,
-            ),
-            Targets::Global(r) => (None, Some([r.prune, r.unify]), Some(true)),
+    /// Defaults ← the config file (if any) ← these flags, checked, then readied for this
+    /// machine.
+    pub fn resolve(&self) -> Result<Ready> {
+        let s = self.file()?.resolve();
+        let s = match &self.config {
+            Some(p) => {
+                s.with_context(|| format!("the settings of {} and the command line", p.display()))?
+            }
+            None => s?,
         };
-        FileConfig {
-            model: Some(a.model),
-            dataset: Some(self.dataset),
-            data_dir: Some(self.data_dir.clone()),
-            block: Some(a.block.to_string()),
-            layer_blocks: (!a.layer_blocks.is_empty()).then(|| {
-                a.layer_blocks
-                    .iter()
-                    .map(|(n, b)| (n.clone(), b.to_string()))
-                    .collect()
-            }),
-            ratios,
-            uniform,
-            global,
-            rho0: Some(a.rho0),
-            gamma: Some(a.gamma),
-            rho_max: Some(a.rho_max),
-            rounds: Some(a.rounds),
-            epochs_per_round: Some(a.epochs_per_round),
-            dense_epochs: Some(a.dense_epochs),
-            retrain_epochs: Some(a.retrain_epochs),
-            optimizer: Some(a.optimizer),
-            lr: Some(a.lr),
-            retrain_lr: a.retrain_lr,
-            rescale_dual: Some(a.rescale_dual),
-            momentum: Some(a.momentum),
-            schedule: Some(a.schedule),
-            admm_schedule: Some(a.admm_schedule),
-            batch: Some(a.batch),
-            seed: Some(a.seed),
-            init: a.init.clone(),
-            eval_every_epoch: Some(a.eval_every_epoch),
-            limit_train: self.limit_train,
-            limit_test: self.limit_test,
-            device: Some(self.device_name.clone()),
-            adapter: self.gpu.adapter.clone(),
-            backend: self.gpu.backend,
-        }
-    }
-
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(&self.to_file()).context("encoding config.toml")
+        prepare(s)
     }
 }

@@ -6,15 +6,17 @@
 //! again and an interrupted one resumes, so re-running the same command continues a
 //! sweep. `sweep.csv`, `sweep.md` and `sweep.png` are rewritten after every sub-run.
 
-use crate::settings::{FileConfig, RunArgs, Settings};
-use crate::{load_data, plan, run_into};
+use crate::settings::{Ready, RunArgs};
+use crate::{load_data, open_gpu, plan, run_into};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use microunify::gpu::Gpu;
-use microunify::train::checkpoint::Checkpoint;
+use microunify::train::data::TensorSet;
 use microunify::train::report::Report;
-use microunify::train::rundir::{CONFIG, RunDir};
-use microunify::train::sweep::{Method, SweepPlan, Training, plan_runs, write_outputs};
+use microunify::train::rundir::{CONFIG, DENSE, Next, RunDir};
+use microunify::train::sweep::{
+    Method, SWEEP_MD, SweepDir, SweepPlan, Training, plan_runs, write_outputs,
+};
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -44,64 +46,31 @@ pub struct SweepArgs {
     /// Sweep folder.
     #[arg(long, default_value = "runs/sweep")]
     out: PathBuf,
+    /// Sweep into a folder with other files (they are kept), and replace sub-run folders
+    /// that hold another configuration's run or other files (train-gpu's own files there
+    /// are replaced, others kept). Finished sub-runs of this sweep are still reused.
+    #[arg(long)]
+    force: bool,
 }
 
-/// A finished sub-run's report, an unfinished one's checkpoint, or nothing yet.
-enum Found {
-    Done(Report),
-    Unfinished(RunDir, Box<Checkpoint>),
-    Fresh,
-}
-
-fn find(dir: &Path, s: &Settings) -> Result<Found> {
-    let d = RunDir::at(dir);
-    if let Some(r) = d.finished_report()? {
-        // A finished run is reused only if it ran this very configuration.
-        let saved = FileConfig::load(&dir.join(CONFIG))
-            .and_then(|f| Settings::from_file(&f))
-            .with_context(|| format!("the finished run in {}", dir.display()))?;
-        if saved.admm != s.admm {
-            bail!(
-                "{} holds a finished run of another configuration: delete it, or sweep into another --out",
-                dir.display()
-            );
-        }
-        return Ok(Found::Done(r));
-    }
-    if d.checkpoint_path().is_file() {
-        let (d, c) = RunDir::open_unfinished(dir)?;
-        return Ok(Found::Unfinished(d, Box::new(c)));
-    }
-    Ok(Found::Fresh)
-}
-
-/// Runs `s` into `dir` unless it already finished there (then its report is reused).
+/// Runs `s` into `dir` (locked for the while) unless it already finished there (then its
+/// report is reused); an unfinished one continues. See [`RunDir::next_for`].
 fn run_or_reuse(
-    s: &Settings,
+    s: &Ready,
     dir: &Path,
-    data: &(
-        microunify::train::data::TensorSet,
-        microunify::train::data::TensorSet,
-    ),
+    data: &(TensorSet, TensorSet),
     gpu: &Gpu,
     label: &str,
+    force: bool,
 ) -> Result<Report> {
-    match find(dir, s)? {
-        Found::Done(r) => {
+    let d = RunDir::create(dir)?;
+    match d.next_for(s.admm(), force, s.admm().init.as_deref())? {
+        Next::Reuse(r) => {
             microunify::errln!("{label}finished before: {}", dir.display());
-            Ok(r)
+            Ok(*r)
         }
-        Found::Unfinished(d, c) => {
-            if c.progress.config != s.admm {
-                bail!(
-                    "{} holds an unfinished run of another configuration: delete it",
-                    dir.display()
-                );
-            }
-            Ok(run_into(s, &d, data, gpu, Some(&c), label, None)?.report)
-        }
-        Found::Fresh => {
-            let d = RunDir::create(dir)?;
+        Next::Continue(c) => Ok(run_into(s, &d, data, gpu, Some(&c), label, None)?.report),
+        Next::Start => {
             d.write(CONFIG, s.to_toml()?.as_bytes())?;
             Ok(run_into(s, &d, data, gpu, None, label, None)?.report)
         }
@@ -116,48 +85,45 @@ pub fn main(args: &SweepArgs) -> Result<()> {
     }
     let mut rows = plan_runs(
         &SweepPlan {
-            base: base.admm.clone(),
+            base: base.admm().clone(),
             targets: args.targets.clone(),
             methods: args.methods.clone(),
             trainings: args.trainings.clone(),
         },
         &specs,
     )?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = SweepDir::open(&args.out, args.force)?;
     let data = load_data(&base)?;
-    let gpu = Gpu::new(&base.gpu).context("opening the GPU for the projection")?;
-    microunify::errln!(
-        "adapter: {gpu:?}; {} sub-runs into {}",
-        rows.len(),
-        args.out.display()
-    );
+    let gpu = open_gpu(&base, &data)?;
+    microunify::errln!("{} sub-runs into {}", rows.len(), out.path.display());
 
     // One dense model for all (unless the base starts from --init without dense epochs).
-    let init = if base.admm.dense_epochs > 0 {
+    let init = if base.admm().dense_epochs > 0 {
         let mut dense = base.clone();
-        dense.admm.rounds = 0;
-        dense.admm.retrain_epochs = 0;
-        let dir = std::path::absolute(args.out.join("dense"))?;
-        run_or_reuse(&dense, &dir, &data, &gpu, "[dense] ")?;
-        Some(dir.join("dense.ot"))
+        dense.settings.admm.rounds = 0;
+        dense.settings.admm.retrain_epochs = 0;
+        let dir = std::path::absolute(out.path.join("dense"))?;
+        run_or_reuse(&dense, &dir, &data, &gpu, "[dense] ", args.force)?;
+        Some(dir.join(DENSE))
     } else {
-        base.admm.init.clone()
+        base.admm().init.clone()
     };
     for i in 0..rows.len() {
         let mut s = base.clone();
-        s.admm = rows[i].config.clone();
-        if base.admm.dense_epochs > 0 {
-            s.admm.dense_epochs = 0;
-            s.admm.init.clone_from(&init);
+        s.settings.admm = rows[i].config.clone();
+        if base.admm().dense_epochs > 0 {
+            s.settings.admm.dense_epochs = 0;
+            s.settings.admm.init.clone_from(&init);
         }
         let name = rows[i].name.clone();
         let label = format!("[{}/{} {name}] ", i + 1, rows.len());
-        let report = run_or_reuse(&s, &args.out.join(&name), &data, &gpu, &label)?;
+        let report = run_or_reuse(&s, &out.path.join(&name), &data, &gpu, &label, args.force)?;
         rows[i].report = Some(report);
-        write_outputs(&args.out, &rows)?;
+        write_outputs(&out.path, &rows)?;
     }
-    microunify::outln!("{}", std::fs::read_to_string(args.out.join("sweep.md"))?);
-    microunify::outln!("wrote {}", args.out.display());
+    let md = out.path.join(SWEEP_MD);
+    let text = std::fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?;
+    microunify::outln!("{text}");
+    microunify::outln!("wrote {}", out.path.display());
     Ok(())
 }
