@@ -17,6 +17,37 @@ fn entry(target: &str) -> Option<fn(&[u8]) -> bool> {
                 .and_then(|input| input.specs(microunify::BlockShape::default()))
                 .is_ok()
         },
+        "idx" => |d| {
+            let path = Path::new("fuzz.idx");
+            let decode = |dims| microunify::data::idx::decode_idx_u8(path, d, dims, 64 << 20);
+            // Either dimension count is a valid file; the fuzz target tries both.
+            decode(3).is_ok() | decode(1).is_ok()
+        },
+        #[cfg(feature = "train")]
+        "settings_toml" => |d| {
+            use microunify::train::settings::FileConfig;
+            std::str::from_utf8(d).is_ok_and(|text| {
+                FileConfig::parse(text, Path::new("fuzz.toml"))
+                    .and_then(|f| f.resolve())
+                    .and_then(|s| s.to_toml())
+                    .is_ok()
+            })
+        },
+        #[cfg(feature = "train")]
+        "checkpoint" => |d| {
+            use microunify::train::checkpoint::{Checkpoint, reseal};
+            // Accepted: decoded and range-checked. The check against the model runs too,
+            // but the small seeds fail it on purpose (see `train_seeds::checkpoints`).
+            let read = |b: &[u8]| {
+                Checkpoint::from_bytes(b, Path::new("fuzz.safetensors"))
+                    .map(|c| {
+                        let _ = c.check_against(&c.progress.config);
+                    })
+                    .is_ok()
+            };
+            let sealed = reseal(d).is_some_and(|b| read(&b));
+            read(d) | sealed
+        },
         _ => return None,
     })
 }
@@ -34,7 +65,9 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn replay(kind: &str) -> usize {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(kind);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(kind);
     let mut n = 0;
     for dir in files_and_dirs(&root) {
         let target = dir.file_name().unwrap().to_str().unwrap().to_string();
@@ -50,7 +83,11 @@ fn replay(kind: &str) -> usize {
             let result = std::panic::catch_unwind(|| run(&bytes));
             let accepted = result.unwrap_or_else(|_| panic!("{} panics", f.display()));
             // Seeds are valid files by construction.
-            assert!(accepted || kind != "seeds", "seed {} is refused", f.display());
+            assert!(
+                accepted || kind != "seeds",
+                "seed {} is refused",
+                f.display()
+            );
             n += 1;
         }
     }
@@ -120,9 +157,8 @@ fn compressed_seeds() -> Vec<(String, Vec<u8>)> {
         let mut file = CompressedFile::default();
         for ((spec, (name, shape)), p) in specs.iter().zip(&shapes).zip(&p) {
             let m = CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
-            file.layers.push(
-                CompressedLayer::new(*name, shape, ConvLayout::ChannelMajor, m).unwrap(),
-            );
+            file.layers
+                .push(CompressedLayer::new(*name, shape, ConvLayout::ChannelMajor, m).unwrap());
         }
         file.passthrough.insert(
             "fc.bias".into(),
@@ -142,8 +178,12 @@ fn compressed_seeds() -> Vec<(String, Vec<u8>)> {
 fn project_seeds() -> Vec<(String, Vec<u8>)> {
     use safetensors::Dtype;
     use safetensors::tensor::TensorView;
-    let f32s: Vec<u8> = (0..60).flat_map(|i| ((i as f32 - 30.0) / 9.0).to_le_bytes()).collect();
-    let halves: Vec<u8> = (0..90u16).flat_map(|i| (0x3c00 + i * 13).to_le_bytes()).collect();
+    let f32s: Vec<u8> = (0..60)
+        .flat_map(|i| ((i as f32 - 30.0) / 9.0).to_le_bytes())
+        .collect();
+    let halves: Vec<u8> = (0..90u16)
+        .flat_map(|i| (0x3c00 + i * 13).to_le_bytes())
+        .collect();
     let tensors: Vec<(&str, Dtype, Vec<usize>, &[u8])> = vec![
         ("fc.weight", Dtype::F32, vec![6, 10], &f32s),
         ("fc.bias", Dtype::F32, vec![6], &f32s[..24]),
@@ -163,16 +203,104 @@ fn project_seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// IDX files: images and labels, plain and gzipped.
+fn idx_seeds() -> Vec<(String, Vec<u8>)> {
+    use std::io::Write;
+    let idx = |dims: &[u32], body: &[u8]| {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+        v.extend(body);
+        v
+    };
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let images = idx(
+        &[3, 4, 5],
+        &(0..60).map(|i| (i * 37 % 256) as u8).collect::<Vec<_>>(),
+    );
+    let labels = idx(&[3], &[1, 7, 9]);
+    vec![
+        ("images-idx3-ubyte".into(), images.clone()),
+        ("images-idx3-ubyte.gz".into(), gz(&images)),
+        ("labels-idx1-ubyte".into(), labels.clone()),
+        ("labels-idx1-ubyte.gz".into(), gz(&labels)),
+    ]
+}
+
+#[cfg(feature = "train")]
+mod train_seeds {
+    use microunify::train::checkpoint::{Checkpoint, HostTensor, Progress};
+    use microunify::train::config::AdmmConfig;
+    use std::collections::BTreeMap;
+
+    /// The TOML schema's corners: the demo's settings written out, per-layer ratios and
+    /// blocks, global targets, SGD.
+    pub fn settings() -> Vec<(String, Vec<u8>)> {
+        let demo = microunify::train::settings::FileConfig::parse("", "seed".as_ref())
+            .and_then(|f| f.resolve())
+            .and_then(|s| s.to_toml())
+            .unwrap();
+        let texts = [
+            demo,
+            "model = \"lenet-300-100\"\nblock = \"2x8\"\nrounds = 3\n\n[ratios]\nfc1 = [0.6, 0.3]\nfc2 = [0.5, 0.3]\nfc3 = [0.2, 0.3]\n\n[layer_blocks]\nfc3 = \"1x8\"\n".to_string(),
+            "global = true\nuniform = [0.5, 0.3]\noptimizer = \"sgd\"\nmomentum = 0.8\nlr = 0.01\nschedule = \"constant\"\n".to_string(),
+        ];
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("settings-{i}.toml"), t.into_bytes()))
+            .collect()
+    }
+
+    /// A fresh run's checkpoint with a few small tensors: small, so the fuzzer runs fast;
+    /// the check against the model then fails on shapes, behind every check before it.
+    pub fn checkpoints() -> Vec<(String, Vec<u8>)> {
+        let cfg = AdmmConfig::demo();
+        let tensors = BTreeMap::from([
+            (
+                "var.fc2.weight".to_string(),
+                HostTensor {
+                    shape: vec![2, 3],
+                    data: vec![0.5, -1.0, 2.0, 0.0, 1e-3, -7.0],
+                },
+            ),
+            (
+                "opt.first.fc2.weight".to_string(),
+                HostTensor {
+                    shape: vec![6],
+                    data: vec![0.0; 6],
+                },
+            ),
+        ]);
+        let c = Checkpoint {
+            progress: Progress::new(&cfg),
+            tensors,
+            states: BTreeMap::new(),
+        };
+        vec![("fresh.safetensors".into(), c.to_bytes().unwrap())]
+    }
+}
+
 /// Writes the fuzzers' seed files; run it when a format changes:
 /// `cargo test --release --test fuzz_regressions -- --ignored write_seeds`.
 #[test]
 #[ignore]
 fn write_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-    for (target, seeds) in [
+    let mut all = vec![
         ("compressed_file", compressed_seeds()),
         ("project_input", project_seeds()),
-    ] {
+        ("idx", idx_seeds()),
+    ];
+    #[cfg(feature = "train")]
+    all.extend([
+        ("settings_toml", train_seeds::settings()),
+        ("checkpoint", train_seeds::checkpoints()),
+    ]);
+    for (target, seeds) in all {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).unwrap();
         for (name, bytes) in seeds {

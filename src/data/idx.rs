@@ -48,29 +48,50 @@ fn bad(path: &Path, problem: impl Into<String>) -> Error {
     }
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = crate::fsio::read_regular(path, MAX_IDX_BYTES, "IDX file")?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(path, format!("corrupt gzip stream: {e}")))?;
-        if out.len() as u64 > MAX_IDX_BYTES {
-            return Err(bad(
-                path,
-                format!("unpacks to more than the {MAX_IDX_BYTES} bytes an IDX file may have"),
-            ));
-        }
-        Ok(out)
-    } else {
-        Ok(raw)
+/// Decodes the bytes of an IDX file of unsigned bytes with `dims` dimensions, gzipped (by
+/// its magic) or plain; returns (shape, body). Memory is bounded by what the header claims
+/// and the claim by `max_bytes`: a gzip stream that unpacks to more than its header says
+/// (a "gzip bomb") is cut off after one byte too many, never buffered whole.
+pub fn decode_idx_u8(
+    path: &Path,
+    raw: &[u8],
+    dims: usize,
+    max_bytes: u64,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx_u8(path, raw, dims, max_bytes);
     }
+    let gz_err = |e: std::io::Error| bad(path, format!("corrupt gzip stream: {e}"));
+    let mut stream = flate2::read::GzDecoder::new(raw);
+    let mut header = Vec::with_capacity(4 + 4 * dims);
+    (&mut stream)
+        .take(4 + 4 * dims as u64)
+        .read_to_end(&mut header)
+        .map_err(gz_err)?;
+    let (shape, n) = header_shape(path, &header, dims, max_bytes)?;
+    let mut body = Vec::with_capacity(n);
+    stream
+        .take(n as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(gz_err)?;
+    if body.len() > n {
+        return Err(bad(
+            path,
+            format!("unpacks to more bytes than shape {shape:?} holds ({n} bytes)"),
+        ));
+    }
+    check_body_len(path, &shape, n, body.len())?;
+    Ok((shape, body))
 }
 
-/// Parses an IDX file of unsigned bytes with `dims` dimensions; returns (shape, body).
-pub fn parse_idx_u8(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+/// The shape in an IDX header and the body length it implies, checked: magic, complete
+/// header, no overflow, at most `max_bytes`.
+fn header_shape(
+    path: &Path,
+    bytes: &[u8],
+    dims: usize,
+    max_bytes: u64,
+) -> Result<(Vec<usize>, usize)> {
     if bytes.len() < 4 {
         return Err(bad(
             path,
@@ -100,32 +121,64 @@ pub fn parse_idx_u8(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize
             u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
         })
         .collect();
-    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let body = &bytes[header..];
-    match expected {
-        Some(n) if n == body.len() => Ok((shape, body.to_vec())),
-        Some(n) if n > body.len() => Err(bad(
-            path,
-            format!(
-                "truncated: shape {shape:?} needs {n} bytes, file has {}",
-                body.len()
-            ),
-        )),
+    match shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+    {
+        Some(n) if n <= max_bytes => Ok((shape, n as usize)),
         Some(n) => Err(bad(
             path,
             format!(
-                "{} bytes past the end of shape {shape:?} ({n} bytes)",
-                body.len() - n
+                "shape {shape:?} needs {n} bytes, more than the {max_bytes} an IDX file may have"
             ),
         )),
         None => Err(bad(path, format!("shape {shape:?} overflows"))),
     }
 }
 
+fn check_body_len(path: &Path, shape: &[usize], n: usize, got: usize) -> Result<()> {
+    if got < n {
+        return Err(bad(
+            path,
+            format!("truncated: shape {shape:?} needs {n} bytes, file has {got}"),
+        ));
+    }
+    if got > n {
+        return Err(bad(
+            path,
+            format!(
+                "{} bytes past the end of shape {shape:?} ({n} bytes)",
+                got - n
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a plain (not gzipped) IDX file of unsigned bytes with `dims` dimensions; returns
+/// (shape, body).
+pub fn parse_idx_u8(
+    path: &Path,
+    bytes: &[u8],
+    dims: usize,
+    max_bytes: u64,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let (shape, n) = header_shape(path, bytes, dims, max_bytes)?;
+    let body = &bytes[4 + 4 * dims..];
+    check_body_len(path, &shape, n, body.len())?;
+    Ok((shape, body.to_vec()))
+}
+
+/// Reads and decodes one IDX file.
+fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = crate::fsio::read_regular(path, MAX_IDX_BYTES, "IDX file")?;
+    decode_idx_u8(path, &raw, dims, MAX_IDX_BYTES)
+}
+
 /// Loads an image file (3 dimensions) and a label file (1 dimension) as one set.
 pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageSet> {
-    let (ishape, ibody) = parse_idx_u8(images, &read_maybe_gz(images)?, 3)?;
-    let (lshape, lbody) = parse_idx_u8(labels, &read_maybe_gz(labels)?, 1)?;
+    let (ishape, ibody) = read_idx(images, 3)?;
+    let (lshape, lbody) = read_idx(labels, 1)?;
     if ishape[0] != lshape[0] {
         return Err(bad(
             labels,
@@ -183,22 +236,56 @@ mod tests {
         v
     }
 
+    const MAX: u64 = MAX_IDX_BYTES;
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_is_decoded_within_what_the_header_claims() {
+        let p = Path::new("x.gz");
+        let (shape, body) = decode_idx_u8(p, &gz(&idx(&[2, 3], &[7; 6])), 2, MAX).unwrap();
+        assert_eq!((shape, body), (vec![2, 3], vec![7; 6]));
+        let e = decode_idx_u8(p, &gz(&idx(&[2, 3], &[7; 5])), 2, MAX).unwrap_err();
+        assert!(
+            e.to_string().contains("truncated: shape [2, 3] needs 6"),
+            "{e}"
+        );
+        // A bomb: a header claiming 6 bytes over 64 MiB of zeros is cut off, not unpacked.
+        let bomb = gz(&[idx(&[2, 3], &[]), vec![0; 64 << 20]].concat());
+        assert!(bomb.len() < 1 << 20);
+        let e = decode_idx_u8(p, &bomb, 2, MAX).unwrap_err();
+        assert!(
+            e.to_string().contains("unpacks to more bytes than shape"),
+            "{e}"
+        );
+        // A header claiming more than the bound is refused before anything is unpacked.
+        let e = decode_idx_u8(p, &gz(&idx(&[1 << 16, 1 << 16], &[])), 2, 1 << 30).unwrap_err();
+        assert!(e.to_string().contains("more than the 1073741824"), "{e}");
+        let e = parse_idx_u8(p, &idx(&[1 << 16, 1 << 16], &[]), 2, 1 << 30).unwrap_err();
+        assert!(e.to_string().contains("more than the 1073741824"), "{e}");
+    }
+
     #[test]
     fn parses_and_rejects() {
         let p = Path::new("x");
-        let (shape, body) = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 8]), 3).unwrap();
+        let (shape, body) = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 8]), 3, MAX).unwrap();
         assert_eq!((shape, body.len()), (vec![2, 2, 2], 8));
-        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 7]), 3).unwrap_err();
+        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 7]), 3, MAX).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
-        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 9]), 3).unwrap_err();
+        let e = parse_idx_u8(p, &idx(&[2, 2, 2], &[1; 9]), 3, MAX).unwrap_err();
         assert!(e.to_string().contains("past the end"), "{e}");
         let mut wrong = idx(&[3], &[0; 3]);
         wrong[2] = 0x0d;
-        let e = parse_idx_u8(p, &wrong, 1).unwrap_err();
+        let e = parse_idx_u8(p, &wrong, 1, MAX).unwrap_err();
         assert!(e.to_string().contains("wrong magic"), "{e}");
-        let e = parse_idx_u8(p, &[0, 0, 8], 1).unwrap_err();
+        let e = parse_idx_u8(p, &[0, 0, 8], 1, MAX).unwrap_err();
         assert!(e.to_string().contains("truncated header"), "{e}");
-        let e = parse_idx_u8(p, &idx(&[2], &[0; 2]), 3).unwrap_err();
+        let e = parse_idx_u8(p, &idx(&[2], &[0; 2]), 3, MAX).unwrap_err();
         assert!(e.to_string().contains("wrong magic"), "{e}");
     }
 

@@ -1,0 +1,20 @@
+//! The train-gpu checkpoint reader on arbitrary bytes, twice: as given (the checksum turns
+//! almost every mutation away) and resealed with a fresh checksum, so that mutations reach
+//! the range checks and the check against the run's configuration.
+#![no_main]
+
+use microunify::train::checkpoint::{Checkpoint, reseal};
+use std::path::Path;
+
+fn read(bytes: &[u8]) {
+    if let Ok(c) = Checkpoint::from_bytes(bytes, Path::new("fuzz.safetensors")) {
+        let _ = c.check_against(&c.progress.config);
+    }
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    read(data);
+    if let Some(sealed) = reseal(data) {
+        read(&sealed);
+    }
+});
