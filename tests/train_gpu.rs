@@ -1906,3 +1906,62 @@ fn a_bad_config_is_one_error_line_without_a_backtrace() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kill -9` at seven moments of one run, each time followed by `--resume` in a new
+/// process: in the dense phase, while `dense.ot` is written, after an ADMM round's
+/// projection, while the hard projection's checkpoint is written, in the retraining, while
+/// the compressed file is exported and while `final.ot` is written. The run that survives
+/// them all ends exactly where the uninterrupted one ends, and no temporary file is left.
+#[test]
+fn killed_seven_times_the_run_ends_where_an_uninterrupted_one_ends() {
+    if gpu().is_none() {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let out = scratch("crash");
+    let resume_args = vec!["--resume".to_string(), out.display().to_string()];
+    // (kill point, epochs done by the checkpoint the next process resumes from).
+    let kills = [
+        ("epoch:dense:2", 1),
+        ("write:dense.ot", 1),
+        ("round:2", 3),
+        ("write:checkpoint.safetensors:2", 4),
+        ("epoch:retrain", 4),
+        ("write:compressed.safetensors", 6),
+        ("write:final.ot", 6),
+    ];
+    let mut resumed_after = None;
+    for (i, (point, done)) in kills.iter().enumerate() {
+        let args = if i == 0 {
+            tiny_args(&out, &PHASES)
+        } else {
+            resume_args.clone()
+        };
+        let o = command(&args)
+            .env(microunify::fsio::KILL_AT_ENV, point)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "not killed at {point}: {stderr}"
+        );
+        if let Some(n) = resumed_after {
+            let said = format!("resumed after {n} epochs");
+            assert!(
+                stderr.contains(&said),
+                "at {point}: no {said:?} in {stderr}"
+            );
+        }
+        resumed_after = Some(*done);
+    }
+    resume(&out, resumed_after.unwrap());
+    let left: Vec<String> = names(&out)
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    assert_same_end(baseline(), &out, true);
+    let _ = std::fs::remove_dir_all(&out);
+}
