@@ -139,3 +139,56 @@ pub fn fails_with(exe: &str, args: &[&str], needle: &str) {
         "{args:?}: expected {needle:?} in stderr, got: {stderr}"
     );
 }
+
+/// Whether the adapter keeps subnormal results of f32 arithmetic (WGSL lets it flush them
+/// to zero; lavapipe keeps them): 1e-40 + 0 computed in a shader, compared bit for bit.
+pub fn keeps_subnormals(gpu: &Gpu) -> bool {
+    use wgpu::util::DeviceExt;
+    const SRC: &str = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] + x[1]; }";
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("subnormal probe"),
+            source: wgpu::ShaderSource::Wgsl(SRC.into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("subnormal probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let buf = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("subnormal probe"),
+            contents: bytemuck::cast_slice(&[1e-40f32, 0.0]),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: buf.as_entire_binding(),
+        }],
+    });
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    gpu.submit_and_wait("subnormal probe", encoder.finish())
+        .unwrap();
+    let x: Vec<f32> =
+        microunify::gpu::buffers::read_ranges(gpu, "subnormal probe", &[(&buf, 0, 4)])
+            .unwrap()
+            .remove(0);
+    x[0].to_bits() == 1e-40f32.to_bits()
+}
