@@ -1,6 +1,8 @@
 //! The GEMM kernels (dense and micro-structured, tiled and small-batch) against the CPU
 //! reference (src/cpu/gemm.rs) on fresh random inputs: ragged and prime shapes, N = 1,
 //! every block shape, all-dense to all-pruned and all-unified, bias and ReLU, poisoned Y.
+//! Outputs must lie within `cpu::gemm::GEMM_REL` of each output's Σ|w·x| (the largest K
+//! here is 313).
 
 mod common;
 
@@ -8,21 +10,12 @@ use microunify::Error;
 use microunify::bench::random_compressed;
 use microunify::block::BlockShape;
 use microunify::compressed::CompressedMatrix;
-use microunify::cpu::gemm::{Epilogue, abs_sums, gemm, gemm_compressed};
+use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
+use microunify::gpu::buffers::POISON;
 use microunify::gpu::gemm::{Gemm, Path};
 use rand::Rng;
 use rand::rngs::SmallRng;
-
-/// Poison for Y before each run: a NaN no kernel produces, so an unwritten output fails.
-const POISON: u32 = 0x7fc0_dead;
-
-/// Error bound relative to `Σ_k |w·x| + |bias|` of each output. f32 sums of K terms in any
-/// order are off by at most K·ε₃₂·Σ|w·x| (≈ 3.7e-5 for the largest K = 313 here; the usual
-/// error is √K·ε, 100 times less). A real bug (a block skipped, counted twice, a wrong
-/// sign, a wrong column of X) changes an output by one |w·x| term or more, on average
-/// Σ|w·x| / K ≥ 3e-3·Σ|w·x| here: 30 times above the bound.
-const REL: f64 = 1e-4;
 
 const SHAPES: [(usize, usize); 6] = [(1, 8), (2, 8), (4, 4), (8, 8), (16, 16), (32, 32)];
 
@@ -31,16 +24,8 @@ fn random_x(rng: &mut SmallRng, len: usize) -> Vec<f32> {
 }
 
 fn compare(what: &str, gpu_y: &[f32], cpu_y: &[f32], scale: &[f64], n: usize) {
-    assert_eq!(gpu_y.len(), cpu_y.len(), "{what}: output length");
-    for (i, ((&g, &c), &s)) in gpu_y.iter().zip(cpu_y).zip(scale).enumerate() {
-        let err = (g as f64 - c as f64).abs();
-        assert!(
-            err <= REL * s,
-            "{what}: Y[{}, {}] = {g}, expected {c} (|error| {err:.3e} > {:.3e})",
-            i / n,
-            i % n,
-            REL * s
-        );
+    if let Err(m) = gemm_compare(gpu_y, cpu_y, scale, n) {
+        panic!("{what}: {m}");
     }
 }
 
