@@ -1,6 +1,6 @@
 //! The batched GPU projection against the CPU reference (src/cpu/projection.rs) on random
-//! networks: exact counts, exact states except at proven near-ties, values within 1e-6
-//! relative (the verdict of src/cpu/agreement.rs).
+//! networks: exact counts, exact states except at proven near-ties, values within f32
+//! rounding (the verdict of src/cpu/agreement.rs).
 
 mod common;
 
@@ -23,6 +23,7 @@ struct Case {
 
 fn random_layer(rng: &mut SmallRng, i: usize) -> LayerSpec {
     let dims = [1usize, 2, 3, 5, 7, 11, 13, 16, 17, 31, 64, 97];
+    // The method's shapes, odd and prime ones, and the 32-per-side limit and around it.
     let blocks = [
         (1, 1),
         (1, 8),
@@ -32,6 +33,12 @@ fn random_layer(rng: &mut SmallRng, i: usize) -> LayerSpec {
         (16, 16),
         (32, 32),
         (3, 5),
+        (31, 32),
+        (32, 31),
+        (1, 32),
+        (32, 1),
+        (29, 31),
+        (7, 13),
     ];
     let (br, bc) = blocks[rng.random_range(0..blocks.len())];
     let block = BlockShape::new(br, bc).unwrap();
@@ -349,8 +356,9 @@ fn projections_recorded_together_each_start_afresh() {
 
 /// A kernel that runs for a while, far longer than the 5 ms bound of the test: 2^24
 /// dependent steps per invocation (about a tenth of a second on a large GPU), and many
-/// invocations, because lavapipe (Mesa's gallivm) silently ends a loop after 65535
-/// iterations (4096 invocations then take about half a second there).
+/// invocations, because lavapipe (Mesa's gallivm) silently ends an invocation's loops once
+/// they have run 65,535 iterations in all (kernels-tests/loop_budget.rs; 4096 invocations
+/// then take about half a second there).
 const SPIN: &str = r#"
 @group(0) @binding(0) var<storage, read_write> out: array<u32>;
 @group(0) @binding(1) var<storage, read> iters: array<u32>;
@@ -609,4 +617,137 @@ fn every_magnitude_regime_matches_the_reference() {
             assert_eq!(verdict.flushed_subnormals, 0, "case {case_no}");
         }
     }
+}
+
+/// The loop budget's worst case (kernels-tests/loop_budget.rs) on the GPU: blocks at the
+/// 32-per-side limit and one short of it, every lane's 8 blocks real, ragged edge blocks
+/// (1 column, or 1 row, wide) beside full ones in the same workgroups, the scalar layout
+/// (columns not a multiple of 4) and the vec4 one, and values small enough that every
+/// block also takes the scaled pass; per layer and global.
+#[test]
+fn blocks_at_the_side_limit_with_every_loop_at_its_longest() {
+    let Some(gpu) = common::gpu() else { return };
+    let keeps = common::keeps_subnormals(&gpu);
+    let mut rng = common::rng(0x3232);
+    let cases = [
+        // (block rows, block cols, matrix rows, matrix cols): 16 x 33 = 528 blocks.
+        (32, 32, 512, 1025),
+        (32, 32, 481, 1028),
+        (31, 32, 497, 1025),
+        (32, 31, 512, 993),
+        (1, 32, 17, 1025),
+        (32, 1, 513, 32),
+    ];
+    for (i, &(br, bc, rows, cols)) in cases.iter().enumerate() {
+        let spec = LayerSpec::new(
+            format!("limit{i}"),
+            &[rows, cols],
+            BlockShape::new(br, bc).unwrap(),
+        )
+        .unwrap();
+        let tiny = ("subnormal and tiny", -149, -120);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| regime_value(&mut rng, tiny))
+            .collect();
+        let u: Vec<f32> = (0..rows * cols)
+            .map(|_| regime_value(&mut rng, tiny))
+            .collect();
+        for global in [false, true] {
+            let r = Ratios::new(0.3, 0.4, &spec.name).unwrap();
+            let mode = if global {
+                SelectionMode::Global(r)
+            } else {
+                SelectionMode::PerLayer(vec![r])
+            };
+            // A normal layer beside it, in global mode ranked against it.
+            let other =
+                LayerSpec::new("ordinary", &[37, 70], BlockShape::new(br, bc).unwrap()).unwrap();
+            let mode = match mode {
+                SelectionMode::PerLayer(mut v) => {
+                    v.push(Ratios::new(0.5, 0.2, "ordinary").unwrap());
+                    SelectionMode::PerLayer(v)
+                }
+                g => g,
+            };
+            let case = Case {
+                layers: vec![spec.clone(), other],
+                mode,
+                w: vec![w.clone(), common::weights(&mut rng, 37 * 70)],
+                u: vec![u.clone(), vec![0.0; 37 * 70]],
+            };
+            let out = project(&gpu, &case, None);
+            let v: Vec<Vec<f32>> = case
+                .w
+                .iter()
+                .zip(&case.u)
+                .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
+                .collect();
+            let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
+            let verdict = agreement::projection(&case.layers, &case.mode, &refs, &out).unwrap();
+            assert!(
+                verdict.agrees(),
+                "{br}x{bc} blocks of a {rows}x{cols} matrix, global {global}: {}",
+                verdict.failures(10)
+            );
+            if keeps {
+                assert_eq!(verdict.flushed_subnormals, 0);
+            }
+        }
+    }
+}
+
+/// Blocks whose first weight is 1000 times the others: the magnitude a = mean|v| must
+/// stay within rounding (a mean formed as first + Σ(x − first)/n cancels to ~1e-4).
+#[test]
+fn the_mean_is_accurate_when_a_block_starts_with_its_largest_weight() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(0x1000);
+    for (br, bc, cols) in [(32, 32, 96), (32, 32, 97), (8, 8, 40)] {
+        let spec = LayerSpec::new("first", &[64, cols], BlockShape::new(br, bc).unwrap()).unwrap();
+        let w: Vec<f32> = (0..64 * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                if r % br == 0 && c % bc == 0 {
+                    1000.0
+                } else {
+                    rng.random_range(0.5f32..1.0)
+                }
+            })
+            .collect();
+        let case = Case {
+            layers: vec![spec],
+            mode: SelectionMode::PerLayer(vec![Ratios::new(0.0, 1.0, "first").unwrap()]),
+            u: vec![vec![0.0; w.len()]],
+            w: vec![w.clone()],
+        };
+        let out = project(&gpu, &case, None);
+        let verdict = agreement::projection(&case.layers, &case.mode, &[&w], &out).unwrap();
+        assert!(verdict.agrees(), "{br}x{bc}: {}", verdict.failures(5));
+    }
+}
+
+/// More blocks to rescale than one dispatch dimension holds (65,535 workgroups of
+/// kernels::RESCALE_WG): block_stats arms block_rescale's grid in 2-D and every listed
+/// block is still recomputed (1×1 blocks of subnormals, all listed).
+#[test]
+fn rescale_lists_longer_than_one_grid_dimension() {
+    let Some(gpu) = common::gpu() else { return };
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let blocks = max * microunify::gpu::kernels::RESCALE_WG as usize + 4099;
+    let side = (blocks as f64).sqrt().ceil() as usize;
+    let spec = LayerSpec::new("many", &[side, side], BlockShape::new(1, 1).unwrap()).unwrap();
+    let mut rng = common::rng(0x2d2d);
+    let subnormal = ("subnormal", -149, -127);
+    let w: Vec<f32> = (0..side * side)
+        .map(|_| regime_value(&mut rng, subnormal))
+        .collect();
+    let case = Case {
+        layers: vec![spec],
+        mode: SelectionMode::PerLayer(vec![Ratios::new(0.4, 0.3, "many").unwrap()]),
+        u: vec![vec![0.0; w.len()]],
+        w: vec![w.clone()],
+    };
+    let out = project(&gpu, &case, None);
+    let verdict = agreement::projection(&case.layers, &case.mode, &[&w], &out).unwrap();
+    assert!(verdict.agrees(), "{}", verdict.failures(5));
 }

@@ -33,7 +33,7 @@ struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
     num_threads: u32,   // block slots of the per-block dispatches
-    _pad: u32,
+    max_groups: u32,    // max_compute_workgroups_per_dimension (for block_rescale's grid)
 }
 
 struct Group {

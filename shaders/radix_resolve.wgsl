@@ -7,6 +7,9 @@
 // 3 indirect dispatch arguments of the histogram passes.
 // Dispatch: one invocation per group, RESOLVE_WG per workgroup.
 
+// Loops: bounded in kernels-tests/loop_budget.rs (lavapipe's 65,535 iterations per
+// invocation); update it with any loop change here.
+
 override RESOLVE_WG: u32;
 
 @group(0) @binding(0) var<uniform> params: PassParams;

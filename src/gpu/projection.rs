@@ -51,8 +51,14 @@ struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
     num_threads: u32,
-    _pad: u32,
+    max_groups: u32,
 }
+
+/// The header of a chunk's block_rescale list (WGSL `Rescale` before its blocks): no block
+/// listed, and indirect dispatch arguments of no workgroups (block_stats raises them).
+const RESCALE_HEADER: [u32; 4] = [0, 0, 1, 1];
+/// Byte offset of block_rescale's indirect dispatch arguments in that header.
+const RESCALE_ARGS_OFFSET: u64 = 4;
 
 /// Rust twin of WGSL `Group`.
 #[repr(C)]
@@ -172,11 +178,38 @@ fn passes(
     out
 }
 
+/// A bind group of bindings 0, 1, ... in the order of `res`, leaving out `unused` (a
+/// pipeline's automatic layout has only the bindings its kernel uses).
+fn bind_group(
+    gpu: &Gpu,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    res: Vec<wgpu::BindingResource>,
+    unused: &[u32],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = res
+        .into_iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource,
+        })
+        .filter(|e| !unused.contains(&e.binding))
+        .collect();
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
 /// One dispatch of the projection (see [`NetworkProjection::steps`]).
 #[derive(Clone, Copy, Debug)]
 enum Step {
     /// block_stats over chunk `c`.
     Stats(usize),
+    /// block_rescale over the blocks of chunk `c` that block_stats listed (indirect).
+    Rescale(usize),
     /// radix_histogram of pass `i`.
     Histogram(usize),
     /// radix_resolve of pass `i`.
@@ -191,7 +224,10 @@ struct ChunkBuffers {
     w: wgpu::Buffer,
     u: wgpu::Buffer,
     z: wgpu::Buffer,
+    /// The blocks block_stats lists for block_rescale (header, then a pair per block).
+    rescale: wgpu::Buffer,
     stats: wgpu::BindGroup,
+    rescale_bind: wgpu::BindGroup,
     apply: wgpu::BindGroup,
     block_slots: u32,
 }
@@ -215,7 +251,7 @@ pub struct NetworkProjection {
     /// recorded projection copies them in first (inside its command buffer, so that
     /// several projections recorded into one encoder each start afresh).
     reset: wgpu::Buffer,
-    reset_bytes: [u64; 3],
+    reset_bytes: [u64; 4],
     pass_list: Vec<PassParams>,
     select: Vec<(wgpu::BindGroup, wgpu::BindGroup)>,
     pack: wgpu::BindGroup,
@@ -223,7 +259,7 @@ pub struct NetworkProjection {
     hist_workgroups: u32,
     /// `max_compute_workgroups_per_dimension` of the device.
     max_dim: u32,
-    pipelines: [wgpu::ComputePipeline; 5],
+    pipelines: [wgpu::ComputePipeline; 6],
 }
 
 impl NetworkProjection {
@@ -261,6 +297,7 @@ impl NetworkProjection {
             gpu.pipeline(&kernels::RADIX_RESOLVE)?,
             gpu.pipeline(&kernels::PACK_STATES)?,
             gpu.pipeline(&kernels::APPLY_PROJECTION)?,
+            gpu.pipeline(&kernels::BLOCK_RESCALE)?,
         ];
         let global = matches!(mode, SelectionMode::Global(_));
         let gpu_layers: Vec<GpuLayer> = layout
@@ -368,7 +405,7 @@ impl NetworkProjection {
                 piece_begin: c.pieces.start as u32,
                 piece_end: c.pieces.end as u32,
                 num_threads: block_slots[i],
-                _pad: 0,
+                max_groups: limits.max_compute_workgroups_per_dimension,
             })
             .collect();
         let chunk_stride = uniform_stride::<ChunkParams>(gpu);
@@ -398,10 +435,11 @@ impl NetworkProjection {
                     | wgpu::BufferUsages::COPY_SRC,
             });
         let none = vec![u32::MAX; layout.layers.len()];
-        let reset_parts: [&[u8]; 3] = [
+        let reset_parts: [&[u8]; 4] = [
             bytemuck::cast_slice(&initial_states),
             bytemuck::cast_slice(&initial_args),
             bytemuck::cast_slice(&none),
+            bytemuck::cast_slice(&RESCALE_HEADER),
         ];
         let reset_bytes = reset_parts.map(|p| p.len() as u64);
         let reset = gpu
@@ -422,20 +460,10 @@ impl NetworkProjection {
         }
         let bind =
             |label: &str, pipeline: &wgpu::ComputePipeline, res: Vec<wgpu::BindingResource>| {
-                let entries: Vec<wgpu::BindGroupEntry> = res
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, resource)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource,
-                    })
-                    .collect();
-                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(label),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                })
+                bind_group(gpu, label, pipeline, res, &[])
             };
+        // block_stats leaves non-finite values to block_rescale: no first-bad binding.
+        const FIRST_BAD_BINDING: u32 = 8;
 
         let chunks: Vec<ChunkBuffers> = layout
             .chunks
@@ -446,10 +474,17 @@ impl NetworkProjection {
                 let w = storage(gpu, &format!("W chunk {i}"), bytes);
                 let u = storage(gpu, &format!("U chunk {i}"), bytes);
                 let z = storage(gpu, &format!("Z chunk {i}"), bytes);
+                let listed = 16 + 8 * chunk_params[i].num_threads as u64;
+                let rescale = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("block_rescale list, chunk {i}")),
+                    size: listed,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::INDIRECT
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
                 let cp = slot(&chunk_uniform, i, 16, chunk_stride);
-                let stats = bind(
-                    "block_stats",
-                    &pipelines[0],
+                let stats_resources = || {
                     vec![
                         cp.clone(),
                         layers_buf.as_entire_binding(),
@@ -461,8 +496,17 @@ impl NetworkProjection {
                         magnitude.as_entire_binding(),
                         first_bad.as_entire_binding(),
                         signs.as_entire_binding(),
-                    ],
+                        rescale.as_entire_binding(),
+                    ]
+                };
+                let stats = bind_group(
+                    gpu,
+                    "block_stats",
+                    &pipelines[0],
+                    stats_resources(),
+                    &[FIRST_BAD_BINDING],
                 );
+                let rescale_bind = bind("block_rescale", &pipelines[5], stats_resources());
                 let apply = bind(
                     "apply_projection",
                     &pipelines[4],
@@ -481,7 +525,9 @@ impl NetworkProjection {
                     w,
                     u,
                     z,
+                    rescale,
                     stats,
+                    rescale_bind,
                     apply,
                     block_slots: chunk_params[i].num_threads,
                 }
@@ -624,13 +670,14 @@ impl NetworkProjection {
         }
     }
 
-    /// The dispatches of one projection, in order: statistics per chunk, the histogram
-    /// and resolve of every radix pass, the state map, then apply per chunk.
+    /// The dispatches of one projection, in order: statistics (and the rescale of the
+    /// blocks they list) per chunk, the histogram and resolve of every radix pass, the
+    /// state map, then apply per chunk.
     fn steps(&self) -> Vec<Step> {
         let chunks = 0..self.chunks.len();
         chunks
             .clone()
-            .map(Step::Stats)
+            .flat_map(|c| [Step::Stats(c), Step::Rescale(c)])
             .chain((0..self.select.len()).flat_map(|i| [Step::Histogram(i), Step::Resolve(i)]))
             .chain([Step::Pack])
             .chain(chunks.map(Step::Apply))
@@ -657,6 +704,10 @@ impl NetworkProjection {
         };
         match *step {
             Step::Stats(c) => format!("block_stats (chunk {} of {chunks})", c + 1),
+            Step::Rescale(c) => format!(
+                "block_rescale (chunk {} of {chunks}, indirect dispatch)",
+                c + 1
+            ),
             Step::Histogram(i) => format!("radix_histogram ({}, indirect dispatch)", pass(i)),
             Step::Resolve(i) => format!("radix_resolve ({})", pass(i)),
             Step::Pack => "pack_states".to_string(),
@@ -680,6 +731,12 @@ impl NetworkProjection {
                 pass.set_pipeline(&self.pipelines[0]);
                 pass.set_bind_group(0, &c.stats, &[]);
                 pass.dispatch_workgroups(x, y, 1);
+            }
+            Step::Rescale(c) => {
+                let c = &self.chunks[c];
+                pass.set_pipeline(&self.pipelines[5]);
+                pass.set_bind_group(0, &c.rescale_bind, &[]);
+                pass.dispatch_workgroups_indirect(&c.rescale, RESCALE_ARGS_OFFSET);
             }
             Step::Histogram(i) => {
                 pass.set_pipeline(&self.pipelines[1]);
@@ -708,12 +765,15 @@ impl NetworkProjection {
     }
 
     /// Records the reset of the selection states, the histogram passes' dispatch
-    /// arguments, the non-finite markers and the histograms.
+    /// arguments, the non-finite markers, the rescale lists and the histograms.
     fn record_reset(&self, encoder: &mut wgpu::CommandEncoder) {
-        let [s, a, f] = self.reset_bytes;
+        let [s, a, f, r] = self.reset_bytes;
         encoder.copy_buffer_to_buffer(&self.reset, 0, &self.states, 0, s);
         encoder.copy_buffer_to_buffer(&self.reset, s, &self.indirect, 0, a);
         encoder.copy_buffer_to_buffer(&self.reset, s + a, &self.first_bad, 0, f);
+        for c in &self.chunks {
+            encoder.copy_buffer_to_buffer(&self.reset, s + a + f, &c.rescale, 0, r);
+        }
         encoder.clear_buffer(&self.hist, 0, None);
     }
 
@@ -746,7 +806,7 @@ impl NetworkProjection {
             });
         self.record(&mut encoder);
         let step = format!(
-            "projection (block_stats x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
+            "projection (block_stats/block_rescale x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
             c = self.chunks.len(),
             p = self.select.len(),
             env = crate::gpu::context::GPU_SYNC_ENV,

@@ -1,0 +1,476 @@
+//! Lavapipe's loop budget and the projection kernels' share of it.
+//!
+//! Mesa's gallivm (lavapipe, and llvmpipe under GL) stores LP_MAX_TGSI_LOOP_ITERATIONS =
+//! 65,535 into one loop limiter per shader invocation and decrements it at every loop
+//! back-edge of every loop; once it is spent, each loop ends after its current iteration,
+//! silently. An "invocation" there is a SIMD group of lanes (8 with 256-bit vectors) that
+//! runs every loop as long as its longest lane. `lavapipe_spends_one_budget_per_simd_group`
+//! measures the rule on the adapter (where the adapter has such a limiter) and
+//! `projection_kernels_stay_within_half_the_budget` bounds what each projection kernel can
+//! spend at MAX_BLOCK_SIDE, from the kernels' own constants and loop structure (read back
+//! from the WGSL with naga, so a loop added or moved in a shader fails the test until the
+//! model here is updated).
+//!
+//! The rule, as measured (see the probes below): a loop whose longest lane runs T
+//! iterations spends T + 1 (its last pass only finds the exit condition), plus what its
+//! body spends in each of those passes, including one pass over the body in which no lane
+//! is active; a loop that no lane of the group enters still spends 1 (gallivm runs both
+//! arms of a branch under masks). Nothing here assumes that a driver unrolls a loop.
+
+mod common;
+
+use microunify::block::MAX_BLOCK_SIDE;
+use microunify::gpu::Gpu;
+use microunify::gpu::kernels::{self, Kernel};
+use naga::{Block, Statement};
+
+/// Gallivm's loop limiter (lp_bld_limits.h: LP_MAX_TGSI_LOOP_ITERATIONS).
+const BUDGET: u64 = 65_535;
+
+// ---------------------------------------------------------------------------------------
+// The cost model
+// ---------------------------------------------------------------------------------------
+
+/// A shader's loops as they nest: loops, and branches that hold loops.
+#[derive(Clone, Debug)]
+enum Node {
+    /// A loop whose longest lane runs at most `trips` iterations.
+    Loop {
+        what: &'static str,
+        trips: u64,
+        body: Vec<Node>,
+    },
+    /// An `if` with loops in an arm. `uniform`: every lane of a group takes the same arm
+    /// (the other runs masked); else both arms may run.
+    If {
+        uniform: bool,
+        then: Vec<Node>,
+        otherwise: Vec<Node>,
+    },
+}
+
+fn lp(what: &'static str, trips: u64, body: Vec<Node>) -> Node {
+    Node::Loop { what, trips, body }
+}
+
+/// The model in words, for the test's output: `loop ×trips [body]`, `if [..] else [..]`.
+fn outline(nodes: &[Node]) -> String {
+    let parts: Vec<String> = nodes
+        .iter()
+        .map(|n| match n {
+            Node::Loop { what, trips, body } if body.is_empty() => format!("{what} ×{trips}"),
+            Node::Loop { what, trips, body } => format!("{what} ×{trips} [{}]", outline(body)),
+            Node::If {
+                then, otherwise, ..
+            } => format!("if [{}] else [{}]", outline(then), outline(otherwise)),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// Budget spent by the nodes when some lane is active.
+fn active(nodes: &[Node]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Loop { trips, body, .. } => trips + 1 + trips * active(body) + masked(body),
+            Node::If {
+                uniform: true,
+                then,
+                otherwise,
+            } => (active(then) + masked(otherwise)).max(masked(then) + active(otherwise)),
+            Node::If {
+                then, otherwise, ..
+            } => active(then) + active(otherwise),
+        })
+        .sum()
+}
+
+/// Budget spent by the nodes when no lane is active.
+fn masked(nodes: &[Node]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Loop { body, .. } => 1 + masked(body),
+            Node::If {
+                then, otherwise, ..
+            } => masked(then) + masked(otherwise),
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Loop structure of a shader, from naga
+// ---------------------------------------------------------------------------------------
+
+/// The shape of a node list: loops and loop-holding branches, nested, without trip counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Shape {
+    Loop(Vec<Shape>),
+    If(Vec<Shape>, Vec<Shape>),
+}
+
+fn model_shape(nodes: &[Node]) -> Vec<Shape> {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Loop { body, .. } => Shape::Loop(model_shape(body)),
+            Node::If {
+                then, otherwise, ..
+            } => Shape::If(model_shape(then), model_shape(otherwise)),
+        })
+        .collect()
+}
+
+/// The loops of a naga block, function calls inlined (as the driver inlines them).
+fn naga_shape(module: &naga::Module, block: &Block) -> Vec<Shape> {
+    let mut out = Vec::new();
+    for stmt in block.iter() {
+        match stmt {
+            Statement::Block(b) => out.extend(naga_shape(module, b)),
+            Statement::Loop {
+                body, continuing, ..
+            } => {
+                let mut inner = naga_shape(module, body);
+                inner.extend(naga_shape(module, continuing));
+                out.push(Shape::Loop(inner));
+            }
+            Statement::If { accept, reject, .. } => {
+                let (a, r) = (naga_shape(module, accept), naga_shape(module, reject));
+                if !a.is_empty() || !r.is_empty() {
+                    out.push(Shape::If(a, r));
+                }
+            }
+            Statement::Switch { cases, .. } => {
+                assert!(
+                    cases.iter().all(|c| naga_shape(module, &c.body).is_empty()),
+                    "a switch holding loops: extend the model"
+                );
+            }
+            Statement::Call { function, .. } => {
+                out.extend(naga_shape(module, &module.functions[*function].body));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn shader_shape(kernel: &Kernel) -> Vec<Shape> {
+    let src = kernel.source();
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{e}"));
+    let main = module
+        .entry_points
+        .iter()
+        .find(|e| e.name == "main")
+        .expect("entry point main");
+    naga_shape(&module, &main.function.body)
+}
+
+/// A `const` of the shader (e.g. RADIX), as naga reads it.
+fn shader_const(kernel: &Kernel, name: &str) -> u64 {
+    let module = naga::front::wgsl::parse_str(&kernel.source()).unwrap();
+    let (_, c) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{} has no const {name}", kernel.file));
+    match module.global_expressions[c.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v as u64,
+        ref e => panic!("{name} = {e:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The projection kernels' loops at MAX_BLOCK_SIDE
+// ---------------------------------------------------------------------------------------
+
+/// Halvings of the bounded binary searches (find_piece in chunk_pieces.wgsl, find_group in
+/// select_groups.wgsl: `n < 32u`).
+const SEARCH_STEPS: u64 = 32;
+
+/// A block's rows and columns at most, and its sign words.
+const SIDE: u64 = MAX_BLOCK_SIDE as u64;
+const WORDS: u64 = (SIDE * SIDE).div_ceil(32);
+
+/// Rows × columns of one block, element by element.
+fn block_nest(cols: u64) -> Node {
+    lp("block rows", SIDE, vec![lp("block columns", cols, vec![])])
+}
+
+/// The loops of every projection kernel, with their worst trip counts. A workgroup serves
+/// one piece of one layer, so branches on the layer's layout are uniform.
+fn projection_kernels() -> Vec<(Kernel, Vec<Node>)> {
+    let search = || lp("binary search", SEARCH_STEPS, vec![]);
+    let block_stats = vec![
+        search(),
+        lp(
+            "blocks per invocation",
+            kernels::BLOCK_ITEMS as u64,
+            vec![Node::If {
+                uniform: false,
+                then: vec![
+                    Node::If {
+                        uniform: true,
+                        then: vec![block_nest(SIDE / 4)],
+                        otherwise: vec![block_nest(SIDE)],
+                    },
+                    lp("unused sign words", WORDS, vec![]),
+                ],
+                otherwise: vec![],
+            }],
+        ),
+    ];
+    let rescale = vec![lp("binary search", SEARCH_STEPS, vec![]), block_nest(SIDE)];
+    let apply = vec![
+        search(),
+        lp(
+            "blocks per invocation",
+            kernels::BLOCK_ITEMS as u64,
+            vec![Node::If {
+                uniform: false,
+                then: vec![Node::If {
+                    uniform: true,
+                    then: vec![block_nest(SIDE / 4)],
+                    otherwise: vec![block_nest(SIDE)],
+                }],
+                otherwise: vec![],
+            }],
+        ),
+    ];
+    let histogram = vec![
+        search(),
+        Node::If {
+            uniform: true,
+            then: vec![lp(
+                "blocks per invocation",
+                kernels::SELECT_ITEMS as u64,
+                vec![],
+            )],
+            otherwise: vec![],
+        },
+    ];
+    let radix = shader_const(&kernels::RADIX_RESOLVE, "RADIX");
+    let resolve = vec![lp("radix digits", radix, vec![])];
+    let blocks_per_word = (kernels::SELECT_BLOCKS_PER_WORKGROUP / kernels::PACK_WG) as u64;
+    let pack = vec![
+        search(),
+        lp("blocks per state word", blocks_per_word, vec![]),
+    ];
+    vec![
+        (kernels::BLOCK_STATS, block_stats),
+        (kernels::BLOCK_RESCALE, rescale),
+        (kernels::APPLY_PROJECTION, apply),
+        (kernels::RADIX_HISTOGRAM, histogram),
+        (kernels::RADIX_RESOLVE, resolve),
+        (kernels::PACK_STATES, pack),
+        (kernels::COPY_VEC4, vec![]),
+    ]
+}
+
+#[test]
+fn projection_kernels_stay_within_half_the_budget() {
+    for (kernel, model) in projection_kernels() {
+        assert_eq!(
+            shader_shape(&kernel),
+            model_shape(&model),
+            "shaders/{}: its loops no longer match the model in kernels-tests/loop_budget.rs; \
+             update the model (trip counts included) with the shader",
+            kernel.file
+        );
+        let spent = active(&model);
+        eprintln!(
+            "{}: at most {spent} of {BUDGET} loop iterations per invocation: {}",
+            kernel.file,
+            outline(&model)
+        );
+        assert!(
+            2 * spent <= BUDGET,
+            "shaders/{}: up to {spent} loop iterations per invocation at {SIDE}x{SIDE} blocks, \
+             more than half of lavapipe's {BUDGET}",
+            kernel.file
+        );
+    }
+}
+
+#[test]
+fn the_model_counts_what_the_probes_measured() {
+    // The probes below, in the model's terms.
+    let two = [lp("a", 40_000, vec![]), lp("b", 40_000, vec![])];
+    assert_eq!(active(&two[..1]), 40_001);
+    let nested = [lp("outer", 100, vec![lp("inner", 10, vec![])])];
+    assert_eq!(active(&nested), 1202);
+    assert_eq!(masked(&nested), 2);
+    // A uniform branch charges the dearer arm, plus the other arm run masked.
+    let branch = [Node::If {
+        uniform: true,
+        then: vec![lp("a", 10, vec![])],
+        otherwise: vec![lp("b", 3, vec![])],
+    }];
+    assert_eq!(active(&branch), 11 + 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The rule, measured on the adapter
+// ---------------------------------------------------------------------------------------
+
+/// Runs `body` (WGSL statements; `g` is the invocation index, `p` the parameters, `out`
+/// the results) in `invocations` invocations of 64-wide workgroups; returns `out`.
+fn probe(gpu: &Gpu, body: &str, params: &[u32], invocations: u32, out_len: usize) -> Vec<u32> {
+    use wgpu::util::DeviceExt;
+    let src = format!(
+        "@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@group(0) @binding(1) var<storage, read> p: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
+    let g = gid.x;
+    if (g >= {invocations}u) {{
+        return;
+    }}
+{body}
+}}"
+    );
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("loop probe"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("loop probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("loop probe out"),
+        size: (out_len * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let p = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("loop probe params"),
+            contents: bytemuck::cast_slice(params),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: out.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: p.as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(invocations.div_ceil(64), 1, 1);
+    }
+    gpu.submit_and_wait("loop probe", encoder.finish()).unwrap();
+    microunify::gpu::buffers::read_ranges(gpu, "loop probe", &[(&out, 0, (out_len * 4) as u64)])
+        .unwrap()
+        .remove(0)
+}
+
+/// A loop that counts its iterations into `name`, `trips` of them.
+fn counting_loop(name: &str, trips: &str) -> String {
+    format!("var {name} = 0u; for (var i = 0u; i < {trips}; i++) {{ {name} += 1u; }}")
+}
+
+#[test]
+fn lavapipe_spends_one_budget_per_simd_group() {
+    let Some(gpu) = common::gpu() else { return };
+    // One loop of 100,000 iterations: a limiter shows as 65,535.
+    let one = format!("{} out[g] = a;", counting_loop("a", "p[0]"));
+    let ran = probe(&gpu, &one, &[100_000], 1, 1)[0] as u64;
+    if ran == 100_000 {
+        eprintln!(
+            "{}: no loop limiter; the model bounds lavapipe only",
+            gpu.info.name
+        );
+        return;
+    }
+    assert_eq!(
+        ran, BUDGET,
+        "{}: a loop limiter, but not gallivm's",
+        gpu.info.name
+    );
+
+    // Two sequential loops of 40,000: the second gets what the first left (T + 1 spent).
+    let seq = format!(
+        "{} {} out[2u * g] = a; out[2u * g + 1u] = b;",
+        counting_loop("a", "p[0]"),
+        counting_loop("b", "p[0]")
+    );
+    let r = probe(&gpu, &seq, &[40_000], 1, 2);
+    assert_eq!(r, [40_000, (BUDGET - 40_001) as u32], "sequential loops");
+
+    // Nested 100 × 10, then a long loop: 100·(1 + 11) + 2 spent before it.
+    let nested = format!(
+        "var a = 0u; for (var i = 0u; i < p[0]; i++) {{ for (var j = 0u; j < p[1]; j++) {{ a += 1u; }} }}
+         {} out[2u * g] = a; out[2u * g + 1u] = c;",
+        counting_loop("c", "200000u")
+    );
+    let r = probe(&gpu, &nested, &[100, 10], 1, 2);
+    let before = active(&[lp("outer", 100, vec![lp("inner", 10, vec![])])]);
+    assert_eq!(r, [1000, (BUDGET - before) as u32], "nested loops");
+    // 300 × 300 = 90,000 inner iterations do not fit: the nest is cut short.
+    let r = probe(&gpu, &nested, &[300, 300], 1, 2);
+    assert!(
+        r[0] < 90_000 && r[1] == 1,
+        "nested loops past the budget: {r:?}"
+    );
+
+    // A loop inside a branch no lane takes still spends 1 per entry.
+    let never = format!(
+        "var a = 0u; for (var i = 0u; i < p[0]; i++) {{ if (g == 999999u) {{ for (var j = 0u; j < p[1]; j++) {{ a += 1u; }} }} }}
+         {} out[2u * g] = a; out[2u * g + 1u] = c;",
+        counting_loop("c", "200000u")
+    );
+    let r = probe(&gpu, &never, &[100, 5], 1, 2);
+    let before = active(&[lp("outer", 100, vec![])]) + 101 * masked(&[lp("never", 5, vec![])]);
+    assert_eq!(r, [0, (BUDGET - before) as u32], "masked loops");
+
+    // Lane g runs 1000 + 100·g iterations, then a long loop: every lane of a SIMD group
+    // is left what its longest lane left, and groups are independent.
+    let lanes = 32u32;
+    let divergent = format!(
+        "{} {} out[2u * g] = a; out[2u * g + 1u] = c;",
+        counting_loop("a", "p[0] + g * p[1]"),
+        counting_loop("c", "200000u")
+    );
+    let r = probe(&gpu, &divergent, &[1000, 100], lanes, 2 * lanes as usize);
+    // The SIMD width, from what lane 0 was left: its group's longest lane is width − 1.
+    let width = ((BUDGET - 1 - r[1] as u64 - 1000) / 100 + 1) as u32;
+    assert!(
+        [4, 8, 16].contains(&width),
+        "lane 0 was left {}: SIMD width {width}?",
+        r[1]
+    );
+    for g in 0..lanes {
+        let longest = 1000 + 100 * ((g / width + 1) * width - 1) as u64;
+        assert_eq!(
+            r[2 * g as usize + 1] as u64,
+            BUDGET - longest - 1,
+            "lane {g} (SIMD width {width})"
+        );
+    }
+    eprintln!(
+        "{}: measured one budget of {BUDGET} loop iterations per SIMD group of {width} lanes",
+        gpu.info.name
+    );
+}
