@@ -171,3 +171,30 @@ fn bench_gemm_checks_every_case_against_the_reference() {
         "{stdout}"
     );
 }
+
+/// The limit holds only if every block shape is made by `BlockShape::new` (or its parsers):
+/// no code outside tests may build the struct literally.
+#[test]
+fn no_block_shape_is_built_around_the_limit() {
+    let literal = regex::Regex::new(r"\bBlockShape\s*\{\s*rows\s*:").unwrap();
+    let mut stack = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                assert!(
+                    !literal.is_match(code),
+                    "{}: builds a BlockShape literally, bypassing BlockShape::new and its limit",
+                    path.display()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 20, "{seen} source files");
+}
