@@ -13,7 +13,7 @@ use microunify::compressed::CompressedMatrix;
 use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
 use microunify::gpu::buffers::POISON;
-use microunify::gpu::gemm::{Gemm, Path};
+use microunify::gpu::gemm::{Gemm, Path, small_batch_takes};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -65,8 +65,7 @@ fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut
     let scale = abs_sums(m, k, n, &dense, &x, &epi).unwrap();
     compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
     let mut paths = vec![Path::Tiled];
-    let bc = cm.block.cols;
-    if n <= 8 && bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32)) {
+    if small_batch_takes(n, Some(cm.block.cols)) {
         paths.push(Path::SmallBatch);
     }
     for path in paths {
@@ -151,7 +150,7 @@ fn dense_kernels_match_reference() {
             relu,
         };
         let mut paths = vec![Path::Tiled];
-        if n <= 8 {
+        if small_batch_takes(n, None) {
             paths.push(Path::SmallBatch);
         }
         for path in paths {

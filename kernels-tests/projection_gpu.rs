@@ -60,26 +60,18 @@ fn random_layer(rng: &mut SmallRng, i: usize) -> LayerSpec {
     LayerSpec::new(format!("layer{i}"), &shape, block).unwrap()
 }
 
-fn random_ratios(rng: &mut SmallRng, scope: &str) -> Ratios {
-    let pick = |rng: &mut SmallRng| -> f64 {
-        match rng.random_range(0..4) {
-            0 => 0.0,
-            1 => 1.0,
-            _ => rng.random_range(0.0..1.0),
-        }
-    };
-    let p = pick(rng);
-    let u = pick(rng).min(1.0 - p);
-    Ratios::new(p, u, scope).unwrap()
-}
-
 fn random_case(rng: &mut SmallRng, max_layers: usize) -> Case {
     let n = rng.random_range(1..=max_layers);
     let layers: Vec<LayerSpec> = (0..n).map(|i| random_layer(rng, i)).collect();
     let mode = if rng.random_bool(0.25) {
-        SelectionMode::Global(random_ratios(rng, "network"))
+        SelectionMode::Global(common::ratios(rng, "network"))
     } else {
-        SelectionMode::PerLayer(layers.iter().map(|l| random_ratios(rng, &l.name)).collect())
+        SelectionMode::PerLayer(
+            layers
+                .iter()
+                .map(|l| common::ratios(rng, &l.name))
+                .collect(),
+        )
     };
     let w = layers
         .iter()
@@ -242,9 +234,14 @@ fn split_case(rng: &mut SmallRng) -> (Case, PackLimits) {
         LayerSpec::new("odd", &[37, 13], block(3, 5)).unwrap(),
     ];
     let mode = if rng.random_bool(0.5) {
-        SelectionMode::Global(random_ratios(rng, "network"))
+        SelectionMode::Global(common::ratios(rng, "network"))
     } else {
-        SelectionMode::PerLayer(layers.iter().map(|l| random_ratios(rng, &l.name)).collect())
+        SelectionMode::PerLayer(
+            layers
+                .iter()
+                .map(|l| common::ratios(rng, &l.name))
+                .collect(),
+        )
     };
     let w = layers
         .iter()
@@ -512,42 +509,17 @@ fn huge_tiny_and_subnormal_weights_prune_the_smallest_block() {
     }
 }
 
-/// Magnitude regimes: (name, smallest and largest binary exponent of the values).
-const REGIMES: [(&str, i32, i32); 8] = [
-    ("near f32's largest", 100, 125),
-    ("around 3e19", 60, 68),
-    ("around 2^32", 29, 35),
-    ("ordinary", -8, 3),
-    ("around 2^-32", -35, -29),
-    ("near f32's smallest normal", -127, -118),
-    ("subnormal", -149, -127),
-    ("the smallest subnormals", -149, -146),
-];
-
-/// A value `±m·2^e`, `m ∈ [1, 2)`, `e` drawn from the regime; some exact zeros and repeats.
-fn regime_value(rng: &mut SmallRng, (_, lo, hi): (&str, i32, i32)) -> f32 {
-    match rng.random_range(0..20) {
-        0 => 0.0,
-        1 => 2f64.powi(lo) as f32,
-        _ => {
-            let m: f64 = rng.random_range(1.0..2.0);
-            let s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-            (s * m * 2f64.powi(rng.random_range(lo..=hi))) as f32
-        }
-    }
-}
-
 /// A layer whose block rows each take one regime (one regime throughout when `mixed` is
 /// false), so that huge, ordinary and tiny blocks meet in one selection.
 fn regime_layer(rng: &mut SmallRng, i: usize, mixed: bool) -> (LayerSpec, Vec<f32>, Vec<f32>) {
     let mut spec = random_layer(rng, i);
     spec.name = format!("layer{i}");
-    let one = REGIMES[rng.random_range(0..REGIMES.len())];
+    let one = common::REGIMES[rng.random_range(0..common::REGIMES.len())];
     let br = spec.block.rows;
     let row_regimes: Vec<_> = (0..spec.view.rows.div_ceil(br))
         .map(|_| {
             if mixed {
-                REGIMES[rng.random_range(0..REGIMES.len())]
+                common::REGIMES[rng.random_range(0..common::REGIMES.len())]
             } else {
                 one
             }
@@ -556,7 +528,7 @@ fn regime_layer(rng: &mut SmallRng, i: usize, mixed: bool) -> (LayerSpec, Vec<f3
     let n = spec.view.len();
     let cols = spec.view.cols;
     let w: Vec<f32> = (0..n)
-        .map(|i| regime_value(rng, row_regimes[i / cols / br]))
+        .map(|i| common::regime_value(rng, row_regimes[i / cols / br]))
         .collect();
     // U of the same magnitude (half the time): W + U stays finite, since no regime reaches
     // 2^126.
@@ -564,7 +536,7 @@ fn regime_layer(rng: &mut SmallRng, i: usize, mixed: bool) -> (LayerSpec, Vec<f3
         vec![0.0; n]
     } else {
         (0..n)
-            .map(|i| regime_value(rng, row_regimes[i / cols / br]))
+            .map(|i| common::regime_value(rng, row_regimes[i / cols / br]))
             .collect()
     };
     (spec, w, u)
@@ -589,12 +561,12 @@ fn every_magnitude_regime_matches_the_reference() {
             u.push(ul);
         }
         let mode = if rng.random_bool(0.4) {
-            SelectionMode::Global(random_ratios(&mut rng, "network"))
+            SelectionMode::Global(common::ratios(&mut rng, "network"))
         } else {
             SelectionMode::PerLayer(
                 layers
                     .iter()
-                    .map(|l| random_ratios(&mut rng, &l.name))
+                    .map(|l| common::ratios(&mut rng, &l.name))
                     .collect(),
             )
         };
@@ -647,10 +619,10 @@ fn blocks_at_the_side_limit_with_every_loop_at_its_longest() {
         .unwrap();
         let tiny = ("subnormal and tiny", -149, -120);
         let w: Vec<f32> = (0..rows * cols)
-            .map(|_| regime_value(&mut rng, tiny))
+            .map(|_| common::regime_value(&mut rng, tiny))
             .collect();
         let u: Vec<f32> = (0..rows * cols)
-            .map(|_| regime_value(&mut rng, tiny))
+            .map(|_| common::regime_value(&mut rng, tiny))
             .collect();
         for global in [false, true] {
             let r = Ratios::new(0.3, 0.4, &spec.name).unwrap();
@@ -739,7 +711,7 @@ fn rescale_lists_longer_than_one_grid_dimension() {
     let mut rng = common::rng(0x2d2d);
     let subnormal = ("subnormal", -149, -127);
     let w: Vec<f32> = (0..side * side)
-        .map(|_| regime_value(&mut rng, subnormal))
+        .map(|_| common::regime_value(&mut rng, subnormal))
         .collect();
     let case = Case {
         layers: vec![spec],

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use microunify::Ratios;
 use microunify::gpu::{Gpu, GpuOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -191,4 +192,43 @@ pub fn keeps_subnormals(gpu: &Gpu) -> bool {
             .unwrap()
             .remove(0);
     x[0].to_bits() == 1e-40f32.to_bits()
+}
+
+/// Prune/unify ratios for `scope`: 0, 1 or random for each, their sum at most 1.
+pub fn ratios(rng: &mut SmallRng, scope: &str) -> Ratios {
+    let pick = |rng: &mut SmallRng| -> f64 {
+        match rng.random_range(0..4) {
+            0 => 0.0,
+            1 => 1.0,
+            _ => rng.random_range(0.0..1.0),
+        }
+    };
+    let p = pick(rng);
+    let u = pick(rng).min(1.0 - p);
+    Ratios::new(p, u, scope).unwrap()
+}
+
+/// Magnitude regimes: (name, smallest and largest binary exponent of the values).
+pub const REGIMES: [(&str, i32, i32); 8] = [
+    ("near f32's largest", 100, 125),
+    ("around 3e19", 60, 68),
+    ("around 2^32", 29, 35),
+    ("ordinary", -8, 3),
+    ("around 2^-32", -35, -29),
+    ("near f32's smallest normal", -127, -118),
+    ("subnormal", -149, -127),
+    ("the smallest subnormals", -149, -146),
+];
+
+/// A value `±m·2^e`, `m ∈ [1, 2)`, `e` drawn from the regime; some exact zeros and repeats.
+pub fn regime_value(rng: &mut SmallRng, (_, lo, hi): (&str, i32, i32)) -> f32 {
+    match rng.random_range(0..20) {
+        0 => 0.0,
+        1 => 2f64.powi(lo) as f32,
+        _ => {
+            let m: f64 = rng.random_range(1.0..2.0);
+            let s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+            (s * m * 2f64.powi(rng.random_range(lo..=hi))) as f32
+        }
+    }
 }

@@ -176,11 +176,21 @@ fn fits(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether the small-batch kernels take a product of `n` columns (`micro_bc`: the block
+/// columns of a micro-structured W, `None` for a dense one): N ≤ 8, and gemm_micro_small
+/// reads tile rows as vec4s and each row's sign bits from one word.
+pub fn small_batch_takes(n: usize, micro_bc: Option<usize>) -> bool {
+    n <= kernels::SMALL_MAX_N && micro_bc.is_none_or(small_batch_block_cols)
+}
+
+fn small_batch_block_cols(bc: usize) -> bool {
+    bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32))
+}
+
 fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
-    // gemm_micro_small reads tile rows as vec4s and each row's sign bits from one word.
-    let vec4_ok = micro_bc.is_none_or(|bc| bc % 4 == 0 && (32 % bc == 0 || bc % 32 == 0));
+    let vec4_ok = micro_bc.is_none_or(small_batch_block_cols);
     match path {
-        Path::Auto => Ok(n <= kernels::SMALL_MAX_N && vec4_ok),
+        Path::Auto => Ok(small_batch_takes(n, micro_bc)),
         Path::Tiled => Ok(false),
         Path::SmallBatch if n > kernels::SMALL_MAX_N => Err(bad(format!(
             "the small-batch path takes N ≤ {}, got {n}",
