@@ -217,3 +217,51 @@ fn bad_inputs_are_errors_not_panics() {
         Ok(_) => panic!("expected TooLarge, got a GEMM"),
     }
 }
+
+/// K far past what one invocation may loop over on CPU drivers (lavapipe ends every loop
+/// of an invocation after 65,535 iterations in all): the main loop runs in several
+/// dispatches, each adding to Y, the bias added once and ReLU applied to the finished sum.
+/// Each of these was silently wrong in one dispatch (1e-3 to 5e-3 of Σ|w·x| off).
+#[test]
+fn long_k_runs_in_slices() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(35);
+    // (block shape, or None for a dense W; M, K, N; path)
+    type Case = (Option<(usize, usize)>, usize, usize, usize, Path);
+    let cases: [Case; 7] = [
+        (None, 8, 300_000, 16, Path::Tiled),
+        (None, 8, 300_000, 1, Path::SmallBatch),
+        (Some((3, 3)), 9, 50_000, 16, Path::Tiled),
+        (Some((8, 8)), 8, 200_000, 16, Path::Tiled),
+        (Some((32, 32)), 32, 4_000, 16, Path::Tiled),
+        (Some((32, 32)), 32, 8_000, 2, Path::SmallBatch),
+        (Some((1, 1)), 3, 100_000, 9, Path::Tiled),
+    ];
+    for (block, m, k, n, path) in cases {
+        let (bias, _) = random_epilogue(&mut rng, m);
+        let epi = Epilogue {
+            bias: bias.as_deref(),
+            relu: true,
+        };
+        let (g, w, what) = match block {
+            None => {
+                let w = random_x(&mut rng, m * k);
+                let g = Gemm::dense(&gpu, m, k, &w, n, &epi, path).unwrap();
+                (g, w, format!("dense {m}x{k}x{n} {path:?}"))
+            }
+            Some((br, bc)) => {
+                let shape = BlockShape::new(br, bc).unwrap();
+                let cm = random_compressed(300 + k as u64, m, k, shape, 0.1, 0.5).unwrap();
+                let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
+                (
+                    g,
+                    cm.to_dense(),
+                    format!("micro {br}x{bc} {m}x{k}x{n} {path:?}"),
+                )
+            }
+        };
+        assert!(g.slices() > 1, "{what}: {} slice", g.slices());
+        eprintln!("{what}: {} slices", g.slices());
+        check_run(&gpu, &what, &g, &w, &epi, &mut rng);
+    }
+}

@@ -1,103 +1,18 @@
-//! Lavapipe's loop budget and the projection kernels' share of it.
+//! Lavapipe's loop budget and the kernels' share of it (the model: src/gpu/loops.rs).
 //!
-//! Mesa's gallivm (lavapipe, and llvmpipe under GL) stores LP_MAX_TGSI_LOOP_ITERATIONS =
-//! 65,535 into one loop limiter per shader invocation and decrements it at every loop
-//! back-edge of every loop; once it is spent, each loop ends after its current iteration,
-//! silently. An "invocation" there is a SIMD group of lanes (8 with 256-bit vectors) that
-//! runs every loop as long as its longest lane. `lavapipe_spends_one_budget_per_simd_group`
-//! measures the rule on the adapter (where the adapter has such a limiter) and
-//! `projection_kernels_stay_within_half_the_budget` bounds what each projection kernel can
-//! spend at MAX_BLOCK_SIDE, from the kernels' own constants and loop structure (read back
-//! from the WGSL with naga, so a loop added or moved in a shader fails the test until the
-//! model here is updated).
-//!
-//! The rule, as measured (see the probes below): a loop whose longest lane runs T
-//! iterations spends T + 1 (its last pass only finds the exit condition), plus what its
-//! body spends in each of those passes, including one pass over the body in which no lane
-//! is active; a loop that no lane of the group enters still spends 1 (gallivm runs both
-//! arms of a branch under masks). Nothing here assumes that a driver unrolls a loop.
+//! `lavapipe_spends_one_budget_per_simd_group` measures the rule the model counts by, on
+//! the adapter (where it has such a limiter). `every_kernel_model_matches_its_shader` reads
+//! each kernel's loop structure back from its WGSL with naga and compares it with the
+//! model, so a loop added, removed or moved in a shader fails until the model follows.
+//! `projection_kernels_stay_within_the_share` bounds what each projection kernel can spend
+//! at MAX_BLOCK_SIDE; the GEMM host slices its main loop to the share by construction.
 
 mod common;
 
-use microunify::block::MAX_BLOCK_SIDE;
 use microunify::gpu::Gpu;
 use microunify::gpu::kernels::{self, Kernel};
+use microunify::gpu::loops::{self, BUDGET, GemmKernel, Node, SHARE, active, lp, masked, outline};
 use naga::{Block, Statement};
-
-/// Gallivm's loop limiter (lp_bld_limits.h: LP_MAX_TGSI_LOOP_ITERATIONS).
-const BUDGET: u64 = 65_535;
-
-// ---------------------------------------------------------------------------------------
-// The cost model
-// ---------------------------------------------------------------------------------------
-
-/// A shader's loops as they nest: loops, and branches that hold loops.
-#[derive(Clone, Debug)]
-enum Node {
-    /// A loop whose longest lane runs at most `trips` iterations.
-    Loop {
-        what: &'static str,
-        trips: u64,
-        body: Vec<Node>,
-    },
-    /// An `if` with loops in an arm. `uniform`: every lane of a group takes the same arm
-    /// (the other runs masked); else both arms may run.
-    If {
-        uniform: bool,
-        then: Vec<Node>,
-        otherwise: Vec<Node>,
-    },
-}
-
-fn lp(what: &'static str, trips: u64, body: Vec<Node>) -> Node {
-    Node::Loop { what, trips, body }
-}
-
-/// The model in words, for the test's output: `loop ×trips [body]`, `if [..] else [..]`.
-fn outline(nodes: &[Node]) -> String {
-    let parts: Vec<String> = nodes
-        .iter()
-        .map(|n| match n {
-            Node::Loop { what, trips, body } if body.is_empty() => format!("{what} ×{trips}"),
-            Node::Loop { what, trips, body } => format!("{what} ×{trips} [{}]", outline(body)),
-            Node::If {
-                then, otherwise, ..
-            } => format!("if [{}] else [{}]", outline(then), outline(otherwise)),
-        })
-        .collect();
-    parts.join(", ")
-}
-
-/// Budget spent by the nodes when some lane is active.
-fn active(nodes: &[Node]) -> u64 {
-    nodes
-        .iter()
-        .map(|n| match n {
-            Node::Loop { trips, body, .. } => trips + 1 + trips * active(body) + masked(body),
-            Node::If {
-                uniform: true,
-                then,
-                otherwise,
-            } => (active(then) + masked(otherwise)).max(masked(then) + active(otherwise)),
-            Node::If {
-                then, otherwise, ..
-            } => active(then) + active(otherwise),
-        })
-        .sum()
-}
-
-/// Budget spent by the nodes when no lane is active.
-fn masked(nodes: &[Node]) -> u64 {
-    nodes
-        .iter()
-        .map(|n| match n {
-            Node::Loop { body, .. } => 1 + masked(body),
-            Node::If {
-                then, otherwise, ..
-            } => masked(then) + masked(otherwise),
-        })
-        .sum()
-}
 
 // ---------------------------------------------------------------------------------------
 // Loop structure of a shader, from naga
@@ -182,102 +97,55 @@ fn shader_const(kernel: &Kernel, name: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// The projection kernels' loops at MAX_BLOCK_SIDE
+// The models against the shaders and the budget
 // ---------------------------------------------------------------------------------------
 
-/// Halvings of the bounded binary searches (find_piece in chunk_pieces.wgsl, find_group in
-/// select_groups.wgsl: `n < 32u`).
-const SEARCH_STEPS: u64 = 32;
-
-/// A block's rows and columns at most, and its sign words.
-const SIDE: u64 = MAX_BLOCK_SIDE as u64;
-const WORDS: u64 = (SIDE * SIDE).div_ceil(32);
-
-/// Rows × columns of one block, element by element.
-fn block_nest(cols: u64) -> Node {
-    lp("block rows", SIDE, vec![lp("block columns", cols, vec![])])
-}
-
-/// The loops of every projection kernel, with their worst trip counts. A workgroup serves
-/// one piece of one layer, so branches on the layer's layout are uniform.
-fn projection_kernels() -> Vec<(Kernel, Vec<Node>)> {
-    let search = || lp("binary search", SEARCH_STEPS, vec![]);
-    let block_stats = vec![
-        search(),
-        lp(
-            "blocks per invocation",
-            kernels::BLOCK_ITEMS as u64,
-            vec![Node::If {
-                uniform: false,
-                then: vec![
-                    Node::If {
-                        uniform: true,
-                        then: vec![block_nest(SIDE / 4)],
-                        otherwise: vec![block_nest(SIDE)],
-                    },
-                    lp("unused sign words", WORDS, vec![]),
-                ],
-                otherwise: vec![],
-            }],
-        ),
-    ];
-    let rescale = vec![lp("binary search", SEARCH_STEPS, vec![]), block_nest(SIDE)];
-    let apply = vec![
-        search(),
-        lp(
-            "blocks per invocation",
-            kernels::BLOCK_ITEMS as u64,
-            vec![Node::If {
-                uniform: false,
-                then: vec![Node::If {
-                    uniform: true,
-                    then: vec![block_nest(SIDE / 4)],
-                    otherwise: vec![block_nest(SIDE)],
-                }],
-                otherwise: vec![],
-            }],
-        ),
-    ];
-    let histogram = vec![
-        search(),
-        Node::If {
-            uniform: true,
-            then: vec![lp(
-                "blocks per invocation",
-                kernels::SELECT_ITEMS as u64,
-                vec![],
-            )],
-            otherwise: vec![],
-        },
-    ];
-    let radix = shader_const(&kernels::RADIX_RESOLVE, "RADIX");
-    let resolve = vec![lp("radix digits", radix, vec![])];
-    let blocks_per_word = (kernels::SELECT_BLOCKS_PER_WORKGROUP / kernels::PACK_WG) as u64;
-    let pack = vec![
-        search(),
-        lp("blocks per state word", blocks_per_word, vec![]),
-    ];
-    vec![
-        (kernels::BLOCK_STATS, block_stats),
-        (kernels::BLOCK_RESCALE, rescale),
-        (kernels::APPLY_PROJECTION, apply),
-        (kernels::RADIX_HISTOGRAM, histogram),
-        (kernels::RADIX_RESOLVE, resolve),
-        (kernels::PACK_STATES, pack),
-        (kernels::COPY_VEC4, vec![]),
-    ]
+fn check_shape(kernel: &Kernel, model: &[Node]) {
+    assert_eq!(
+        shader_shape(kernel),
+        model_shape(model),
+        "shaders/{}: its loops no longer match the model in src/gpu/loops.rs; update the \
+         model (trip counts included) with the shader",
+        kernel.file
+    );
 }
 
 #[test]
-fn projection_kernels_stay_within_half_the_budget() {
-    for (kernel, model) in projection_kernels() {
-        assert_eq!(
-            shader_shape(&kernel),
-            model_shape(&model),
-            "shaders/{}: its loops no longer match the model in kernels-tests/loop_budget.rs; \
-             update the model (trip counts included) with the shader",
-            kernel.file
-        );
+fn every_kernel_model_matches_its_shader() {
+    for (kernel, model) in loops::projection_at_limit() {
+        check_shape(&kernel, &model);
+    }
+    // Override constants set trip counts, not the structure: one configuration each.
+    for k in [
+        GemmKernel::Dense { tm: 8 },
+        GemmKernel::DenseSmall { nb: 3 },
+        GemmKernel::Micro {
+            tm: 4,
+            nv: 4,
+            bc: 5,
+        },
+        GemmKernel::MicroSmall {
+            rl: 2,
+            bc: 8,
+            nb: 4,
+        },
+    ] {
+        check_shape(&k.kernel(), &loops::gemm(k, 7));
+    }
+    check_shape(&kernels::GEMM_SIGN_TABLE, &loops::gemm_sign_table());
+    // The radix the model counts is the shaders' own.
+    assert_eq!(
+        shader_const(&kernels::RADIX_RESOLVE, "RADIX"),
+        kernels::RADIX as u64
+    );
+    // Every kernel the library dispatches is modelled.
+    let modelled = loops::projection_at_limit().len() + 5;
+    assert_eq!(modelled, kernels::ALL.len());
+}
+
+#[test]
+fn projection_kernels_stay_within_the_share() {
+    for (kernel, model) in loops::projection_at_limit() {
         let spent = active(&model);
         eprintln!(
             "{}: at most {spent} of {BUDGET} loop iterations per invocation: {}",
@@ -285,29 +153,42 @@ fn projection_kernels_stay_within_half_the_budget() {
             outline(&model)
         );
         assert!(
-            2 * spent <= BUDGET,
-            "shaders/{}: up to {spent} loop iterations per invocation at {SIDE}x{SIDE} blocks, \
-             more than half of lavapipe's {BUDGET}",
+            spent <= SHARE,
+            "shaders/{}: up to {spent} loop iterations per invocation at the block-side \
+             limit, more than {SHARE} of lavapipe's {BUDGET}",
             kernel.file
         );
     }
+    // Twice the side would not fit: the bound is not vacuous.
+    let doubled = loops::projection(2 * microunify::block::MAX_BLOCK_SIDE as u64);
+    assert!(doubled.iter().any(|(_, m)| active(m) > SHARE));
 }
 
 #[test]
-fn the_model_counts_what_the_probes_measured() {
-    // The probes below, in the model's terms.
-    let two = [lp("a", 40_000, vec![]), lp("b", 40_000, vec![])];
-    assert_eq!(active(&two[..1]), 40_001);
-    let nested = [lp("outer", 100, vec![lp("inner", 10, vec![])])];
-    assert_eq!(active(&nested), 1202);
-    assert_eq!(masked(&nested), 2);
-    // A uniform branch charges the dearer arm, plus the other arm run masked.
-    let branch = [Node::If {
-        uniform: true,
-        then: vec![lp("a", 10, vec![])],
-        otherwise: vec![lp("b", 3, vec![])],
-    }];
-    assert_eq!(active(&branch), 11 + 1);
+fn gemm_slices_keep_within_the_share() {
+    for bc in 1..=microunify::block::MAX_BLOCK_SIDE as u64 {
+        for (tm, nv) in [(1, 4), (4, 4), (8, 2)] {
+            let k = GemmKernel::Micro { tm, nv, bc };
+            assert!(
+                active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE,
+                "{k:?}"
+            );
+        }
+        for (rl, nb) in [(1, 8), (4, 2), (4, 1)] {
+            let k = GemmKernel::MicroSmall { rl, bc, nb };
+            assert!(
+                active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE,
+                "{k:?}"
+            );
+        }
+    }
+    for k in [
+        GemmKernel::Dense { tm: 8 },
+        GemmKernel::DenseSmall { nb: 8 },
+    ] {
+        assert!(active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE);
+    }
+    assert!(active(&loops::gemm_sign_table()) <= SHARE);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,9 +7,8 @@
 // block, not per element: per-element index arithmetic costs CPU drivers (lavapipe) more
 // than the loads it serves.
 
-// Loops: lavapipe ends every loop of an invocation once 65,535 iterations are spent in
-// all; kernels-tests/loop_budget.rs bounds this kernel's loops at MAX_BLOCK_SIDE. A loop
-// added, removed or lengthened here must be reflected there.
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override APPLY_WG: u32;
 // Blocks per invocation, strided by the workgroup size.

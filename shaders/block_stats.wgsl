@@ -16,9 +16,10 @@
 // wider exponent (`wide_key` in common.wgsl).
 //
 // Loops: lavapipe (Mesa's gallivm) gives one invocation (a SIMD group of lanes) 65,535 loop
-// iterations in all, and silently ends every loop once they are spent. The worst case of
-// this kernel at MAX_BLOCK_SIDE is computed in kernels-tests/loop_budget.rs from the loops
-// below: a loop added, removed or made longer here must be reflected there.
+// iterations in all, and silently ends every loop once they are spent. The loops below are
+// modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against this
+// file and bounds at MAX_BLOCK_SIDE: a loop added, removed or made longer here must be
+// reflected there.
 
 override STATS_WG: u32;
 // Blocks per invocation: fewer, longer-lived invocations amortise per-workgroup costs.

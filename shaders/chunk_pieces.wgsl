@@ -11,7 +11,7 @@
 // so even inconsistent parameters cannot make it endless: lavapipe silently ends every
 // loop once an invocation has spent 65,535 iterations in all, a real GPU would spin
 // forever (a hang).
-// Its 32 steps are counted in kernels-tests/loop_budget.rs (SEARCH_STEPS).
+// Its 32 steps are counted in src/gpu/loops.rs (SEARCH_STEPS).
 fn find_piece(t: u32) -> u32 {
     var lo = chunk.piece_begin;
     var hi = max(chunk.piece_end, lo + 1u) - 1u;

@@ -6,8 +6,8 @@
 // Dispatch: one invocation per word, PACK_WG per workgroup (PACK_WG * 16 blocks per
 // workgroup, which must divide the layer padding so that a workgroup has one group).
 
-// Loops: bounded in kernels-tests/loop_budget.rs (lavapipe's 65,535 iterations per
-// invocation); update it with any loop change here.
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override PACK_WG: u32;
 

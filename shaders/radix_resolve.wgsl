@@ -7,8 +7,8 @@
 // 3 indirect dispatch arguments of the histogram passes.
 // Dispatch: one invocation per group, RESOLVE_WG per workgroup.
 
-// Loops: bounded in kernels-tests/loop_budget.rs (lavapipe's 65,535 iterations per
-// invocation); update it with any loop change here.
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override RESOLVE_WG: u32;
 

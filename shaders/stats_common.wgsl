@@ -9,8 +9,8 @@
 // listed block), written by block_stats and only read by block_rescale, whose dispatch
 // arguments it also holds.
 //
-// Loops: counted in kernels-tests/loop_budget.rs (lavapipe's 65,535 iterations per
-// invocation); a loop added, removed or made longer here must be reflected there.
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 // Invocations per workgroup of block_rescale (block_stats arms its dispatch).
 override RESCALE_WG: u32;

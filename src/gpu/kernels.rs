@@ -1,6 +1,8 @@
 //! The WGSL kernels: their sources, entry points and the override constants Rust sets.
 //! Tile and workgroup sizes live here only; the shaders declare them as `override`s.
 
+/// Digits of one radix-select pass (RADIX in common.wgsl: 8 bits of the key or block number).
+pub const RADIX: u32 = 256;
 /// Threads per workgroup of the radix-select histogram.
 pub const SELECT_WG: u32 = 64;
 /// Blocks each histogram thread visits.

@@ -385,7 +385,11 @@ impl NetworkProjection {
         let pieces_buf = storage_init(gpu, "projection pieces", &gpu_pieces);
         let groups_buf = storage_init(gpu, "projection groups", &groups);
         let states = storage_init(gpu, "selection states", &initial_states);
-        let hist = storage(gpu, "radix histograms", num_groups as u64 * 256 * 4);
+        let hist = storage(
+            gpu,
+            "radix histograms",
+            num_groups as u64 * kernels::RADIX as u64 * 4,
+        );
         let key_prune = storage(gpu, "prune keys", blocks * 4);
         let key_unify = storage(gpu, "unify keys", blocks * 4);
         let magnitude = storage(gpu, "magnitudes", blocks * 4);
