@@ -92,13 +92,41 @@ fn exact_sum(wb: u32, ub: u32) -> Exact {
     return Exact(scaled(wb, k) + scaled(ub, k), k);
 }
 
+// x·2^e for a finite x ≥ 0, rounded to nearest (ties to even) as IEEE multiplication
+// would, built from the bits: WGSL's ldexp may flush a subnormal result to 0 (Mesa's GL
+// driver does), and a subnormal magnitude of a unified block is still its magnitude.
+// Callers keep the result below 2^128.
+fn exact_ldexp(x: f32, e: i32) -> f32 {
+    let bits = bitcast<u32>(x) & 0x7fffffffu;
+    if (bits == 0u) {
+        return 0.0;
+    }
+    let n = normalise(bits);
+    let t = n.x + e;
+    if (t >= 1) {
+        return bitcast<f32>((u32(t) << 23u) | u32(n.y));
+    }
+    // Subnormal: the 24-bit significand shifted down by 1 - t, rounded to nearest even.
+    let shift = u32(1 - t);
+    if (shift > 24u) {
+        return 0.0;
+    }
+    let m = u32(n.y) | 0x800000u;
+    var k = m >> shift;
+    let rest = m & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    if (rest > half || (rest == half && (k & 1u) == 1u)) {
+        k += 1u;
+    }
+    return bitcast<f32>(k);
+}
+
 // The statistics of a block outside the plain sums' range, over |v|·2^K with K chosen from
 // block_stats' largest |v| (`top`) so that the largest value lands in [1/4, 2): the same
 // shifted sums, the signs of the exact V, and the first non-finite index. On an adapter that flushes subnormals
 // `top` is within one binade of the exact largest |v| when it is a normal number; when it
 // is 0, every |v| is below 2^-125 (or exactly 0) and K = 126 maps them below 2. Keys get
-// the scale back as exponent (-2K for squares), the magnitude through ldexp (a subnormal
-// a comes back as 0 from adapters that flush subnormals, as WGSL allows).
+// the scale back as exponent (-2K for squares), the magnitude through exact_ldexp.
 fn scaled_block(b: u32, ext: Extent, piece: Piece, layer: Layer, sign_base: u32, top: u32) {
     let h = ext.h;
     let wd = ext.wd;
@@ -165,5 +193,5 @@ fn scaled_block(b: u32, ext: Extent, piece: Piece, layer: Layer, sign_base: u32,
     }
     key_prune[b] = wide_key(e_p, -2 * scale);
     key_unify[b] = wide_key(e_u, -2 * scale);
-    mean_abs[b] = ldexp(s0 / n, -scale);
+    mean_abs[b] = exact_ldexp(s0 / n, -scale);
 }
