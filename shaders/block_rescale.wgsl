@@ -13,7 +13,7 @@ struct Listed {
     groups_x: u32,
     groups_y: u32,
     groups_z: u32,
-    blocks: array<vec2<u32>>,
+    blocks: array<u32>,
 }
 
 @group(0) @binding(10) var<storage, read> rescale: Listed;
@@ -25,11 +25,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (slot >= rescale.count) {
         return;
     }
-    let listed = rescale.blocks[slot];
-    let b = listed.x;
+    let b = rescale.blocks[slot];
     let piece = pieces[find_piece_of_block(b)];
     let layer = layers[piece.layer];
     let lb = b - layer.block_start;
     let sign_base = layer.sign_offset + lb * layer.words_per_block;
-    scaled_block(b, extent_of(lb, piece, layer), piece, layer, sign_base, listed.y);
+    // block_stats left the block's largest |v| (bits) in its unify key.
+    scaled_block(b, extent_of(lb, piece, layer), piece, layer, sign_base, key_unify[b]);
 }

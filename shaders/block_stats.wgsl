@@ -32,7 +32,7 @@ struct Rescale {
     groups_x: atomic<u32>,  // indirect dispatch arguments of block_rescale
     groups_y: atomic<u32>,
     groups_z: u32,
-    blocks: array<vec2<u32>>,
+    blocks: array<u32>,
 }
 
 @group(0) @binding(10) var<storage, read_write> rescale: Rescale;
@@ -181,8 +181,11 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
         key_unify[b] = wide_key(e_u, 0);
         mean_abs[b] = s0 / n;
     } else {
+        // block_rescale rewrites this block's unify key; until then it holds the largest |v|
+        // (as bits: a u32 buffer keeps them whatever they are as a float).
+        key_unify[b] = top;
         let slot = atomicAdd(&rescale.count, 1u);
-        rescale.blocks[slot] = vec2<u32>(b, top);
+        rescale.blocks[slot] = b;
         // Arm block_rescale: enough workgroups for every listed block, 2-D past the limit.
         let g = slot / RESCALE_WG;
         atomicMax(&rescale.groups_x, min(g + 1u, chunk.max_groups));

@@ -5,9 +5,9 @@
 // (non-finite) index per layer (atomic min), 9 sign words (words_per_block per block; bit i
 // set when the block's i-th weight, in row-major order inside the block, is negative),
 // and 10, declared by each kernel: the chunk's list of blocks for block_rescale (a count,
-// the indirect dispatch arguments of block_rescale, then (block, largest |v| bits) per
-// listed block), written by block_stats and only read by block_rescale, whose dispatch
-// arguments it also holds.
+// the indirect dispatch arguments of block_rescale, then the listed block numbers),
+// written by block_stats and only read by block_rescale, whose dispatch arguments it also
+// holds.
 //
 // Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
 // this file (lavapipe's 65,535 iterations per invocation); change both together.

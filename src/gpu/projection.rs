@@ -178,6 +178,19 @@ fn passes(
     out
 }
 
+/// Bytes of chunk `c`'s block_rescale list: its header and a block number for each real
+/// block the chunk serves (at most all of them are listed).
+fn rescale_list_bytes(layout: &NetworkLayout, c: usize) -> u64 {
+    let real: usize = layout.pieces[layout.chunks[c].pieces.clone()]
+        .iter()
+        .map(|p| {
+            let place = &layout.placements[p.layer];
+            p.blocks.end.min(place.block_start + place.num_blocks) - p.blocks.start
+        })
+        .sum();
+    std::mem::size_of_val(&RESCALE_HEADER) as u64 + 4 * real as u64
+}
+
 /// A bind group of bindings 0, 1, ... in the order of `res`, leaving out `unused` (a
 /// pipeline's automatic layout has only the bindings its kernel uses).
 fn bind_group(
@@ -291,6 +304,18 @@ impl NetworkProjection {
     }
 
     fn allocate(gpu: &Gpu, layout: NetworkLayout, mode: SelectionMode) -> Result<Self> {
+        // The layout keeps every block's key within one binding; the rescale list holds a
+        // header more than a chunk's keys, which only a network at that very limit fills.
+        for c in 0..layout.chunks.len() {
+            let bytes = rescale_list_bytes(&layout, c);
+            if bytes > layout.limits.max_binding_bytes {
+                return Err(Error::TooLarge(format!(
+                    "chunk {} of the network: its block_rescale list needs {bytes} bytes, more than one storage binding ({} bytes); use larger blocks",
+                    c + 1,
+                    layout.limits.max_binding_bytes
+                )));
+            }
+        }
         let pipelines = [
             gpu.pipeline(&kernels::BLOCK_STATS)?,
             gpu.pipeline(&kernels::RADIX_HISTOGRAM)?,
@@ -478,7 +503,7 @@ impl NetworkProjection {
                 let w = storage(gpu, &format!("W chunk {i}"), bytes);
                 let u = storage(gpu, &format!("U chunk {i}"), bytes);
                 let z = storage(gpu, &format!("Z chunk {i}"), bytes);
-                let listed = 16 + 8 * chunk_params[i].num_threads as u64;
+                let listed = rescale_list_bytes(&layout, i);
                 let rescale = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("block_rescale list, chunk {i}")),
                     size: listed,

@@ -19,8 +19,8 @@ pub struct Args {
     block: BlockShape,
 }
 
-/// The per-layer (prune, unify) targets of the LeNet-5 ADMM demo (train-gpu's defaults); other networks
-/// use 0.5 / 0.3 everywhere.
+/// The per-layer (prune, unify) targets of the LeNet-5 ADMM demo (train-gpu's defaults);
+/// other networks use 0.5 / 0.3 everywhere.
 fn ratios_for(net: &str, layer: &str) -> (f64, f64) {
     match (net, layer) {
         ("lenet5", "conv1") => (0.2, 0.4),
