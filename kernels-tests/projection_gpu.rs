@@ -723,3 +723,65 @@ fn rescale_lists_longer_than_one_grid_dimension() {
     let verdict = agreement::projection(&case.layers, &case.mode, &[&w], &out).unwrap();
     assert!(verdict.agrees(), "{}", verdict.failures(5));
 }
+
+/// block_rescale's list fits wherever the layout fits the keys: 1×1 blocks in 64 KiB
+/// bindings project correctly, and a network at the very limit (keys of exactly one
+/// binding, the list 16 bytes more) is refused by name rather than by the driver.
+#[test]
+fn rescale_lists_fit_where_the_keys_do() {
+    let Some(gpu) = common::gpu() else { return };
+    let limits = PackLimits {
+        max_binding_bytes: 64 << 10,
+        offset_alignment: 256,
+    };
+    let mut rng = common::rng(0x64);
+    let tiny = ("subnormal", -149, -127);
+    let spec = LayerSpec::new("ones", &[100, 100], BlockShape::new(1, 1).unwrap()).unwrap();
+    let w: Vec<f32> = (0..10_000)
+        .map(|_| common::regime_value(&mut rng, tiny))
+        .collect();
+    let case = Case {
+        layers: vec![spec],
+        mode: SelectionMode::PerLayer(vec![Ratios::new(0.5, 0.25, "ones").unwrap()]),
+        u: vec![vec![0.0; w.len()]],
+        w: vec![w.clone()],
+    };
+    let out = project(&gpu, &case, Some(limits));
+    let verdict = agreement::projection(&case.layers, &case.mode, &[&w], &out).unwrap();
+    assert!(verdict.agrees(), "{}", verdict.failures(5));
+    // 16,384 blocks: keys of exactly 64 KiB, a list 16 bytes longer.
+    let full = LayerSpec::new("full", &[128, 128], BlockShape::new(1, 1).unwrap()).unwrap();
+    let mode = SelectionMode::PerLayer(vec![Ratios::new(0.5, 0.0, "full").unwrap()]);
+    match NetworkProjection::with_limits(&gpu, vec![full], mode, limits) {
+        Err(microunify::Error::TooLarge(msg)) => assert!(msg.contains("block_rescale"), "{msg}"),
+        Err(e) => panic!("expected TooLarge, got {e}"),
+        Ok(_) => panic!("expected TooLarge"),
+    }
+}
+
+/// 17.6M 1×1 blocks in one chunk: keys of 70.6 MB fit lavapipe's 128 MiB binding, and so
+/// does the rescale list (a list of (block, value) pairs, 141 MB, failed allocation).
+#[test]
+fn a_chunk_of_millions_of_blocks_allocates_and_runs() {
+    let Some(gpu) = common::gpu() else { return };
+    let side = 4200;
+    let blocks = side * side;
+    if (blocks as u64 * 4) > gpu.limits().max_storage_buffer_binding_size {
+        eprintln!("{blocks} keys do not fit one binding here; nothing to check");
+        return;
+    }
+    let spec = LayerSpec::new("big", &[side, side], BlockShape::new(1, 1).unwrap()).unwrap();
+    let mode = SelectionMode::PerLayer(vec![Ratios::new(0.5, 0.0, "big").unwrap()]);
+    let net = NetworkProjection::new(&gpu, vec![spec], mode).unwrap();
+    let mut rng = common::rng(0x42);
+    net.write(&gpu, Tensor::W, 0, &common::weights(&mut rng, blocks))
+        .unwrap();
+    net.zero_dual(&gpu);
+    net.run(&gpu).unwrap();
+    let states = net.states(&gpu).unwrap();
+    let pruned = states[0]
+        .iter()
+        .filter(|s| **s == BlockState::Pruned)
+        .count();
+    assert_eq!(pruned, blocks / 2);
+}
