@@ -1,6 +1,8 @@
 //! The GEMM kernels (dense and micro-structured, tiled and small-batch) against the CPU
 //! reference (src/cpu/gemm.rs) on fresh random inputs: ragged and prime shapes, N = 1,
 //! every block shape, all-dense to all-pruned and all-unified, bias and ReLU, poisoned Y.
+//! Outputs must lie within `cpu::gemm::GEMM_REL` of each output's Σ|w·x| (the largest K
+//! here is 313).
 
 mod common;
 
@@ -8,21 +10,12 @@ use microunify::Error;
 use microunify::bench::random_compressed;
 use microunify::block::BlockShape;
 use microunify::compressed::CompressedMatrix;
-use microunify::cpu::gemm::{Epilogue, abs_sums, gemm, gemm_compressed};
+use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
-use microunify::gpu::gemm::{Gemm, Path};
+use microunify::gpu::buffers::POISON;
+use microunify::gpu::gemm::{Gemm, Path, small_batch_takes};
 use rand::Rng;
 use rand::rngs::SmallRng;
-
-/// Poison for Y before each run: a NaN no kernel produces, so an unwritten output fails.
-const POISON: u32 = 0x7fc0_dead;
-
-/// Error bound relative to `Σ_k |w·x| + |bias|` of each output. f32 sums of K terms in any
-/// order are off by at most K·ε₃₂·Σ|w·x| (≈ 3.7e-5 for the largest K = 313 here; the usual
-/// error is √K·ε, 100 times less). A real bug (a block skipped, counted twice, a wrong
-/// sign, a wrong column of X) changes an output by one |w·x| term or more, on average
-/// Σ|w·x| / K ≥ 3e-3·Σ|w·x| here: 30 times above the bound.
-const REL: f64 = 1e-4;
 
 const SHAPES: [(usize, usize); 6] = [(1, 8), (2, 8), (4, 4), (8, 8), (16, 16), (32, 32)];
 
@@ -31,16 +24,8 @@ fn random_x(rng: &mut SmallRng, len: usize) -> Vec<f32> {
 }
 
 fn compare(what: &str, gpu_y: &[f32], cpu_y: &[f32], scale: &[f64], n: usize) {
-    assert_eq!(gpu_y.len(), cpu_y.len(), "{what}: output length");
-    for (i, ((&g, &c), &s)) in gpu_y.iter().zip(cpu_y).zip(scale).enumerate() {
-        let err = (g as f64 - c as f64).abs();
-        assert!(
-            err <= REL * s,
-            "{what}: Y[{}, {}] = {g}, expected {c} (|error| {err:.3e} > {:.3e})",
-            i / n,
-            i % n,
-            REL * s
-        );
+    if let Err(m) = gemm_compare(gpu_y, cpu_y, scale, n) {
+        panic!("{what}: {m}");
     }
 }
 
@@ -80,8 +65,7 @@ fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut
     let scale = abs_sums(m, k, n, &dense, &x, &epi).unwrap();
     compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
     let mut paths = vec![Path::Tiled];
-    let bc = cm.block.cols;
-    if n <= 8 && bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32)) {
+    if small_batch_takes(n, Some(cm.block.cols)) {
         paths.push(Path::SmallBatch);
     }
     for path in paths {
@@ -166,7 +150,7 @@ fn dense_kernels_match_reference() {
             relu,
         };
         let mut paths = vec![Path::Tiled];
-        if n <= 8 {
+        if small_batch_takes(n, None) {
             paths.push(Path::SmallBatch);
         }
         for path in paths {
@@ -231,5 +215,53 @@ fn bad_inputs_are_errors_not_panics() {
         Err(Error::TooLarge(msg)) => assert!(msg.contains("max_storage_buffer_binding_size")),
         Err(e) => panic!("expected TooLarge, got {e}"),
         Ok(_) => panic!("expected TooLarge, got a GEMM"),
+    }
+}
+
+/// K far past what one invocation may loop over on CPU drivers (lavapipe ends every loop
+/// of an invocation after 65,535 iterations in all): the main loop runs in several
+/// dispatches, each adding to Y, the bias added once and ReLU applied to the finished sum.
+/// Each of these was silently wrong in one dispatch (1e-3 to 5e-3 of Σ|w·x| off).
+#[test]
+fn long_k_runs_in_slices() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(35);
+    // (block shape, or None for a dense W; M, K, N; path)
+    type Case = (Option<(usize, usize)>, usize, usize, usize, Path);
+    let cases: [Case; 7] = [
+        (None, 8, 300_000, 16, Path::Tiled),
+        (None, 8, 300_000, 1, Path::SmallBatch),
+        (Some((3, 3)), 9, 50_000, 16, Path::Tiled),
+        (Some((8, 8)), 8, 200_000, 16, Path::Tiled),
+        (Some((32, 32)), 32, 4_000, 16, Path::Tiled),
+        (Some((32, 32)), 32, 8_000, 2, Path::SmallBatch),
+        (Some((1, 1)), 3, 100_000, 9, Path::Tiled),
+    ];
+    for (block, m, k, n, path) in cases {
+        let (bias, _) = random_epilogue(&mut rng, m);
+        let epi = Epilogue {
+            bias: bias.as_deref(),
+            relu: true,
+        };
+        let (g, w, what) = match block {
+            None => {
+                let w = random_x(&mut rng, m * k);
+                let g = Gemm::dense(&gpu, m, k, &w, n, &epi, path).unwrap();
+                (g, w, format!("dense {m}x{k}x{n} {path:?}"))
+            }
+            Some((br, bc)) => {
+                let shape = BlockShape::new(br, bc).unwrap();
+                let cm = random_compressed(300 + k as u64, m, k, shape, 0.1, 0.5).unwrap();
+                let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
+                (
+                    g,
+                    cm.to_dense(),
+                    format!("micro {br}x{bc} {m}x{k}x{n} {path:?}"),
+                )
+            }
+        };
+        assert!(g.slices() > 1, "{what}: {} slice", g.slices());
+        eprintln!("{what}: {} slices", g.slices());
+        check_run(&gpu, &what, &g, &w, &epi, &mut rng);
     }
 }

@@ -7,6 +7,9 @@
 // block, not per element: per-element index arithmetic costs CPU drivers (lavapipe) more
 // than the loads it serves.
 
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
+
 override APPLY_WG: u32;
 // Blocks per invocation, strided by the workgroup size.
 override APPLY_ITEMS: u32;

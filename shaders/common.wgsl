@@ -33,7 +33,7 @@ struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
     num_threads: u32,   // block slots of the per-block dispatches
-    _pad: u32,
+    max_groups: u32,    // max_compute_workgroups_per_dimension (for block_rescale's grid)
 }
 
 struct Group {
@@ -74,13 +74,40 @@ const RADIX: u32 = 256u;
 // Padding blocks get this key: above every real key (finite or not), never selected.
 const KEY_EXCLUDED: u32 = 0xffffffffu;
 
-// Order-preserving map of a non-negative error onto u32. Errors are sums of squares (or
-// clamped at 0), so the sign bit is always 0 (-0 maps like +0) and is shifted out: the top
-// radix digit is then the whole exponent, which splits real error distributions far better
-// than sign + 7 exponent bits and saves a selection pass. +inf and NaN (overflowed sums)
-// stay below KEY_EXCLUDED.
-fn order_key(f: f32) -> u32 {
-    return bitcast<u32>(f) << 1u;
+// Keys: an order-preserving u32 image of a non-negative error e = f·2^extra (f a finite f32,
+// `extra` the exponent block_stats scaled it by), over a range far wider than f32's: 10
+// exponent bits (biased by KEY_EXP_BIAS, 0 kept for e = 0) and the top 22 bits of f's
+// mantissa. The sign bit is never needed (errors are sums of squares, clamped at 0). Every
+// non-zero error of a finite input lies between 2^-447 (a subnormal e_u in the scaled domain
+// of the tiniest blocks) and 2^266 (32·32 values near f32's largest, squared): biased
+// exponents -320..393, so keys use exponent fields 1..714 and
+// KEY_EXCLUDED stays above all of them; the clamp only matters for non-finite input, which
+// the projection reports as an error anyway. The top radix digit is the top 8 exponent bits.
+// Resolution: 2^-22 relative, below the f32 sums' own rounding (n·2^-24 and more).
+const KEY_EXP_BIAS: i32 = 321;
+const KEY_EXP_MAX: i32 = 1022;
+
+fn wide_key(f: f32, extra: i32) -> u32 {
+    let bits = bitcast<u32>(f) & 0x7fffffffu;
+    if (bits == 0u) {
+        return 0u;
+    }
+    let n = normalise(bits);
+    let e = clamp(n.x + extra + KEY_EXP_BIAS, 1, KEY_EXP_MAX);
+    return (u32(e) << 22u) | (u32(n.y) >> 1u);
+}
+
+// A non-zero |x| given by its bits as (biased exponent, 23-bit mantissa) of the normal form
+// |x| = (1 + m·2^-23)·2^(e-127): subnormals get exponents 0 down to -22, from the bits alone
+// (integer operations never flush, floating-point ones may).
+fn normalise(bits: u32) -> vec2<i32> {
+    let e = bits >> 23u;
+    let m = bits & 0x7fffffu;
+    if (e != 0u) {
+        return vec2<i32>(i32(e), i32(m));
+    }
+    let p = firstLeadingBit(m);
+    return vec2<i32>(i32(p) - 22, i32((m << (23u - p)) & 0x7fffffu));
 }
 
 fn is_finite_f32(f: f32) -> bool {

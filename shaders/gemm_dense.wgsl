@@ -3,11 +3,15 @@
 // Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns),
 //   1 X (read, K4·4 rows × N4 vec4, zero-padded), 2 bias (read, M_pad f32, zeros when none),
 //   3 Y (read_write, M_pad × N4 vec4), 4 GemmParams (uniform).
-// Dispatch: (ceil(N4 / (2·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations.
+// Dispatch: (ceil(N4 / (2·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations,
+// once per slice of K (gemm_params.wgsl).
 // Each invocation owns GEMM_TM rows × 8 columns (2 vec4) of Y. The rows come from the
 // workgroup id alone, so every W load is workgroup-uniform: CPU drivers (lavapipe) turn
 // it into one scalar load and a broadcast, while the lanes of a workgroup stream
 // neighbouring vec4s of X. No shared memory: barriers cost more than they save there.
+
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override GEMM_WG: u32;
 override GEMM_TM: u32; // rows per workgroup, at most 8 (the accumulator holds 8 × 2 vec4)
@@ -26,7 +30,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let m0 = wid.y * GEMM_TM;
     var acc: array<vec4<f32>, 16>;
-    for (var k4 = 0u; k4 < p.k4; k4++) {
+    let ks = slice_range(0u, p.k4);
+    for (var k4 = ks.x; k4 < ks.y; k4++) { // loop budget: one slice (src/gpu/loops.rs)
         // Four rows of X, 8 columns each.
         let xb = k4 * 4u * p.n4 + j0;
         let a0 = x[xb];
@@ -55,14 +60,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var i = 0u; i < GEMM_TM; i++) {
         let m = m0 + i;
-        let b = vec4(bias[m]);
-        var v0 = acc[2u * i] + b;
-        var v1 = acc[2u * i + 1u] + b;
-        if (p.relu != 0u) {
+        let at = m * p.n4 + j0;
+        var v0 = acc[2u * i];
+        var v1 = acc[2u * i + 1u];
+        if (p.slice == 0u) {
+            let b = vec4(bias[m]);
+            v0 += b;
+            v1 += b;
+        } else {
+            v0 += y[at];
+            v1 += y[at + 1u];
+        }
+        if (p.relu != 0u && p.last != 0u) {
             v0 = max(v0, vec4(0.0));
             v1 = max(v1, vec4(0.0));
         }
-        y[m * p.n4 + j0] = v0;
-        y[m * p.n4 + j0 + 1u] = v1;
+        y[at] = v0;
+        y[at + 1u] = v1;
     }
 }

@@ -5,7 +5,10 @@
 //   K4 vec4, zero-padded), 2 bias (read, M f32), 3 Y (read_write, f32, M rows of N4·4),
 //   4 GemmParams (uniform).
 // Dispatch: ceil(M / SMALL_WG) workgroups (2-D when needed) of SMALL_WG invocations, one row
-// each. X is transposed on upload so that its loads are workgroup-uniform vec4s.
+// each, once per slice of K (gemm_params.wgsl). X is transposed on upload so that its loads are workgroup-uniform vec4s.
+
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override SMALL_WG: u32;
 override NB: u32; // columns of X and Y, 1..8
@@ -25,18 +28,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var acc: array<vec4<f32>, 8>;
     let wb = m * p.k4;
-    for (var k4 = 0u; k4 < p.k4; k4++) {
+    let ks = slice_range(0u, p.k4);
+    for (var k4 = ks.x; k4 < ks.y; k4++) { // loop budget: one slice (src/gpu/loops.rs)
         let wv = w[wb + k4];
         for (var n = 0u; n < NB; n++) {
             acc[n] = fma(wv, xt[n * p.k4 + k4], acc[n]);
         }
     }
-    let b = bias[m];
     for (var n = 0u; n < NB; n++) {
-        var v = dot(acc[n], vec4(1.0)) + b;
-        if (p.relu != 0u) {
+        let at = m * p.n4 * 4u + n;
+        var v = dot(acc[n], vec4(1.0));
+        if (p.slice == 0u) {
+            v += bias[m];
+        } else {
+            v += y[at];
+        }
+        if (p.relu != 0u && p.last != 0u) {
             v = max(v, 0.0);
         }
-        y[m * p.n4 * 4u + n] = v;
+        y[at] = v;
     }
 }

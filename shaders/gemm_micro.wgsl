@@ -9,12 +9,16 @@
 //   words, bit r·BC + c set = negative), 4 X (read, block_cols·BC rows × N4 vec4, zero-padded
 //   rows past K), 5 bias (read, M_pad f32), 6 Y (read_write, M_pad × N4 vec4),
 //   7 GemmParams (uniform).
-// Dispatch: (ceil(N4 / (NV·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations;
+// Dispatch: (ceil(N4 / (NV·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations,
+// once per slice of the block rows' entries (gemm_params.wgsl);
 // a workgroup owns GEMM_TM rows (dividing BR) of one block row, so the block row, its entry
 // list, the tiles and the sign words are workgroup-uniform (one scalar load + broadcast on
 // CPU drivers, no divergent branches: dense and unified entries are two separate loops).
 // Each invocation owns NV vec4 columns of those rows: 4 when tiles have 4 rows or fewer, so
 // that each X load still feeds as many fmas as in gemm_dense.
+
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override GEMM_WG: u32;
 override GEMM_TM: u32; // divides BR, at most 8
@@ -106,8 +110,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let c4n = BC / 4u;
     // The next entry is loaded one iteration ahead, so that the tile and X addresses do
     // not wait on a load (a few % on lavapipe; `entries` ends with one spare element).
-    var next = entries[ri.x];
-    for (var e = ri.x; e < ri.y; e++) {
+    let ds = slice_range(ri.x, ri.y);
+    var next = entries[ds.x];
+    for (var e = ds.x; e < ds.y; e++) { // loop budget: one slice (src/gpu/loops.rs)
         let ent = next;
         next = entries[e + 1u];
         let xr = ent.x * BC;
@@ -130,8 +135,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    next = entries[ri.y];
-    for (var e = ri.y; e < ri.z; e++) {
+    let us = slice_range(ri.y, ri.z);
+    next = entries[us.x];
+    for (var e = us.x; e < us.y; e++) { // loop budget: one slice
         let ent = next;
         next = entries[e + 1u];
         let xr = ent.x * BC;
@@ -163,13 +169,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var i = 0u; i < GEMM_TM; i++) {
         let m = m0 + i;
-        let b = vec4(bias[m]);
         for (var v = 0u; v < NV; v++) {
-            var o = acc[NV * i + v] + b;
-            if (p.relu != 0u) {
+            let at = m * p.n4 + j0 + v;
+            var o = acc[NV * i + v];
+            if (p.slice == 0u) {
+                o += vec4(bias[m]);
+            } else {
+                o += y[at];
+            }
+            if (p.relu != 0u && p.last != 0u) {
                 o = max(o, vec4(0.0));
             }
-            y[m * p.n4 + j0 + v] = o;
+            y[at] = o;
         }
     }
 }

@@ -9,12 +9,15 @@
 //   signed sums of each group of 4 inputs, from gemm_sign_table), 6 bias (read, M_pad f32),
 //   7 Y (read_write, f32, M_pad rows of N4·4), 8 GemmParams (uniform).
 // Dispatch: ceil(M_pad / RL / MICRO_WG) workgroups (2-D when needed) of MICRO_WG
-// invocations; an invocation owns RL rows (dividing BR) of one block row. It walks the
+// invocations, once per slice of the block rows' entries (gemm_params.wgsl); an invocation owns RL rows (dividing BR) of one block row. It walks the
 // block row's dense entries, then its unified ones (two loops, so lanes never branch on an
 // entry's kind), streaming tile rows as vec4s (dense) or 4 sign bits at a time (unified:
 // one lookup in the signed-sum table each), and keeps RL × NB partial sums; a unified
 // tile row's signed sum is multiplied by its magnitude once. Several rows per lane share
 // each entry, sign word and X load.
+
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override MICRO_WG: u32;
 override RL: u32; // rows per invocation: divides BR, RL · NB ≤ 8
@@ -46,7 +49,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let r0 = select(m0 % BR, 0u, RL == BR);
     let ri = rows[m0 / BR];
     var acc: array<vec4<f32>, 8>;
-    for (var e = ri.x; e < ri.y; e++) {
+    let ds = slice_range(ri.x, ri.y);
+    for (var e = ds.x; e < ds.y; e++) { // loop budget: one slice (src/gpu/loops.rs)
         let ent = entries[e];
         let xq = ent.x * c4;
         let tq = ent.y / 4u + r0 * c4;
@@ -59,7 +63,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
-    for (var e = ri.y; e < ri.z; e++) {
+    let us = slice_range(ri.y, ri.z);
+    for (var e = us.x; e < us.y; e++) { // loop budget: one slice
         let ent = entries[e];
         let xq = ent.x * c4;
         let rec = ent.y * (WPB + 1u);
@@ -93,13 +98,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     for (var i = 0u; i < RL; i++) {
         let m = m0 + i;
-        let b = bias[m];
         for (var n = 0u; n < NB; n++) {
-            var v = dot(acc[i * NB + n], vec4(1.0)) + b;
-            if (p.relu != 0u) {
+            let at = m * p.n4 * 4u + n;
+            var v = dot(acc[i * NB + n], vec4(1.0));
+            if (p.slice == 0u) {
+                v += bias[m];
+            } else {
+                v += y[at];
+            }
+            if (p.relu != 0u && p.last != 0u) {
                 v = max(v, 0.0);
             }
-            y[m * p.n4 * 4u + n] = v;
+            y[at] = v;
         }
     }
 }

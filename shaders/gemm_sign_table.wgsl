@@ -6,6 +6,9 @@
 //   (row of XT, vec4 of it): entries 4q..4q+3 of that group's 16 sums), 2 GemmParams (uniform).
 // Dispatch: ceil(NB·K4 / TABLE_WG) workgroups (2-D when needed), one invocation per group.
 
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
+
 override TABLE_WG: u32;
 
 @group(0) @binding(0) var<storage, read> xt: array<vec4<f32>>;

@@ -6,6 +6,9 @@
 // Dispatch: one invocation per word, PACK_WG per workgroup (PACK_WG * 16 blocks per
 // workgroup, which must divide the layer padding so that a workgroup has one group).
 
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
+
 override PACK_WG: u32;
 
 @group(0) @binding(2) var<storage, read> key_prune: array<u32>;

@@ -7,6 +7,9 @@
 // Dispatch: one workgroup per SELECT_WG * SELECT_ITEMS padded blocks; a workgroup never
 // straddles two groups because every layer's numbering starts at a multiple of that.
 
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
+
 override SELECT_WG: u32;
 override SELECT_ITEMS: u32;
 

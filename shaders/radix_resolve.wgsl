@@ -7,6 +7,9 @@
 // 3 indirect dispatch arguments of the histogram passes.
 // Dispatch: one invocation per group, RESOLVE_WG per workgroup.
 
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
+
 override RESOLVE_WG: u32;
 
 @group(0) @binding(0) var<uniform> params: PassParams;

@@ -6,6 +6,7 @@
 
 // The selection group holding block b (called per workgroup: layers are padded so that a
 // workgroup's blocks share one group). Bounded like find_piece (chunk_pieces.wgsl).
+// Its 32 steps are counted in src/gpu/loops.rs (SEARCH_STEPS).
 fn find_group(b: u32) -> u32 {
     var lo = 0u;
     var hi = max(params.num_groups, 1u) - 1u;

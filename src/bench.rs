@@ -1,12 +1,14 @@
 //! Measurements shared by `microunify bench` and the criterion benches: medians of
 //! wall-clock runs that wait for the GPU, and throughput against a copy on the same adapter.
 
-use crate::block::{BlockShape, LayerSpec, Ratios, SelectionMode, storage_bits};
+use crate::block::{BlockShape, BlockState, LayerSpec, Ratios, SelectionMode, storage_bits};
 use crate::compressed::CompressedMatrix;
-use crate::cpu::gemm::Epilogue;
+use crate::cpu::agreement::{self, Verdict};
+use crate::cpu::gemm::{self as cpu_gemm, Epilogue};
 use crate::cpu::projection as cpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::buffers::POISON;
 use crate::gpu::copy::VecCopy;
 use crate::gpu::gemm::{Gemm, Path};
 use crate::gpu::projection::{NetworkProjection, Tensor};
@@ -51,6 +53,54 @@ pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) 
     Ok(t[t.len() / 2])
 }
 
+/// CPU time this process has used so far (all threads), in milliseconds; `None` where the
+/// platform does not say. On a CPU adapter (lavapipe) the kernels run on this process's
+/// threads, so this measures their work whatever else competes for the cores.
+pub fn process_cpu_ms() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: initialised by the successful call above.
+        let u = unsafe { u.assume_init() };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        Some(ms(u.ru_utime) + ms(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Medians of `runs` calls of `f` after `warmup` untimed ones: wall-clock milliseconds and
+/// process CPU milliseconds ([`process_cpu_ms`]) per call.
+pub fn median_times(
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, Option<f64>)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let (mut wall, mut cpu) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs.max(1) {
+        let (start, c0) = (Instant::now(), process_cpu_ms());
+        f()?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        if let (Some(a), Some(b)) = (c0, process_cpu_ms()) {
+            cpu.push(b - a);
+        }
+    }
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied()
+    };
+    Ok((median(wall).unwrap_or(0.0), median(cpu)))
+}
+
 /// Bandwidth of the vec4 copy kernel in GB/s (bytes read + written).
 pub fn copy_gbps(gpu: &Gpu, bytes: u64, runs: usize) -> Result<f64> {
     let copy = VecCopy::new(gpu, bytes)?;
@@ -74,6 +124,9 @@ pub struct ProjectionCase {
     pub gbps: f64,
     pub ratio_to_copy: f64,
     pub cpu_ms: Option<f64>,
+    /// Median process CPU time per projection (all threads; [`process_cpu_ms`]): on a CPU
+    /// adapter the kernels' own work, robust to other processes sharing the machine.
+    pub process_cpu_ms: Option<f64>,
     pub chunks: usize,
     pub compression_ratio: f64,
 }
@@ -125,10 +178,31 @@ impl ProjectionWorkload {
             .map(|(w, u)| w.iter().zip(u).map(|(a, b)| a + b).collect())
             .collect()
     }
+
+    /// The verdict of the GPU's block states after the first run (later runs project the
+    /// updated `U`) against the CPU reference.
+    pub fn verdict(&self, states: &[Vec<BlockState>]) -> Result<Verdict> {
+        let v = self.input();
+        let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
+        agreement::selection(&self.net.layout.layers, &self.net.mode, &refs, states)
+    }
+
+    /// [`Error::Mismatch`] unless the states agree with the reference up to near-ties.
+    pub fn check(&self, states: &[Vec<BlockState>]) -> Result<Verdict> {
+        let verdict = self.verdict(states)?;
+        if !verdict.agrees() {
+            return Err(Error::Mismatch {
+                what: "the projection's block states".into(),
+                detail: verdict.failures(5),
+            });
+        }
+        Ok(verdict)
+    }
 }
 
 /// Measures one network: GPU median time, throughput against `copy_gbps`, and optionally
-/// the CPU reference's time on the same input.
+/// the CPU reference's time on the same input. The first run's block states are checked
+/// against the reference first ([`Error::Mismatch`] if they differ beyond near-ties).
 pub fn projection_case(
     gpu: &Gpu,
     shapes: &NetShapes,
@@ -139,8 +213,11 @@ pub fn projection_case(
     with_cpu: bool,
 ) -> Result<ProjectionCase> {
     let work = ProjectionWorkload::new(gpu, shapes, block, ratios)?;
-    let gpu_ms = median_ms(2, runs, || work.net.run(gpu))?;
+    // Checked on the first run: every run updates U, so later runs project other inputs.
+    work.net.run(gpu)?;
     let states = work.net.states(gpu)?;
+    work.check(&states)?;
+    let (gpu_ms, process_cpu_ms) = median_times(1, runs, || work.net.run(gpu))?;
     let bits: u64 = work
         .net
         .layout
@@ -167,6 +244,7 @@ pub fn projection_case(
         gbps,
         ratio_to_copy: gbps / copy_gbps,
         cpu_ms,
+        process_cpu_ms,
         chunks: work.net.layout.chunks.len(),
         compression_ratio: 32.0 * work.net.layout.num_weights() as f64 / bits as f64,
     })
@@ -219,6 +297,11 @@ pub struct GemmCase {
     /// Products recorded per submission (time per product = submission time / reps), so
     /// the ~0.1 ms round trip of a submission does not swamp sub-millisecond kernels.
     pub reps: usize,
+    /// Largest error of the dense kernel's Y against the CPU reference, relative to each
+    /// output's `Σ|w·x|` (checked below `cpu::gemm::GEMM_REL`).
+    pub dense_err: f64,
+    /// The same for the micro-structured kernel.
+    pub micro_err: f64,
 }
 
 /// Median ms per product of `g`, `reps` products per submission.
@@ -232,7 +315,60 @@ pub fn gemm_reps(gpu: &Gpu, g: &Gemm, target_ms: f64) -> Result<usize> {
     Ok(((target_ms / one).ceil() as usize).clamp(1, 64))
 }
 
-/// Measures the dense and micro kernels on `cm` (the dense one on `cm.to_dense()`).
+/// The reference product `W·X` and each output's error scale (`cpu::gemm::abs_sums`),
+/// split by rows over the CPU's cores (the benchmark's largest products take the single
+/// threaded reference seconds each).
+pub fn gemm_reference(
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    x: &[f32],
+) -> Result<(Vec<f32>, Vec<f64>)> {
+    let epi = Epilogue::default();
+    cpu_gemm::check_shapes(m, k, n, Some(w.len()), Some(x.len()), &epi)?;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let rows = m.div_ceil(threads).max(1);
+    let parts: Vec<Result<(Vec<f32>, Vec<f64>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = w
+            .chunks(rows * k)
+            .map(|wc| {
+                s.spawn(move || {
+                    let r = wc.len() / k;
+                    Ok((
+                        cpu_gemm::gemm(r, k, n, wc, x, &epi)?,
+                        cpu_gemm::abs_sums(r, k, n, wc, x, &epi)?,
+                    ))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reference GEMM thread"))
+            .collect()
+    });
+    let (mut y, mut scale) = (Vec::with_capacity(m * n), Vec::with_capacity(m * n));
+    for p in parts {
+        let (py, ps) = p?;
+        y.extend(py);
+        scale.extend(ps);
+    }
+    Ok((y, scale))
+}
+
+/// Runs `g` once on the X it holds and compares Y with the reference: the largest error
+/// relative to each output's scale, or [`Error::Mismatch`] naming `what` and the output.
+pub fn check_gemm(gpu: &Gpu, g: &Gemm, what: &str, y: &[f32], scale: &[f64]) -> Result<f64> {
+    g.fill_y(gpu, POISON);
+    g.run(gpu)?;
+    cpu_gemm::compare(&g.read_y(gpu)?, y, scale, g.n).map_err(|m| Error::Mismatch {
+        what: what.to_string(),
+        detail: m.to_string(),
+    })
+}
+
+/// Measures the dense and micro kernels on `cm` (the dense one on `cm.to_dense()`), after
+/// checking both once against the CPU reference on the same X.
 pub fn gemm_case(
     gpu: &Gpu,
     cm: &CompressedMatrix,
@@ -242,11 +378,15 @@ pub fn gemm_case(
 ) -> Result<GemmCase> {
     let (m, k) = (cm.view.rows, cm.view.cols);
     let epi = Epilogue::default();
-    let dense = Gemm::dense(gpu, m, k, &cm.to_dense(), n, &epi, Path::Auto)?;
+    let w = cm.to_dense();
+    let dense = Gemm::dense(gpu, m, k, &w, n, &epi, Path::Auto)?;
     let micro = Gemm::micro(gpu, cm, n, &epi, Path::Auto)?;
     let x = random_weights(99, k * n);
     dense.write_x(gpu, &x)?;
     micro.write_x(gpu, &x)?;
+    let (y, scale) = gemm_reference(m, k, n, &w, &x)?;
+    let dense_err = check_gemm(gpu, &dense, "dense GEMM", &y, &scale)?;
+    let micro_err = check_gemm(gpu, &micro, "micro-structured GEMM", &y, &scale)?;
     let reps = gemm_reps(gpu, &dense, 20.0)?;
     let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
     let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
@@ -264,5 +404,7 @@ pub fn gemm_case(
         gbps_micro: micro.bytes_moved() as f64 / (micro_ms * 1e6),
         compression_ratio: cm.compression_ratio(),
         reps,
+        dense_err,
+        micro_err,
     })
 }

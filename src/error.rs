@@ -55,6 +55,10 @@ pub enum Error {
         "GPU work did not finish within {seconds} s: {step} (the GPU may be hung; set MICROUNIFY_GPU_TIMEOUT_S to wait longer)"
     )]
     GpuTimeout { step: String, seconds: f64 },
+    /// A GPU result that differs from the CPU reference by more than rounding (a kernel
+    /// bug, or a driver that ends work early): `what` names the computation.
+    #[error("{what}: the GPU result differs from the CPU reference: {detail}")]
+    Mismatch { what: String, detail: String },
     /// An environment variable the library reads holds a value it cannot use.
     #[error("environment variable {name}={value:?}: {expected}")]
     Env {

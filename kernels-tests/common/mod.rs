@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use microunify::Ratios;
 use microunify::gpu::{Gpu, GpuOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -138,4 +139,96 @@ pub fn fails_with(exe: &str, args: &[&str], needle: &str) {
         stderr.contains(needle),
         "{args:?}: expected {needle:?} in stderr, got: {stderr}"
     );
+}
+
+/// Whether the adapter keeps subnormal results of f32 arithmetic (WGSL lets it flush them
+/// to zero; lavapipe keeps them): 1e-40 + 0 computed in a shader, compared bit for bit.
+pub fn keeps_subnormals(gpu: &Gpu) -> bool {
+    use wgpu::util::DeviceExt;
+    const SRC: &str = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] + x[1]; }";
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("subnormal probe"),
+            source: wgpu::ShaderSource::Wgsl(SRC.into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("subnormal probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let buf = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("subnormal probe"),
+            contents: bytemuck::cast_slice(&[1e-40f32, 0.0]),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: buf.as_entire_binding(),
+        }],
+    });
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    gpu.submit_and_wait("subnormal probe", encoder.finish())
+        .unwrap();
+    let x: Vec<f32> =
+        microunify::gpu::buffers::read_ranges(gpu, "subnormal probe", &[(&buf, 0, 4)])
+            .unwrap()
+            .remove(0);
+    x[0].to_bits() == 1e-40f32.to_bits()
+}
+
+/// Prune/unify ratios for `scope`: 0, 1 or random for each, their sum at most 1.
+pub fn ratios(rng: &mut SmallRng, scope: &str) -> Ratios {
+    let pick = |rng: &mut SmallRng| -> f64 {
+        match rng.random_range(0..4) {
+            0 => 0.0,
+            1 => 1.0,
+            _ => rng.random_range(0.0..1.0),
+        }
+    };
+    let p = pick(rng);
+    let u = pick(rng).min(1.0 - p);
+    Ratios::new(p, u, scope).unwrap()
+}
+
+/// Magnitude regimes: (name, smallest and largest binary exponent of the values).
+pub const REGIMES: [(&str, i32, i32); 8] = [
+    ("near f32's largest", 100, 125),
+    ("around 3e19", 60, 68),
+    ("around 2^32", 29, 35),
+    ("ordinary", -8, 3),
+    ("around 2^-32", -35, -29),
+    ("near f32's smallest normal", -127, -118),
+    ("subnormal", -149, -127),
+    ("the smallest subnormals", -149, -146),
+];
+
+/// A value `±m·2^e`, `m ∈ [1, 2)`, `e` drawn from the regime; some exact zeros and repeats.
+pub fn regime_value(rng: &mut SmallRng, (_, lo, hi): (&str, i32, i32)) -> f32 {
+    match rng.random_range(0..20) {
+        0 => 0.0,
+        1 => 2f64.powi(lo) as f32,
+        _ => {
+            let m: f64 = rng.random_range(1.0..2.0);
+            let s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+            (s * m * 2f64.powi(rng.random_range(lo..=hi))) as f32
+        }
+    }
 }

@@ -116,6 +116,74 @@ pub fn abs_sums(
         .collect())
 }
 
+/// Error bound of a GPU product relative to `Σ_k |W[r,k]·X[k,c]| + |bias[r]|` of each output
+/// (see [`abs_sums`]). f32 sums of K terms in any order are typically off by √K·ε₃₂ of that
+/// scale (under 4e-5 up to K = 10⁵); a real bug (a block skipped, counted twice, a wrong
+/// sign, a wrong column of X) moves an output by at least one tile's worth of terms, on
+/// average `bc·Σ|w·x| / K` (≥ 1e-3 at K = 4096, bc = 4): 10 times above the bound.
+pub const GEMM_REL: f64 = 1e-4;
+
+/// An output of a GPU product farther from the reference than [`GEMM_REL`] allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub row: usize,
+    pub col: usize,
+    pub gpu: f32,
+    pub cpu: f32,
+    /// `GEMM_REL · scale` of that output.
+    pub bound: f64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Y[{}, {}] = {:e} on the GPU, {:e} on the CPU (|error| {:.3e} > {:.3e})",
+            self.row,
+            self.col,
+            self.gpu,
+            self.cpu,
+            (self.gpu as f64 - self.cpu as f64).abs(),
+            self.bound
+        )
+    }
+}
+
+/// Compares a GPU product (`m×n`, row-major) with the reference: the largest error in
+/// units of each output's `scale`, or the first output past [`GEMM_REL`] (a NaN, such as
+/// an output the kernel never wrote over a NaN poison, is always past it).
+pub fn compare(gpu_y: &[f32], cpu_y: &[f32], scale: &[f64], n: usize) -> Result<f64, Mismatch> {
+    let mut worst = 0.0f64;
+    for (i, ((&g, &c), &s)) in gpu_y.iter().zip(cpu_y).zip(scale).enumerate() {
+        let err = (g as f64 - c as f64).abs();
+        let bound = GEMM_REL * s;
+        // A NaN output (an unwritten, poisoned one) fails too.
+        if err.is_nan() || err > bound {
+            return Err(Mismatch {
+                row: i / n,
+                col: i % n,
+                gpu: g,
+                cpu: c,
+                bound,
+            });
+        }
+        if s > 0.0 {
+            worst = worst.max(err / s);
+        }
+    }
+    if gpu_y.len() != cpu_y.len() {
+        let i = gpu_y.len().min(cpu_y.len());
+        return Err(Mismatch {
+            row: i / n,
+            col: i % n,
+            gpu: gpu_y.get(i).copied().unwrap_or(f32::NAN),
+            cpu: cpu_y.get(i).copied().unwrap_or(f32::NAN),
+            bound: 0.0,
+        });
+    }
+    Ok(worst)
+}
+
 /// `Y = W·X` with W in compressed form, walking its block rows the way the GPU kernel does:
 /// dense tiles multiply-add, unified tiles sum signed inputs per tile row, then multiply once.
 pub fn gemm_compressed(
@@ -200,6 +268,31 @@ mod tests {
         for (i, (p, q)) in a.iter().zip(&b).enumerate() {
             assert!((p - q).abs() <= 1e-6 * p.abs().max(1.0), "{i}: {p} vs {q}");
         }
+    }
+
+    #[test]
+    fn compare_catches_what_a_kernel_bug_leaves() {
+        // W 2x8, X 8x1: a correct product passes; one skipped term, a flipped sign or an
+        // unwritten (NaN-poisoned) output is caught.
+        let (m, k, n) = (2, 8, 1);
+        let w: Vec<f32> = (0..16).map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.5).collect();
+        let x: Vec<f32> = (0..8).map(|i| (i as f32 * 0.9).cos()).collect();
+        let e = Epilogue::default();
+        let y = gemm(m, k, n, &w, &x, &e).unwrap();
+        let scale = abs_sums(m, k, n, &w, &x, &e).unwrap();
+        let nudged: Vec<f32> = y.iter().map(|v| v * (1.0 + 1e-6)).collect();
+        assert!(compare(&nudged, &y, &scale, n).unwrap() < GEMM_REL);
+        let mut skipped = w.clone();
+        skipped[9] = 0.0;
+        let bad = gemm(m, k, n, &skipped, &x, &e).unwrap();
+        let mis = compare(&bad, &y, &scale, n).unwrap_err();
+        assert_eq!((mis.row, mis.col), (1, 0));
+        assert!(mis.to_string().starts_with("Y[1, 0] = "), "{mis}");
+        let flipped: Vec<f32> = y.iter().map(|v| -v).collect();
+        assert!(compare(&flipped, &y, &scale, n).is_err());
+        let poisoned = vec![f32::NAN; 2];
+        assert!(compare(&poisoned, &y, &scale, n).is_err());
+        assert!(compare(&y[..1], &y, &scale, n).is_err());
     }
 
     #[test]

@@ -4,6 +4,10 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use wgpu::util::DeviceExt;
 
+/// Poison for output buffers before a checked run: a NaN bit pattern no kernel produces, so
+/// an output a kernel fails to write cannot pass for a result.
+pub const POISON: u32 = 0x7fc0_dead;
+
 /// A storage buffer that can also be written by the queue and copied out.
 pub fn storage(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {

@@ -4,8 +4,9 @@
 use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{read_ranges, storage, storage_init};
+use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
 use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::loops::{self, GemmKernel};
 use crate::gpu::{Gpu, grid};
 
 /// Which kernel family runs the product.
@@ -31,7 +32,10 @@ struct Params {
     n: u32,
     groups: u32,
     relu: u32,
-    _pad: [u32; 2],
+    slice_len: u32,
+    slice: u32,
+    last: u32,
+    _pad: [u32; 3],
 }
 
 /// A GEMM ready to run: weights, bias and parameters resident, X and Y allocated.
@@ -52,7 +56,8 @@ pub struct Gemm {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     pipeline: wgpu::ComputePipeline,
-    bind: wgpu::BindGroup,
+    /// One bind group per slice of the main loop (src/gpu/loops.rs), dispatched in order.
+    slices: Vec<wgpu::BindGroup>,
     dispatch: (u32, u32),
     /// The signed-sum table pass that runs before the micro small-batch kernel.
     table: Option<(wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))>,
@@ -176,11 +181,21 @@ fn fits(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether the small-batch kernels take a product of `n` columns (`micro_bc`: the block
+/// columns of a micro-structured W, `None` for a dense one): N ≤ 8, and gemm_micro_small
+/// reads tile rows as vec4s and each row's sign bits from one word.
+pub fn small_batch_takes(n: usize, micro_bc: Option<usize>) -> bool {
+    n <= kernels::SMALL_MAX_N && micro_bc.is_none_or(small_batch_block_cols)
+}
+
+fn small_batch_block_cols(bc: usize) -> bool {
+    bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32))
+}
+
 fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
-    // gemm_micro_small reads tile rows as vec4s and each row's sign bits from one word.
-    let vec4_ok = micro_bc.is_none_or(|bc| bc % 4 == 0 && (32 % bc == 0 || bc % 32 == 0));
+    let vec4_ok = micro_bc.is_none_or(small_batch_block_cols);
     match path {
-        Path::Auto => Ok(n <= kernels::SMALL_MAX_N && vec4_ok),
+        Path::Auto => Ok(small_batch_takes(n, micro_bc)),
         Path::Tiled => Ok(false),
         Path::SmallBatch if n > kernels::SMALL_MAX_N => Err(bad(format!(
             "the small-batch path takes N ≤ {}, got {n}",
@@ -208,6 +223,10 @@ struct Plan<'a> {
     nv: usize,
     kernel: Kernel,
     constants: Vec<(&'static str, f64)>,
+    /// The kernel's loops, and how many iterations its main loop needs in all (vec4s of K,
+    /// or the most entries of one kind in a block row).
+    loops: GemmKernel,
+    main_trips: usize,
     /// Weight-side buffers, in binding order before X.
     weights: Vec<(&'static str, &'a [u8])>,
     epi: &'a Epilogue<'a>,
@@ -265,6 +284,12 @@ impl Gemm {
                 nv: 2,
                 kernel,
                 constants,
+                loops: if small {
+                    GemmKernel::DenseSmall { nb: n as u64 }
+                } else {
+                    GemmKernel::Dense { tm: tm as u64 }
+                },
+                main_trips: k4,
                 weights: vec![("gemm W", bytemuck::cast_slice(&wp))],
                 epi,
             },
@@ -320,6 +345,12 @@ impl Gemm {
             ];
             (k, c)
         };
+        let main_trips = mb
+            .rows
+            .iter()
+            .map(|r| (r[1] - r[0]).max(r[2] - r[1]) as usize)
+            .max()
+            .unwrap_or(0);
         let weights: Vec<(&str, &[u8])> = vec![
             ("gemm rows", bytemuck::cast_slice(&mb.rows)),
             ("gemm entries", bytemuck::cast_slice(&mb.entries)),
@@ -343,6 +374,20 @@ impl Gemm {
                 nv,
                 kernel,
                 constants,
+                loops: if small {
+                    GemmKernel::MicroSmall {
+                        rl: tm as u64,
+                        bc: bc as u64,
+                        nb: n as u64,
+                    }
+                } else {
+                    GemmKernel::Micro {
+                        tm: tm as u64,
+                        nv: nv as u64,
+                        bc: bc as u64,
+                    }
+                },
+                main_trips,
                 weights,
                 epi,
             },
@@ -410,15 +455,25 @@ impl Gemm {
         if let Some(b) = p.epi.bias {
             bias[..p.m].copy_from_slice(b);
         }
-        let params = Params {
-            m: p.m_pad as u32,
-            k4: (p.x_rows / 4) as u32,
-            n4: n4 as u32,
-            n: p.n as u32,
-            groups: groups as u32,
-            relu: u32::from(p.epi.relu),
-            _pad: [0; 2],
-        };
+        // The main loop in slices that each keep within CPU drivers' loop budget; at least
+        // one, which writes the bias even where no entry does.
+        let slice_len = loops::gemm_slice_len(p.loops).min(u32::MAX as u64) as usize;
+        let slices = p.main_trips.div_ceil(slice_len).max(1);
+        let params: Vec<Params> = (0..slices)
+            .map(|i| Params {
+                m: p.m_pad as u32,
+                k4: (p.x_rows / 4) as u32,
+                n4: n4 as u32,
+                n: p.n as u32,
+                groups: groups as u32,
+                relu: u32::from(p.epi.relu),
+                slice_len: slice_len as u32,
+                slice: i as u32,
+                last: u32::from(i + 1 == slices),
+                _pad: [0; 3],
+            })
+            .collect();
+        let stride = uniform_stride::<Params>(gpu);
         let weight_bytes = p.weights.iter().map(|w| w.1.len() as u64).sum();
         gpu.scoped(&format!("allocating {label}"), || {
             let mut buffers: Vec<wgpu::Buffer> = p
@@ -435,30 +490,35 @@ impl Gemm {
             }
             buffers.push(storage_init(gpu, "gemm bias", &bias));
             buffers.push(y.clone());
-            let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("gemm params"),
-                size: std::mem::size_of::<Params>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            gpu.queue
-                .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
-            buffers.push(uniform);
-            let entries: Vec<wgpu::BindGroupEntry> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
+            let uniform = uniform_slots(gpu, "gemm params", &params, stride);
+            // Slice i reads record i of the uniform buffer.
+            let record = |i: usize| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform,
+                    offset: i as u64 * stride,
+                    size: std::num::NonZeroU64::new(std::mem::size_of::<Params>() as u64),
+                })
+            };
+            let slices: Vec<wgpu::BindGroup> = (0..slices)
+                .map(|i| {
+                    let entries: Vec<wgpu::BindGroupEntry> = buffers
+                        .iter()
+                        .map(|b| b.as_entire_binding())
+                        .chain([record(i)])
+                        .enumerate()
+                        .map(|(i, resource)| wgpu::BindGroupEntry {
+                            binding: i as u32,
+                            resource,
+                        })
+                        .collect();
+                    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&label),
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
                 })
                 .collect();
-            let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
             let table = table_pipeline.zip(table).map(|(tp, t)| {
-                let uniform = buffers.last().expect("params buffer");
                 let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("gemm_sign_table"),
                     layout: &tp.get_bind_group_layout(0),
@@ -473,7 +533,7 @@ impl Gemm {
                         },
                         wgpu::BindGroupEntry {
                             binding: 2,
-                            resource: uniform.as_entire_binding(),
+                            resource: record(0),
                         },
                     ],
                 });
@@ -492,7 +552,7 @@ impl Gemm {
                 x,
                 y,
                 pipeline,
-                bind,
+                slices,
                 dispatch,
                 table,
                 weight_bytes,
@@ -539,8 +599,14 @@ impl Gemm {
             .write_buffer(&self.y, 0, bytemuck::cast_slice(&vec![bits; words]));
     }
 
+    /// Dispatches of the main loop per product (1 unless K, or a block row's entries,
+    /// exceed what one invocation may loop over on CPU drivers; src/gpu/loops.rs).
+    pub fn slices(&self) -> usize {
+        self.slices.len()
+    }
+
     /// Records one product into `encoder` (the caller submits): on the micro small-batch
-    /// path, the signed-sum table of X first, then the GEMM.
+    /// path, the signed-sum table of X first, then the GEMM, one dispatch per slice.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(&self.label),
@@ -552,8 +618,10 @@ impl Gemm {
             pass.dispatch_workgroups(*x, *y, 1);
         }
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind, &[]);
-        pass.dispatch_workgroups(self.dispatch.0, self.dispatch.1, 1);
+        for slice in &self.slices {
+            pass.set_bind_group(0, slice, &[]);
+            pass.dispatch_workgroups(self.dispatch.0, self.dispatch.1, 1);
+        }
     }
 
     /// Records `times` products, submits once and waits.

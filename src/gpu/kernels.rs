@@ -1,6 +1,8 @@
 //! The WGSL kernels: their sources, entry points and the override constants Rust sets.
 //! Tile and workgroup sizes live here only; the shaders declare them as `override`s.
 
+/// Digits of one radix-select pass (RADIX in common.wgsl: 8 bits of the key or block number).
+pub const RADIX: u32 = 256;
 /// Threads per workgroup of the radix-select histogram.
 pub const SELECT_WG: u32 = 64;
 /// Blocks each histogram thread visits.
@@ -16,6 +18,9 @@ pub const BLOCK_WG: u32 = 64;
 pub const BLOCK_ITEMS: u32 = 8;
 /// Blocks one statistics/apply workgroup covers; pieces are rounded up to it.
 pub const BLOCKS_PER_WORKGROUP: u32 = BLOCK_WG * BLOCK_ITEMS;
+
+/// Threads per workgroup of block_rescale (one listed block each).
+pub const RESCALE_WG: u32 = 64;
 
 /// Threads per workgroup of the resolve step (one thread per group).
 pub const RESOLVE_WG: u32 = 64;
@@ -39,6 +44,8 @@ pub const SMALL_MAX_N: usize = 8;
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Bindings 0-2 (chunk, layers, pieces) and the piece lookup of the per-chunk kernels.
 pub const CHUNK_PIECES: &str = include_str!("../../shaders/chunk_pieces.wgsl");
+/// Bindings 3-10 and the block helpers of the statistics kernels (block_stats, block_rescale).
+pub const STATS_COMMON: &str = include_str!("../../shaders/stats_common.wgsl");
 /// Bindings 0-1 (pass params, groups) and the group lookup of the selection kernels.
 pub const SELECT_GROUPS: &str = include_str!("../../shaders/select_groups.wgsl");
 
@@ -50,6 +57,7 @@ pub const PRELUDES: &[(&str, &str)] = &[
     ("common.wgsl", COMMON),
     ("gemm_params.wgsl", GEMM_PARAMS),
     ("chunk_pieces.wgsl", CHUNK_PIECES),
+    ("stats_common.wgsl", STATS_COMMON),
     ("select_groups.wgsl", SELECT_GROUPS),
 ];
 
@@ -100,11 +108,17 @@ macro_rules! kernel {
 
 pub const BLOCK_STATS: Kernel = kernel!(
     "block_stats.wgsl",
-    [COMMON, CHUNK_PIECES],
+    [COMMON, CHUNK_PIECES, STATS_COMMON],
     &[
         ("STATS_WG", BLOCK_WG as f64),
-        ("STATS_ITEMS", BLOCK_ITEMS as f64)
+        ("STATS_ITEMS", BLOCK_ITEMS as f64),
+        ("RESCALE_WG", RESCALE_WG as f64)
     ]
+);
+pub const BLOCK_RESCALE: Kernel = kernel!(
+    "block_rescale.wgsl",
+    [COMMON, CHUNK_PIECES, STATS_COMMON],
+    &[("RESCALE_WG", RESCALE_WG as f64)]
 );
 pub const RADIX_HISTOGRAM: Kernel = kernel!(
     "radix_histogram.wgsl",
@@ -179,6 +193,7 @@ pub const GEMM_SIGN_TABLE: Kernel = kernel!(
 /// Every kernel the library dispatches.
 pub const ALL: &[Kernel] = &[
     BLOCK_STATS,
+    BLOCK_RESCALE,
     RADIX_HISTOGRAM,
     RADIX_RESOLVE,
     PACK_STATES,

@@ -5,6 +5,7 @@ pub mod context;
 pub mod copy;
 pub mod gemm;
 pub mod kernels;
+pub mod loops;
 pub mod projection;
 
 pub use context::{BackendChoice, Gpu, GpuOptions};

@@ -51,8 +51,14 @@ struct ChunkParams {
     piece_begin: u32,
     piece_end: u32,
     num_threads: u32,
-    _pad: u32,
+    max_groups: u32,
 }
+
+/// The header of a chunk's block_rescale list (WGSL `Rescale` before its blocks): no block
+/// listed, and indirect dispatch arguments of no workgroups (block_stats raises them).
+const RESCALE_HEADER: [u32; 4] = [0, 0, 1, 1];
+/// Byte offset of block_rescale's indirect dispatch arguments in that header.
+const RESCALE_ARGS_OFFSET: u64 = 4;
 
 /// Rust twin of WGSL `Group`.
 #[repr(C)]
@@ -172,11 +178,51 @@ fn passes(
     out
 }
 
+/// Bytes of chunk `c`'s block_rescale list: its header and a block number for each real
+/// block the chunk serves (at most all of them are listed).
+fn rescale_list_bytes(layout: &NetworkLayout, c: usize) -> u64 {
+    let real: usize = layout.pieces[layout.chunks[c].pieces.clone()]
+        .iter()
+        .map(|p| {
+            let place = &layout.placements[p.layer];
+            p.blocks.end.min(place.block_start + place.num_blocks) - p.blocks.start
+        })
+        .sum();
+    std::mem::size_of_val(&RESCALE_HEADER) as u64 + 4 * real as u64
+}
+
+/// A bind group of bindings 0, 1, ... in the order of `res`, leaving out `unused` (a
+/// pipeline's automatic layout has only the bindings its kernel uses).
+fn bind_group(
+    gpu: &Gpu,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    res: Vec<wgpu::BindingResource>,
+    unused: &[u32],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = res
+        .into_iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource,
+        })
+        .filter(|e| !unused.contains(&e.binding))
+        .collect();
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
 /// One dispatch of the projection (see [`NetworkProjection::steps`]).
 #[derive(Clone, Copy, Debug)]
 enum Step {
     /// block_stats over chunk `c`.
     Stats(usize),
+    /// block_rescale over the blocks of chunk `c` that block_stats listed (indirect).
+    Rescale(usize),
     /// radix_histogram of pass `i`.
     Histogram(usize),
     /// radix_resolve of pass `i`.
@@ -191,7 +237,10 @@ struct ChunkBuffers {
     w: wgpu::Buffer,
     u: wgpu::Buffer,
     z: wgpu::Buffer,
+    /// The blocks block_stats lists for block_rescale (header, then a pair per block).
+    rescale: wgpu::Buffer,
     stats: wgpu::BindGroup,
+    rescale_bind: wgpu::BindGroup,
     apply: wgpu::BindGroup,
     block_slots: u32,
 }
@@ -215,7 +264,7 @@ pub struct NetworkProjection {
     /// recorded projection copies them in first (inside its command buffer, so that
     /// several projections recorded into one encoder each start afresh).
     reset: wgpu::Buffer,
-    reset_bytes: [u64; 3],
+    reset_bytes: [u64; 4],
     pass_list: Vec<PassParams>,
     select: Vec<(wgpu::BindGroup, wgpu::BindGroup)>,
     pack: wgpu::BindGroup,
@@ -223,7 +272,7 @@ pub struct NetworkProjection {
     hist_workgroups: u32,
     /// `max_compute_workgroups_per_dimension` of the device.
     max_dim: u32,
-    pipelines: [wgpu::ComputePipeline; 5],
+    pipelines: [wgpu::ComputePipeline; 6],
 }
 
 impl NetworkProjection {
@@ -255,12 +304,25 @@ impl NetworkProjection {
     }
 
     fn allocate(gpu: &Gpu, layout: NetworkLayout, mode: SelectionMode) -> Result<Self> {
+        // The layout keeps every block's key within one binding; the rescale list holds a
+        // header more than a chunk's keys, which only a network at that very limit fills.
+        for c in 0..layout.chunks.len() {
+            let bytes = rescale_list_bytes(&layout, c);
+            if bytes > layout.limits.max_binding_bytes {
+                return Err(Error::TooLarge(format!(
+                    "chunk {} of the network: its block_rescale list needs {bytes} bytes, more than one storage binding ({} bytes); use larger blocks",
+                    c + 1,
+                    layout.limits.max_binding_bytes
+                )));
+            }
+        }
         let pipelines = [
             gpu.pipeline(&kernels::BLOCK_STATS)?,
             gpu.pipeline(&kernels::RADIX_HISTOGRAM)?,
             gpu.pipeline(&kernels::RADIX_RESOLVE)?,
             gpu.pipeline(&kernels::PACK_STATES)?,
             gpu.pipeline(&kernels::APPLY_PROJECTION)?,
+            gpu.pipeline(&kernels::BLOCK_RESCALE)?,
         ];
         let global = matches!(mode, SelectionMode::Global(_));
         let gpu_layers: Vec<GpuLayer> = layout
@@ -348,7 +410,11 @@ impl NetworkProjection {
         let pieces_buf = storage_init(gpu, "projection pieces", &gpu_pieces);
         let groups_buf = storage_init(gpu, "projection groups", &groups);
         let states = storage_init(gpu, "selection states", &initial_states);
-        let hist = storage(gpu, "radix histograms", num_groups as u64 * 256 * 4);
+        let hist = storage(
+            gpu,
+            "radix histograms",
+            num_groups as u64 * kernels::RADIX as u64 * 4,
+        );
         let key_prune = storage(gpu, "prune keys", blocks * 4);
         let key_unify = storage(gpu, "unify keys", blocks * 4);
         let magnitude = storage(gpu, "magnitudes", blocks * 4);
@@ -368,7 +434,7 @@ impl NetworkProjection {
                 piece_begin: c.pieces.start as u32,
                 piece_end: c.pieces.end as u32,
                 num_threads: block_slots[i],
-                _pad: 0,
+                max_groups: limits.max_compute_workgroups_per_dimension,
             })
             .collect();
         let chunk_stride = uniform_stride::<ChunkParams>(gpu);
@@ -398,10 +464,11 @@ impl NetworkProjection {
                     | wgpu::BufferUsages::COPY_SRC,
             });
         let none = vec![u32::MAX; layout.layers.len()];
-        let reset_parts: [&[u8]; 3] = [
+        let reset_parts: [&[u8]; 4] = [
             bytemuck::cast_slice(&initial_states),
             bytemuck::cast_slice(&initial_args),
             bytemuck::cast_slice(&none),
+            bytemuck::cast_slice(&RESCALE_HEADER),
         ];
         let reset_bytes = reset_parts.map(|p| p.len() as u64);
         let reset = gpu
@@ -422,20 +489,10 @@ impl NetworkProjection {
         }
         let bind =
             |label: &str, pipeline: &wgpu::ComputePipeline, res: Vec<wgpu::BindingResource>| {
-                let entries: Vec<wgpu::BindGroupEntry> = res
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, resource)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource,
-                    })
-                    .collect();
-                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(label),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                })
+                bind_group(gpu, label, pipeline, res, &[])
             };
+        // block_stats leaves non-finite values to block_rescale: no first-bad binding.
+        const FIRST_BAD_BINDING: u32 = 8;
 
         let chunks: Vec<ChunkBuffers> = layout
             .chunks
@@ -446,10 +503,17 @@ impl NetworkProjection {
                 let w = storage(gpu, &format!("W chunk {i}"), bytes);
                 let u = storage(gpu, &format!("U chunk {i}"), bytes);
                 let z = storage(gpu, &format!("Z chunk {i}"), bytes);
+                let listed = rescale_list_bytes(&layout, i);
+                let rescale = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("block_rescale list, chunk {i}")),
+                    size: listed,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::INDIRECT
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
                 let cp = slot(&chunk_uniform, i, 16, chunk_stride);
-                let stats = bind(
-                    "block_stats",
-                    &pipelines[0],
+                let stats_resources = || {
                     vec![
                         cp.clone(),
                         layers_buf.as_entire_binding(),
@@ -461,8 +525,17 @@ impl NetworkProjection {
                         magnitude.as_entire_binding(),
                         first_bad.as_entire_binding(),
                         signs.as_entire_binding(),
-                    ],
+                        rescale.as_entire_binding(),
+                    ]
+                };
+                let stats = bind_group(
+                    gpu,
+                    "block_stats",
+                    &pipelines[0],
+                    stats_resources(),
+                    &[FIRST_BAD_BINDING],
                 );
+                let rescale_bind = bind("block_rescale", &pipelines[5], stats_resources());
                 let apply = bind(
                     "apply_projection",
                     &pipelines[4],
@@ -481,7 +554,9 @@ impl NetworkProjection {
                     w,
                     u,
                     z,
+                    rescale,
                     stats,
+                    rescale_bind,
                     apply,
                     block_slots: chunk_params[i].num_threads,
                 }
@@ -624,13 +699,14 @@ impl NetworkProjection {
         }
     }
 
-    /// The dispatches of one projection, in order: statistics per chunk, the histogram
-    /// and resolve of every radix pass, the state map, then apply per chunk.
+    /// The dispatches of one projection, in order: statistics (and the rescale of the
+    /// blocks they list) per chunk, the histogram and resolve of every radix pass, the
+    /// state map, then apply per chunk.
     fn steps(&self) -> Vec<Step> {
         let chunks = 0..self.chunks.len();
         chunks
             .clone()
-            .map(Step::Stats)
+            .flat_map(|c| [Step::Stats(c), Step::Rescale(c)])
             .chain((0..self.select.len()).flat_map(|i| [Step::Histogram(i), Step::Resolve(i)]))
             .chain([Step::Pack])
             .chain(chunks.map(Step::Apply))
@@ -657,6 +733,10 @@ impl NetworkProjection {
         };
         match *step {
             Step::Stats(c) => format!("block_stats (chunk {} of {chunks})", c + 1),
+            Step::Rescale(c) => format!(
+                "block_rescale (chunk {} of {chunks}, indirect dispatch)",
+                c + 1
+            ),
             Step::Histogram(i) => format!("radix_histogram ({}, indirect dispatch)", pass(i)),
             Step::Resolve(i) => format!("radix_resolve ({})", pass(i)),
             Step::Pack => "pack_states".to_string(),
@@ -680,6 +760,12 @@ impl NetworkProjection {
                 pass.set_pipeline(&self.pipelines[0]);
                 pass.set_bind_group(0, &c.stats, &[]);
                 pass.dispatch_workgroups(x, y, 1);
+            }
+            Step::Rescale(c) => {
+                let c = &self.chunks[c];
+                pass.set_pipeline(&self.pipelines[5]);
+                pass.set_bind_group(0, &c.rescale_bind, &[]);
+                pass.dispatch_workgroups_indirect(&c.rescale, RESCALE_ARGS_OFFSET);
             }
             Step::Histogram(i) => {
                 pass.set_pipeline(&self.pipelines[1]);
@@ -708,12 +794,15 @@ impl NetworkProjection {
     }
 
     /// Records the reset of the selection states, the histogram passes' dispatch
-    /// arguments, the non-finite markers and the histograms.
+    /// arguments, the non-finite markers, the rescale lists and the histograms.
     fn record_reset(&self, encoder: &mut wgpu::CommandEncoder) {
-        let [s, a, f] = self.reset_bytes;
+        let [s, a, f, r] = self.reset_bytes;
         encoder.copy_buffer_to_buffer(&self.reset, 0, &self.states, 0, s);
         encoder.copy_buffer_to_buffer(&self.reset, s, &self.indirect, 0, a);
         encoder.copy_buffer_to_buffer(&self.reset, s + a, &self.first_bad, 0, f);
+        for c in &self.chunks {
+            encoder.copy_buffer_to_buffer(&self.reset, s + a + f, &c.rescale, 0, r);
+        }
         encoder.clear_buffer(&self.hist, 0, None);
     }
 
@@ -746,7 +835,7 @@ impl NetworkProjection {
             });
         self.record(&mut encoder);
         let step = format!(
-            "projection (block_stats x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
+            "projection (block_stats/block_rescale x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
             c = self.chunks.len(),
             p = self.select.len(),
             env = crate::gpu::context::GPU_SYNC_ENV,

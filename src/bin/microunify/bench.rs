@@ -1,6 +1,8 @@
 //! `microunify bench projection`: the batched projection on real networks' weight shapes,
-//! reported against a vec4 copy measured in the same run on the same adapter; `bench gemm`
-//! (in `bench/gemm.rs`): the micro-structured GEMM against the dense one.
+//! reported against a vec4 copy measured in the same run on the same adapter (and, as
+//! `proc ms`, in process CPU time, which on lavapipe is the kernels' own work), after its
+//! block states are checked against the CPU reference; `bench gemm` (in `bench/gemm.rs`):
+//! the micro-structured GEMM against the dense one.
 
 mod gemm;
 
@@ -85,7 +87,7 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
     microunify::outln!("adapter: {}", gpu.info.name);
     microunify::outln!("copy (vec4, 64 MiB): {copy:.2} GB/s");
     microunify::outln!(
-        "{:<20} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>10} {:>8}",
+        "{:<20} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8}",
         "network",
         "params",
         "layers",
@@ -93,6 +95,7 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
         "gpu ms",
         "GB/s",
         "x copy",
+        "proc ms",
         "cpu ms",
         "ratio"
     );
@@ -100,8 +103,9 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
     for s in &shapes {
         let c = projection_case(gpu, s, args.block, ratios, args.runs, copy, !args.no_cpu)
             .with_context(|| format!("projecting {}", s.name))?;
+        let ms = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.1}"));
         microunify::outln!(
-            "{:<20} {:>11} {:>6} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>10} {:>7.1}x",
+            "{:<20} {:>11} {:>6} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>10} {:>10} {:>7.1}x",
             c.name,
             c.params,
             c.layers,
@@ -109,7 +113,8 @@ fn projection(gpu: &Gpu, args: &ProjectionArgs) -> Result<()> {
             c.gpu_ms,
             c.gbps,
             c.ratio_to_copy,
-            c.cpu_ms.map_or("-".into(), |m| format!("{m:.1}")),
+            ms(c.process_cpu_ms),
+            ms(c.cpu_ms),
             c.compression_ratio
         );
         cases.push(c);

@@ -1,10 +1,13 @@
 //! `microunify bench gemm`: the micro-structured GEMM against the dense one on the same
-//! projected weights, same X, same adapter, over block shapes, ratios and batch sizes.
+//! projected weights, same X, same adapter, over block shapes, ratios and batch sizes. Every
+//! case is first checked once against the CPU reference; a mismatch ends the run (exit 1)
+//! naming the case. Block shapes go through `BlockShape`, so the one block limit holds.
 
 use super::write_json;
 use anyhow::{Context, Result};
 use microunify::BlockShape;
 use microunify::bench::{AdapterJson, GemmCase, gemm_case, random_compressed};
+use microunify::cpu::gemm::GEMM_REL;
 use microunify::gpu::Gpu;
 use serde::Serialize;
 
@@ -87,7 +90,9 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         (sizes.first(), args.blocks.first(), args.n.first())
     {
         let cm = random_compressed(0, size, size, block, 0.0, 0.0)?;
-        gemm_case(gpu, &cm, n, (0.0, 0.0), 1)?;
+        gemm_case(gpu, &cm, n, (0.0, 0.0), 1).with_context(|| {
+            format!("GEMM warm-up case M = K = {size}, N = {n}, block {block}, all dense")
+        })?;
     }
     for &size in &sizes {
         for &block in &args.blocks {
@@ -100,8 +105,11 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                 let cm = random_compressed(i as u64, size, size, block, prune, unify)
                     .with_context(|| format!("projecting {size}x{size} {block}"))?;
                 for &n in &args.n {
-                    let c = gemm_case(gpu, &cm, n, (prune, unify), runs)
-                        .with_context(|| format!("{size}x{size}x{n} {block}"))?;
+                    let c = gemm_case(gpu, &cm, n, (prune, unify), runs).with_context(|| {
+                        format!(
+                            "GEMM case M = K = {size}, N = {n}, block {block}, prune {prune}, unify {unify}"
+                        )
+                    })?;
                     microunify::outln!(
                         "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x",
                         c.m,
@@ -122,6 +130,14 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
             }
         }
     }
+    let worst = cases
+        .iter()
+        .map(|c| c.dense_err.max(c.micro_err))
+        .fold(0.0, f64::max);
+    microunify::outln!(
+        "{} cases checked against the CPU reference: largest error {worst:.1e} of an output's Σ|w·x| (bound {GEMM_REL:.0e})",
+        cases.len()
+    );
     if let Some(path) = &args.json {
         let report = Report {
             adapter: AdapterJson::of(gpu),

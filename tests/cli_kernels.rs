@@ -1,0 +1,200 @@
+//! The `microunify` binary's kernel commands: one block-size limit everywhere, `demo`
+//! failing on any difference from the CPU reference that is not a proven near-tie,
+//! `project` ranking blocks correctly at any magnitude, `bench gemm` checking its results.
+
+#[path = "../kernels-tests/common/mod.rs"]
+mod common;
+
+use microunify::block::{BlockState, MAX_BLOCK_SIDE};
+use microunify::format::CompressedFile;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use std::path::PathBuf;
+use std::process::Output;
+
+const EXE: &str = env!("CARGO_BIN_EXE_microunify");
+
+fn run(args: &[&str]) -> Output {
+    common::run_bin(EXE, args)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command must be refused by argument parsing (exit 2, before any GPU), naming the
+/// shape and the limit.
+fn refused_by_the_block_limit(args: &[&str], shape: &str) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    let limit = format!("at most {MAX_BLOCK_SIDE} per side");
+    assert!(
+        err.contains(shape) && err.contains(&limit),
+        "{args:?}: expected {shape:?} and {limit:?} in: {err}"
+    );
+}
+
+#[test]
+fn every_command_refuses_blocks_past_the_limit() {
+    for shape in ["500x500", "256x257", "33x32", "1x33"] {
+        refused_by_the_block_limit(&["demo", "--block", shape], shape);
+        refused_by_the_block_limit(&["bench", "projection", "--block", shape], shape);
+    }
+    for shape in ["33x33", "64x64"] {
+        refused_by_the_block_limit(&["bench", "gemm", "--blocks", shape], shape);
+        refused_by_the_block_limit(
+            &["bench", "gemm", "--blocks", &format!("4x4,{shape}")],
+            shape,
+        );
+        let args = [
+            "project",
+            "--input",
+            "in.safetensors",
+            "--output",
+            "out.safetensors",
+            "--prune",
+            "0.5",
+            "--unify",
+            "0",
+            "--block",
+            shape,
+        ];
+        refused_by_the_block_limit(&args, shape);
+    }
+}
+
+#[test]
+fn demo_agrees_with_the_reference_on_lenet5() {
+    if common::gpu().is_none() {
+        return;
+    }
+    for block in ["4x4", "32x32", "31x32", "7x13"] {
+        let out = run(&["demo", "--net", "lenet5", "--block", block]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{block}: {stdout}\n{}", stderr(&out));
+        assert!(
+            stdout.contains("agrees with the CPU reference"),
+            "{block}: {stdout}"
+        );
+        assert!(!stdout.contains("WRONG"), "{block}: {stdout}");
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "microunify-cli-kernels-{}-{test}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `project --block 4x4 --prune 0.25 --unify 0` of an 8×8 weight whose four 4×4 blocks hold
+/// 3c, c, 3c, 3c: block 1 has the smallest Σv² and must be the one pruned, also where the
+/// squares overflow f32 (3e19, 1e38) or the weights are subnormal (1e-40).
+#[test]
+fn project_prunes_the_smallest_block_at_any_magnitude() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let d = scratch("magnitudes");
+    for (c, three) in [(1e19f32, 3e19f32), (1e38, 3e38), (1e-40, 3e-40)] {
+        let consts = [three, c, three, three];
+        let w: Vec<f32> = (0..64)
+            .map(|i| consts[(i / 32) * 2 + (i % 8) / 4])
+            .collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![8, 8], &bytes).unwrap();
+        let (input, output) = (d.join("in.safetensors"), d.join("out.safetensors"));
+        std::fs::write(
+            &input,
+            safetensors::serialize([("w.weight", view)], None).unwrap(),
+        )
+        .unwrap();
+        let out = run(&[
+            "project",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--block",
+            "4x4",
+            "--prune",
+            "0.25",
+            "--unify",
+            "0",
+        ]);
+        assert!(out.status.success(), "c = {c:e}: {}", stderr(&out));
+        let f = CompressedFile::read(&output).unwrap();
+        let m = &f.layer("w.weight").expect("w.weight compressed").matrix;
+        use BlockState::{Dense, Pruned};
+        assert_eq!(m.states, [Dense, Pruned, Dense, Dense], "c = {c:e}");
+        let dense = m.to_dense();
+        let kept: Vec<f32> = (0..64)
+            .map(|i| {
+                if (i / 32) * 2 + (i % 8) / 4 == 1 {
+                    0.0
+                } else {
+                    w[i]
+                }
+            })
+            .collect();
+        assert_eq!(dense, kept, "c = {c:e}: the kept blocks pass unchanged");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bench_gemm_checks_every_case_against_the_reference() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = run(&[
+        "bench",
+        "gemm",
+        "--quick",
+        "--sizes",
+        "72",
+        "--n",
+        "1,9",
+        "--blocks",
+        "4x4,3x5",
+        "--ratios",
+        "0.5:0.4,0:0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(
+        stdout.contains("8 cases checked against the CPU reference"),
+        "{stdout}"
+    );
+}
+
+/// The limit holds only if every block shape is made by `BlockShape::new` (or its parsers):
+/// no code outside tests may build the struct literally.
+#[test]
+fn no_block_shape_is_built_around_the_limit() {
+    let literal = regex::Regex::new(r"\bBlockShape\s*\{\s*rows\s*:").unwrap();
+    let mut stack = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                assert!(
+                    !literal.is_match(code),
+                    "{}: builds a BlockShape literally, bypassing BlockShape::new and its limit",
+                    path.display()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 20, "{seen} source files");
+}
