@@ -1,5 +1,5 @@
 //! Property tests of the CPU reference projection (`microunify::cpu::projection`) against
-//! METHOD.md §1–§2: idempotence, exact counts, per-block L2 optimality, brute-force
+//! docs/METHOD.md §1–§2: idempotence, exact counts, per-block L2 optimality, brute-force
 //! optimality on tiny layers, ragged/conv shapes, errors, the global mode's normalised
 //! ranking and the tie-break by block number.
 //!
@@ -150,7 +150,7 @@ fn slack_ceil(r: f64, n: usize) -> usize {
         .unwrap_or(n)
 }
 
-/// A selection group expected by METHOD.md §2: members (indices into `Net::blocks`), counts,
+/// A selection group expected by docs/METHOD.md §2: members (indices into `Net::blocks`), counts,
 /// and whether keys are normalised by block size.
 #[derive(Debug)]
 struct ExpGroup {
@@ -1380,7 +1380,7 @@ fn ties_go_to_lowest_block_numbers() {
 
 /// Property 8 in global mode for block sizes that are not powers of two: a 1×1 layer of
 /// 1.0 (normalised e_p exactly 1) before a 7×7 layer of 1.0 in one 7×7 block (normalised
-/// e_p = 49/49 = 1). METHOD.md §2: equal errors → the lower block number (layer l0) is
+/// e_p = 49/49 = 1). docs/METHOD.md §2: equal errors → the lower block number (layer l0) is
 /// pruned. The reference normalises as `e · (1/49)`, which rounds to 0.9999999999999999,
 /// so it prunes layer l1's block instead.
 #[test]

@@ -1,4 +1,4 @@
-// block_stats: per-block errors of METHOD.md §2 over V = W + U, and the packed signs of V,
+// block_stats: per-block errors of docs/METHOD.md §2 over V = W + U, and the packed signs of V,
 // for one chunk.
 // Bindings: 0-2 from chunk_pieces.wgsl (chunk, layers, pieces), 3-10 from stats_common.wgsl.
 // Dispatch: one invocation per padded block served by the chunk (pieces rounded up to whole

@@ -1,4 +1,4 @@
-// gemm_micro: Y = W·X + bias, optional ReLU, with W micro-structured (METHOD.md §1): per
+// gemm_micro: Y = W·X + bias, optional ReLU, with W micro-structured (docs/METHOD.md §1): per
 // block row only the non-pruned blocks are visited; a dense block does br·bc multiply-adds,
 // a unified block sums its inputs with their signs (±x by its sign bit) per block row and
 // multiplies once by the shared magnitude. The tiled path (any N; N > 8 in use).

@@ -292,7 +292,7 @@ pub struct GemmCase {
     pub gflops_dense: f64,
     /// Bytes the micro kernel must move (compressed weights, X, Y) per second, in GB/s.
     pub gbps_micro: f64,
-    /// Storage compression ratio of the weights (METHOD.md §1).
+    /// Storage compression ratio of the weights (docs/METHOD.md §1).
     pub compression_ratio: f64,
     /// Products recorded per submission (time per product = submission time / reps), so
     /// the ~0.1 ms round trip of a submission does not swamp sub-millisecond kernels.

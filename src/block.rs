@@ -1,4 +1,4 @@
-//! The block model of METHOD.md §1: GEMM views of weight tensors and their block grids.
+//! The block model of docs/METHOD.md §1: GEMM views of weight tensors and their block grids.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -251,7 +251,7 @@ impl BlockGrid {
     }
 }
 
-/// Prune and unify ratios of METHOD.md §2 (fractions of a layer's blocks).
+/// Prune and unify ratios of docs/METHOD.md §2 (fractions of a layer's blocks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ratios {
     pub prune: f64,
@@ -314,7 +314,7 @@ impl LayerSpec {
     }
 }
 
-/// The three states of METHOD.md §1, with their 2-bit codes in the block-state map.
+/// The three states of docs/METHOD.md §1, with their 2-bit codes in the block-state map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum BlockState {
@@ -335,7 +335,7 @@ impl BlockState {
     }
 }
 
-/// Per-layer ratios, or one pair ranked across the whole network (METHOD.md §2, global mode).
+/// Per-layer ratios, or one pair ranked across the whole network (docs/METHOD.md §2, global mode).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SelectionMode {
     PerLayer(Vec<Ratios>),
@@ -357,7 +357,7 @@ impl SelectionMode {
     }
 }
 
-/// Storage of a layer in bits as METHOD.md §1 counts it: 32 per dense weight, one sign bit
+/// Storage of a layer in bits as docs/METHOD.md §1 counts it: 32 per dense weight, one sign bit
 /// per unified weight plus one f32 per unified block, nothing for pruned blocks, and the
 /// 2-bit state map.
 pub fn storage_bits(grid: &BlockGrid, states: &[BlockState]) -> u64 {

@@ -1,4 +1,4 @@
-//! The compressed matrix of METHOD.md §1: a block-row index of the non-pruned blocks
+//! The compressed matrix of docs/METHOD.md §1: a block-row index of the non-pruned blocks
 //! (BSR-like), the block-state map, dense block values, unified magnitudes and sign bits.
 //! This is what the micro-structured GEMM consumes and what the file format stores.
 
@@ -244,7 +244,7 @@ impl CompressedMatrix {
         out
     }
 
-    /// Storage in bits as METHOD.md §1 counts it.
+    /// Storage in bits as docs/METHOD.md §1 counts it.
     pub fn bits(&self) -> u64 {
         storage_bits(&self.grid(), &self.states)
     }

@@ -1,4 +1,4 @@
-//! microunify: micro-structured weight unification and pruning (METHOD.md), with the
+//! microunify: micro-structured weight unification and pruning (docs/METHOD.md), with the
 //! batched projection and sparse GEMM as WGSL compute kernels run through wgpu.
 
 pub mod bench;

@@ -1,5 +1,5 @@
 //! PNG plots of a compression run, for `train-gpu` and its report: accuracy and loss per
-//! epoch, ADMM residuals per round (METHOD.md §3), the block-state map of every layer
+//! epoch, ADMM residuals per round (docs/METHOD.md §3), the block-state map of every layer
 //! (§1) and accuracy against compression ratio across methods.
 //!
 //! Plain data in, a PNG file out. Every function renders into memory and writes through
@@ -41,7 +41,7 @@ pub struct EpochPoint {
     pub test_accuracy: Option<f64>,
 }
 
-/// One ADMM round (METHOD.md §3): penalty ρ and the primal and dual residuals.
+/// One ADMM round (docs/METHOD.md §3): penalty ρ and the primal and dual residuals.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundPoint {
     pub round: usize,
@@ -50,7 +50,7 @@ pub struct RoundPoint {
     pub dual: f64,
 }
 
-/// The block-state map of one layer (METHOD.md §1).
+/// The block-state map of one layer (docs/METHOD.md §1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerStates {
     pub name: String,

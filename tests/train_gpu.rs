@@ -1,4 +1,4 @@
-//! The ADMM pipeline end to end on a tiny budget (METHOD.md §3), on the test adapter
+//! The ADMM pipeline end to end on a tiny budget (docs/METHOD.md §3), on the test adapter
 //! (lavapipe here): exact block counts, no structure violations, falling primal residual,
 //! accuracy far above chance, and the `train-gpu` binary's run folder and errors: `--resume`
 //! ending exactly where an uninterrupted run ends (from every phase, and twice), config
@@ -107,7 +107,7 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
     let t = &rep.timings;
     assert!(t.projection > 0.0 && t.projection < t.admm, "{t:?}");
 
-    // report.json has exactly the keys of issue 4.
+    // report.json has exactly its documented keys.
     let v = serde_json::to_value(rep).unwrap();
     let keys = |v: &serde_json::Value| -> Vec<String> {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();

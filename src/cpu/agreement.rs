@@ -1,4 +1,4 @@
-//! Whether a GPU projection agrees with the CPU reference (METHOD.md §2), as a verdict that
+//! Whether a GPU projection agrees with the CPU reference (docs/METHOD.md §2), as a verdict that
 //! says where and by how much it does not.
 //!
 //! The GPU ranks blocks by f32 sums, the reference by f64 ones, so the two may legitimately
@@ -29,7 +29,7 @@ pub const NEAR: f64 = 64.0;
 /// count, a skipped row or a wrong term moves `a` by 1e-3 or more on ordinary blocks.
 pub const VALUE_REL: f32 = 4e-6;
 
-/// Which selection of METHOD.md §2 a difference is in.
+/// Which selection of docs/METHOD.md §2 a difference is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Step 1: the pruned blocks (smallest `e_p`).

@@ -1,4 +1,4 @@
-//! The reference projection of METHOD.md §2: block statistics, selection, apply.
+//! The reference projection of docs/METHOD.md §2: block statistics, selection, apply.
 //!
 //! Statistics are accumulated in f64 with a two-pass variance, so this is the yardstick
 //! the GPU's f32 kernels are measured against, not a mirror of their arithmetic.
@@ -191,7 +191,7 @@ pub fn apply(
             BlockState::Unified => {
                 let a = stats[b].mean_abs as f32;
                 magnitudes[b] = a;
-                // Sign of 0 is +1 (METHOD.md §2, our choice).
+                // Sign of 0 is +1 (docs/METHOD.md §2, our choice).
                 ext.indices(grid.view.cols)
                     .for_each(|i| z[i] = if data[i] < 0.0 { -a } else { a });
             }

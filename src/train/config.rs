@@ -57,7 +57,7 @@ fn constant() -> Schedule {
 }
 
 /// Which blocks to prune and unify: per layer (every compressible layer named once), or one
-/// pair ranked across the network (METHOD.md §2, global mode).
+/// pair ranked across the network (docs/METHOD.md §2, global mode).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Targets {
@@ -71,7 +71,7 @@ pub struct AdmmConfig {
     pub model: ModelKind,
     /// The block shape of every layer not named in `layer_blocks`.
     pub block: BlockShape,
-    /// Per-layer block shapes (METHOD.md §1: block shape is a per-layer setting).
+    /// Per-layer block shapes (docs/METHOD.md §1: block shape is a per-layer setting).
     #[serde(default)]
     pub layer_blocks: Vec<(String, BlockShape)>,
     pub targets: Targets,
@@ -91,7 +91,7 @@ pub struct AdmmConfig {
     pub momentum: f64,
     pub schedule: Schedule,
     /// Rescale the scaled dual U by ρ_old/ρ_new whenever ρ grows, keeping the unscaled
-    /// dual ρU (METHOD.md §3 leaves this open; Boyd et al. 2011 §3.4.1 rescale).
+    /// dual ρU (docs/METHOD.md §3 leaves this open; Boyd et al. 2011 §3.4.1 rescale).
     #[serde(default)]
     pub rescale_dual: bool,
     /// The retraining phase's starting learning rate (default: `lr`). Fine-tuning a model
@@ -114,7 +114,7 @@ pub struct AdmmConfig {
 }
 
 impl AdmmConfig {
-    /// The demo of issue 4: LeNet-5, 4×4 blocks, per-layer targets conv1 0.2/0.4, conv2
+    /// The demo: LeNet-5, 4×4 blocks, per-layer targets conv1 0.2/0.4, conv2
     /// 0.7/0.2, fc1 0.95/0.04, fc2 0.5/0.3, 6 dense epochs, 10 rounds of 1 epoch with
     /// ρ₀ 5e-3 and γ 1.5, 5 retraining epochs, Adam 1e-3 (cosine-annealed within each
     /// phase), batch 64, seed 1. Measured choices (LeNet-5, seed 1, one run each): cosine

@@ -15,7 +15,7 @@ pub struct Export {
     pub file: CompressedFile,
     pub layers: Vec<LayerReport>,
     pub blocks: Blocks,
-    /// 32 bits per weight of the compressed layers over their bits (METHOD.md §1).
+    /// 32 bits per weight of the compressed layers over their bits (docs/METHOD.md §1).
     pub compression_ratio: f64,
     /// Blocks that break their state; the file must not be written when > 0.
     pub violations: usize,

@@ -1,4 +1,4 @@
-//! The fixed structure of the hard-projected layers during masked retraining (METHOD.md §3):
+//! The fixed structure of the hard-projected layers during masked retraining (docs/METHOD.md §3):
 //! gradients projected onto it, the structure re-imposed after each step, and the count of
 //! blocks that break it.
 
@@ -35,7 +35,7 @@ impl Mask {
                 BlockState::Unified => {
                     count[u] = ext.len() as f32;
                     for i in ext.indices(spec.view.cols) {
-                        // Sign of 0 is +1 (METHOD.md §2), as in the projection.
+                        // Sign of 0 is +1 (docs/METHOD.md §2), as in the projection.
                         sign[i] = if z[i] < 0.0 { -1.0 } else { 1.0 };
                         index[i] = u as i64;
                     }
@@ -82,7 +82,7 @@ impl Mask {
     /// block `s_i · max(a, 0)` with `a` the block mean of `s_i w_i`. With the projected
     /// gradient and Adam every `s_i w_i` of a block already moves identically (up to float
     /// rounding of vectorised kernels), so this only removes rounding noise and enforces
-    /// `a ≥ 0` (METHOD.md §1), i.e. it keeps the signs.
+    /// `a ≥ 0` (docs/METHOD.md §1), i.e. it keeps the signs.
     pub fn reimpose(&self, w: &Tensor) {
         tch::no_grad(|| {
             let flat = w.flatten(0, -1);

@@ -1,4 +1,4 @@
-//! Training with libtorch (the `train` feature): the ADMM pipeline of METHOD.md §3 and what
+//! Training with libtorch (the `train` feature): the ADMM pipeline of docs/METHOD.md §3 and what
 //! it needs — models, data as tensors, an optimizer with savable state, masks for the
 //! retraining, checkpoints, reports and export.
 

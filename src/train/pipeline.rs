@@ -1,10 +1,10 @@
-//! The ADMM pipeline of METHOD.md §3, end to end: dense training → ADMM rounds (W-step in
+//! The ADMM pipeline of docs/METHOD.md §3, end to end: dense training → ADMM rounds (W-step in
 //! tch with the ρ penalty, Z- and U-step in one batched GPU projection over all layers) →
 //! hard projection → masked retraining → evaluation, with a checkpoint after every epoch
 //! and round from which an interrupted run resumes to the same end.
 //!
 //! Weights travel to and from the GPU in their flat PyTorch order, which is exactly the
-//! channel-major GEMM view of METHOD.md §1 (conv `[Cout, Cin, kh, kw]` → `Cout × Cin·kh·kw`).
+//! channel-major GEMM view of docs/METHOD.md §1 (conv `[Cout, Cin, kh, kw]` → `Cout × Cin·kh·kw`).
 
 use crate::block::{BlockState, LayerSpec};
 use crate::format::CompressedFile;
@@ -336,7 +336,7 @@ fn load_init(vs: &mut nn::VarStore, path: &std::path::Path) -> Result<()> {
         .with_context(|| format!("loading --init {} into the model", path.display()))
 }
 
-/// Runs (or, given a checkpoint of the same config, continues) the pipeline of METHOD.md
+/// Runs (or, given a checkpoint of the same config, continues) the pipeline of docs/METHOD.md
 /// §3 on `train`/`test` (on their device), with the projection on `gpu`.
 pub fn run(
     cfg: &AdmmConfig,

@@ -1,4 +1,4 @@
-//! What a run reports: `report.json` (the issue's exact keys), `report.md`, and the metrics
+//! What a run reports: `report.json` (a fixed set of keys), `report.md`, and the metrics
 //! per epoch and per round as CSV.
 
 use crate::train::config::AdmmConfig;
@@ -22,7 +22,7 @@ pub struct LayerReport {
     pub dense: usize,
     pub unified: usize,
     pub pruned: usize,
-    /// Storage as METHOD.md §1 counts it.
+    /// Storage as docs/METHOD.md §1 counts it.
     pub bits: u64,
     /// Compression ratio (32 bits per dense weight over `bits`).
     pub ratio: f64,
@@ -50,7 +50,7 @@ pub struct Timings {
     pub projection: f64,
 }
 
-/// `report.json` of issue 4 (accuracies in percent).
+/// `report.json`: exactly these keys (accuracies in percent).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub dense_accuracy: f64,
@@ -73,7 +73,7 @@ pub struct LayerResiduals {
     pub dual: f64,
 }
 
-/// The phases of METHOD.md §3 that train.
+/// The phases of docs/METHOD.md §3 that train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -174,7 +174,7 @@ pub fn markdown(cfg: &AdmmConfig, r: &Report) -> String {
          {:?} over ADMM), batch {}, seed {}{}.\n\n\
          | | accuracy (%) |\n| --- | --- |\n| dense | {:.2} |\n| hard projection | {:.2} |\n\
          | final | {:.2} |\n\n\
-         Compression {:.1}× (METHOD.md §1 bits); blocks {}; structure violations {}.\n\n\
+         Compression {:.1}× (docs/METHOD.md §1 bits); blocks {}; structure violations {}.\n\n\
          | layer | shape | block | dense | unified | pruned | bits | ratio |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         cfg.model,

@@ -3,7 +3,7 @@
 //!
 //! - (a) ADMM against one-shot projection (hard projection of the dense weights) followed
 //!   by the same retraining, and by a retraining as long as ADMM's whole budget;
-//! - (b) prune-only, unify-only and mixed ratios at equal storage (METHOD.md §1 bits).
+//! - (b) prune-only, unify-only and mixed ratios at equal storage (docs/METHOD.md §1 bits).
 //!
 //! This module holds the ratio arithmetic (pure, no libtorch), the plan of sub-runs, and
 //! the outputs (`sweep.csv`, `sweep.png`, `sweep.md`). How a single run is executed is the
@@ -12,7 +12,7 @@
 //!
 //! # Storage estimate
 //!
-//! Storage follows METHOD.md §1: a dense block of `n` weights costs `32·n` bits, a unified
+//! Storage follows docs/METHOD.md §1: a dense block of `n` weights costs `32·n` bits, a unified
 //! one `n + 32`, a pruned one nothing, and every block 2 bits in the state map. Block
 //! *counts* are exact ([`Ratios::counts`]), but which blocks end up pruned, unified or dense
 //! is data dependent, and ragged edge blocks are smaller than full ones. The estimate here
@@ -586,7 +586,7 @@ fn find(rows: &[SweepRow], target: f64, m: Method, t: Training) -> Option<(&Swee
 pub fn sweep_markdown(rows: &[SweepRow]) -> String {
     let mut s = String::from(
         "# train-gpu sweep\n\nSame seed, dense training and epoch budget for every sub-run; \
-         accuracies in percent, compression as achieved (METHOD.md §1 bits).\n\n\
+         accuracies in percent, compression as achieved (docs/METHOD.md §1 bits).\n\n\
          | target | method | training | ratio | hard projection | final | pruned | unified \
          | dense | seconds |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );

@@ -1,5 +1,5 @@
 //! Moving weights between tch tensors and host vectors (flat PyTorch order, which is the
-//! channel-major GEMM view of METHOD.md §1).
+//! channel-major GEMM view of docs/METHOD.md §1).
 
 use anyhow::{Context, Result};
 use tch::{Device, Tensor};

@@ -1,10 +1,10 @@
-//! `train-gpu`: ADMM compression of a real network, end to end (METHOD.md §3): dense
+//! `train-gpu`: ADMM compression of a real network, end to end (docs/METHOD.md §3): dense
 //! training → ADMM rounds (W-step in tch, Z/U-step as one batched GPU projection) → hard
 //! projection → masked retraining → report, plots and compressed `.safetensors`, with a
 //! checkpoint after every epoch and round (`--resume`). `train-gpu sweep` compares ADMM
 //! with one-shot projection, and prune-only / unify-only / mixed at equal storage.
 //!
-//! The defaults are the demo of issue 4 (LeNet-5 on MNIST, 4×4 blocks, per-layer targets).
+//! The defaults are the demo (LeNet-5 on MNIST, 4×4 blocks, per-layer targets).
 
 mod progress;
 mod settings;
