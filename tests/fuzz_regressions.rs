@@ -290,13 +290,13 @@ mod train_seeds {
 #[ignore]
 fn write_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-    let mut all = vec![
+    let all = [
         ("compressed_file", compressed_seeds()),
         ("project_input", project_seeds()),
         ("idx", idx_seeds()),
     ];
     #[cfg(feature = "train")]
-    all.extend([
+    let all = all.into_iter().chain([
         ("settings_toml", train_seeds::settings()),
         ("checkpoint", train_seeds::checkpoints()),
     ]);
