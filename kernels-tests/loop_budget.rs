@@ -211,22 +211,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
 {body}
 }}"
     );
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("loop probe"),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-    let pipeline = gpu
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("loop probe"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+    let pipeline = common::raw_pipeline(gpu, "loop probe", &src);
     let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("loop probe out"),
         size: (out_len * 4) as u64,

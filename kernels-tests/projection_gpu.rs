@@ -63,16 +63,7 @@ fn random_layer(rng: &mut SmallRng, i: usize) -> LayerSpec {
 fn random_case(rng: &mut SmallRng, max_layers: usize) -> Case {
     let n = rng.random_range(1..=max_layers);
     let layers: Vec<LayerSpec> = (0..n).map(|i| random_layer(rng, i)).collect();
-    let mode = if rng.random_bool(0.25) {
-        SelectionMode::Global(common::ratios(rng, "network"))
-    } else {
-        SelectionMode::PerLayer(
-            layers
-                .iter()
-                .map(|l| common::ratios(rng, &l.name))
-                .collect(),
-        )
-    };
+    let mode = common::selection_mode(rng, &layers, 0.25);
     let w = layers
         .iter()
         .map(|l| common::weights(rng, l.view.len()))
@@ -233,16 +224,7 @@ fn split_case(rng: &mut SmallRng) -> (Case, PackLimits) {
         LayerSpec::new("conv", &[64, 32, 3, 3], block(8, 8)).unwrap(),
         LayerSpec::new("odd", &[37, 13], block(3, 5)).unwrap(),
     ];
-    let mode = if rng.random_bool(0.5) {
-        SelectionMode::Global(common::ratios(rng, "network"))
-    } else {
-        SelectionMode::PerLayer(
-            layers
-                .iter()
-                .map(|l| common::ratios(rng, &l.name))
-                .collect(),
-        )
-    };
+    let mode = common::selection_mode(rng, &layers, 0.5);
     let w = layers
         .iter()
         .map(|l| common::weights(rng, l.view.len()))
@@ -377,22 +359,7 @@ fn a_wait_that_runs_out_is_an_error_naming_the_step() {
     use microunify::Error;
     use std::time::{Duration, Instant};
     use wgpu::util::DeviceExt;
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("spin"),
-            source: wgpu::ShaderSource::Wgsl(SPIN.into()),
-        });
-    let pipeline = gpu
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("spin"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+    let pipeline = common::raw_pipeline(&gpu, "spin", SPIN);
     let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("spin out"),
         size: SPIN_WORKGROUPS as u64 * 64 * 4,
@@ -560,16 +527,7 @@ fn every_magnitude_regime_matches_the_reference() {
             w.push(wl);
             u.push(ul);
         }
-        let mode = if rng.random_bool(0.4) {
-            SelectionMode::Global(common::ratios(&mut rng, "network"))
-        } else {
-            SelectionMode::PerLayer(
-                layers
-                    .iter()
-                    .map(|l| common::ratios(&mut rng, &l.name))
-                    .collect(),
-            )
-        };
+        let mode = common::selection_mode(&mut rng, &layers, 0.4);
         let case = Case { layers, mode, w, u };
         let out = project(&gpu, &case, None);
         let v: Vec<Vec<f32>> = case

@@ -106,16 +106,7 @@ fn projection_case(rng: &mut SmallRng) -> ProjectionCase {
             LayerSpec::new(format!("layer{i}"), &shape, block_shape(rng)).unwrap()
         })
         .collect();
-    let mode = if rng.random_bool(0.25) {
-        SelectionMode::Global(common::ratios(rng, "network"))
-    } else {
-        SelectionMode::PerLayer(
-            layers
-                .iter()
-                .map(|l| common::ratios(rng, &l.name))
-                .collect(),
-        )
-    };
+    let mode = common::selection_mode(rng, &layers, 0.25);
     let w = layers.iter().map(|l| layer_values(rng, l)).collect();
     let u = layers
         .iter()

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use microunify::Ratios;
 use microunify::gpu::{Gpu, GpuOptions};
+use microunify::{LayerSpec, Ratios, SelectionMode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -141,28 +141,32 @@ pub fn fails_with(exe: &str, args: &[&str], needle: &str) {
     );
 }
 
+/// A compute pipeline for a test's own WGSL (`main` entry point, layout derived from it).
+pub fn raw_pipeline(gpu: &Gpu, label: &str, src: &str) -> wgpu::ComputePipeline {
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+    gpu.device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+}
+
 /// Whether the adapter keeps subnormal results of f32 arithmetic (WGSL lets it flush them
 /// to zero; lavapipe keeps them): 1e-40 + 0 computed in a shader, compared bit for bit.
 pub fn keeps_subnormals(gpu: &Gpu) -> bool {
     use wgpu::util::DeviceExt;
     const SRC: &str = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @compute @workgroup_size(1) fn main() { x[0] = x[0] + x[1]; }";
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("subnormal probe"),
-            source: wgpu::ShaderSource::Wgsl(SRC.into()),
-        });
-    let pipeline = gpu
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("subnormal probe"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+    let pipeline = raw_pipeline(gpu, "subnormal probe", SRC);
     let buf = gpu
         .device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -192,6 +196,16 @@ pub fn keeps_subnormals(gpu: &Gpu) -> bool {
             .unwrap()
             .remove(0);
     x[0].to_bits() == 1e-40f32.to_bits()
+}
+
+/// A random selection mode for `layers`: global with probability `p_global`, else per
+/// layer, every pair from [`ratios`].
+pub fn selection_mode(rng: &mut SmallRng, layers: &[LayerSpec], p_global: f64) -> SelectionMode {
+    if rng.random_bool(p_global) {
+        SelectionMode::Global(ratios(rng, "network"))
+    } else {
+        SelectionMode::PerLayer(layers.iter().map(|l| ratios(rng, &l.name)).collect())
+    }
 }
 
 /// Prune/unify ratios for `scope`: 0, 1 or random for each, their sum at most 1.
