@@ -110,8 +110,8 @@ mod compress {
         t
     }
 
-    fn fails_1(args: &[&str], needle: &str) {
-        let out = run(args);
+    /// `out` is a refusal: status 1, no panic, `needle` in stderr.
+    fn refused(args: &[&str], out: &std::process::Output, needle: &str) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
@@ -119,6 +119,10 @@ mod compress {
             stderr.contains(needle),
             "{args:?}: expected {needle:?} in: {stderr}"
         );
+    }
+
+    fn fails_1(args: &[&str], needle: &str) {
+        refused(args, &run(args), needle);
     }
 
     #[test]
@@ -207,14 +211,7 @@ mod compress {
     }
 
     fn fails_quickly(args: &[&str], needle: &str) {
-        let out = run_bounded(args, 30);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: expected {needle:?} in: {stderr}"
-        );
+        refused(args, &run_bounded(args, 30), needle);
     }
 
     #[test]
