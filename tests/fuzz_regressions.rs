@@ -52,13 +52,14 @@ fn entry(target: &str) -> Option<fn(&[u8]) -> bool> {
     })
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
+/// The entries of `dir` that `keep` accepts, sorted (none when `dir` does not exist).
+fn entries(dir: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut v: Vec<PathBuf> = entries
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
+        .filter(|p| keep(p))
         .collect();
     v.sort();
     v
@@ -69,7 +70,7 @@ fn replay(kind: &str) -> usize {
         .join("fuzz")
         .join(kind);
     let mut n = 0;
-    for dir in files_and_dirs(&root) {
+    for dir in entries(&root, Path::is_dir) {
         let target = dir.file_name().unwrap().to_str().unwrap().to_string();
         let Some(run) = entry(&target) else {
             // A target of the `train` feature in a build without it.
@@ -78,7 +79,7 @@ fn replay(kind: &str) -> usize {
             }
             continue;
         };
-        for f in files(&dir) {
+        for f in entries(&dir, Path::is_file) {
             let bytes = std::fs::read(&f).unwrap();
             let result = std::panic::catch_unwind(|| run(&bytes));
             let accepted = result.unwrap_or_else(|_| panic!("{} panics", f.display()));
@@ -92,18 +93,6 @@ fn replay(kind: &str) -> usize {
         }
     }
     n
-}
-
-fn files_and_dirs(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
