@@ -1,12 +1,38 @@
-// Adds libtorch's directory to the rpath of binaries and test binaries (torch-sys does not),
-// else they fail at start with "libtorch_cpu.so: cannot open shared object file".
-// Only with the `train` feature; DEP_TCH_LIBTORCH_LIB comes from the direct torch-sys dependency.
+// With the `train` feature:
+// - adds libtorch's directory to the rpath of binaries and test binaries (torch-sys does
+//   not), else they fail at start with "libtorch_cpu.so: cannot open shared object file";
+// - compiles src/train/named_buffers.cpp against the same libtorch (tch has no call for a
+//   TorchScript module's buffers).
+// DEP_TCH_LIBTORCH_LIB comes from the direct torch-sys dependency.
+use std::path::Path;
+
+const BUFFERS_CPP: &str = "src/train/named_buffers.cpp";
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={BUFFERS_CPP}");
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }
-    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let include = Path::new(&lib)
+        .parent()
+        .map(|p| p.join("include"))
+        .expect("libtorch's lib folder has a parent");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag_if_supported("-std=c++17")
+        .flag_if_supported("/std:c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false)
+        .file(BUFFERS_CPP);
+    b.compile("microunify_named_buffers");
 }

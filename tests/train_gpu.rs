@@ -15,6 +15,7 @@ use microunify::train::checkpoint::{Checkpoint, sha256_hex};
 use microunify::train::config::{AdmmConfig, Schedule, Targets};
 use microunify::train::data::TensorSet;
 use microunify::train::models::ModelKind;
+use microunify::train::network::ModelSource;
 use microunify::train::pipeline::{self, Observer};
 use microunify::train::report::RoundReport;
 use std::ffi::OsStr;
@@ -37,7 +38,7 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
     let test = TensorSet::new(&test, tch::Device::Cpu).take(2000);
     let r = |p, u| Ratios { prune: p, unify: u };
     let cfg = AdmmConfig {
-        model: ModelKind::Lenet300100,
+        model: ModelSource::Builtin(ModelKind::Lenet300100),
         targets: Targets::PerLayer(vec![
             ("fc1".into(), r(0.6, 0.3)),
             ("fc2".into(), r(0.5, 0.3)),
@@ -122,9 +123,12 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
             "compression_ratio",
             "dense_accuracy",
             "final_accuracy",
+            "final_loss",
             "hard_projection_accuracy",
             "layers",
+            "normalization",
             "structure_violations",
+            "task",
             "timings"
         ]
     );
@@ -159,7 +163,7 @@ fn zero_rounds_is_the_one_shot_baseline() {
     let train = TensorSet::new(&train, tch::Device::Cpu).take(1000);
     let test = TensorSet::new(&test, tch::Device::Cpu).take(500);
     let cfg = AdmmConfig {
-        model: ModelKind::Lenet300100,
+        model: ModelSource::Builtin(ModelKind::Lenet300100),
         targets: Targets::Global(Ratios {
             prune: 0.7,
             unify: 0.2,

@@ -19,7 +19,8 @@
 
 use crate::block::BlockState;
 use crate::fsio::{read_regular, write_atomic};
-use crate::train::config::{AdmmConfig, OptimizerKind, layer_plan};
+use crate::train::config::{AdmmConfig, OptimizerKind, Task, layer_plan};
+use crate::train::network::{ModelInfo, ModelSource};
 use crate::train::report::{EpochRecord, LayerResiduals, Phase, RoundReport, Timings};
 use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -172,7 +173,11 @@ impl Progress {
             positive(&format!("the learning rate of {at}"), e.lr)?;
             non_negative(&format!("the loss of {at}"), e.loss)?;
             non_negative(&format!("the seconds of {at}"), e.seconds)?;
-            accuracy(&format!("the test accuracy of {at}"), e.test_accuracy)?;
+            accuracy(
+                c.task,
+                &format!("the test accuracy of {at}"),
+                e.test_accuracy,
+            )?;
         }
         if self.rounds.len() != self.rounds_done {
             return Err(format!(
@@ -195,28 +200,9 @@ impl Progress {
             non_negative(&format!("the primal residual of round {}", k + 1), r.primal)?;
             non_negative(&format!("the dual residual of round {}", k + 1), r.dual)?;
         }
-        let layers = c.model.architecture().layers;
-        if self.residuals.len() != self.rounds_done * layers.len() {
-            return Err(format!(
-                "it records {} per-layer residuals, but {} rounds of {} layers make {}",
-                self.residuals.len(),
-                self.rounds_done,
-                layers.len(),
-                self.rounds_done * layers.len()
-            ));
-        }
-        for (i, r) in self.residuals.iter().enumerate() {
-            let (round, layer) = (i / layers.len() + 1, layers[i % layers.len()].name);
-            if r.round != round || r.layer != layer {
-                return Err(format!(
-                    "residual record {} is round {} layer {:?}; expected round {round} layer {layer:?}",
-                    i + 1,
-                    r.round,
-                    r.layer
-                ));
-            }
-            non_negative(&format!("a primal residual of round {round}"), r.primal)?;
-            non_negative(&format!("a dual residual of round {round}"), r.dual)?;
+        for r in &self.residuals {
+            non_negative(&format!("a primal residual of round {}", r.round), r.primal)?;
+            non_negative(&format!("a dual residual of round {}", r.round), r.dual)?;
         }
         if !(self.rho.is_finite() && self.rho > 0.0 && self.rho <= c.rho_max) {
             return Err(format!(
@@ -237,9 +223,13 @@ impl Progress {
                 self.optimizer_steps
             ));
         }
-        accuracy("dense_accuracy", self.dense_accuracy)?;
-        accuracy("hard_projection_accuracy", self.hard_projection_accuracy)?;
-        accuracy("last_accuracy", self.last_accuracy)?;
+        accuracy(c.task, "dense_accuracy", self.dense_accuracy)?;
+        accuracy(
+            c.task,
+            "hard_projection_accuracy",
+            self.hard_projection_accuracy,
+        )?;
+        accuracy(c.task, "last_accuracy", self.last_accuracy)?;
         if (self.rounds_done > 0 || self.projected) && self.dense_accuracy.is_none() {
             return Err("dense_accuracy is missing after dense training ended".into());
         }
@@ -279,7 +269,44 @@ fn non_negative(what: &str, v: f64) -> Result<(), String> {
     }
 }
 
-fn accuracy(what: &str, v: Option<f64>) -> Result<(), String> {
+/// The per-layer residuals are `rounds_done` rounds over `layers`, in order.
+fn check_residuals(p: &Progress, layers: &[&str]) -> Result<()> {
+    if p.residuals.len() != p.rounds_done * layers.len() {
+        bail!(
+            "it records {} per-layer residuals, but {} rounds of {} layers make {}",
+            p.residuals.len(),
+            p.rounds_done,
+            layers.len(),
+            p.rounds_done * layers.len()
+        );
+    }
+    for (i, r) in p.residuals.iter().enumerate() {
+        let (round, layer) = (i / layers.len() + 1, layers[i % layers.len()]);
+        if r.round != round || r.layer != layer {
+            bail!(
+                "residual record {} is round {} layer {:?}; expected round {round} layer {layer:?}",
+                i + 1,
+                r.round,
+                r.layer
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A score in range: an accuracy in [0, 100] percent, a PSNR finite (and below the cap
+/// `fit::evaluate` puts on a perfect reconstruction).
+fn accuracy(task: Task, what: &str, v: Option<f64>) -> Result<(), String> {
+    match (task, v) {
+        (Task::Reconstruct, Some(a)) if !(a.is_finite() && a <= 200.0) => {
+            Err(format!("{what} is {a}, not a PSNR in dB"))
+        }
+        (Task::Reconstruct, _) => Ok(()),
+        (Task::Classify, v) => classify_accuracy(what, v),
+    }
+}
+
+fn classify_accuracy(what: &str, v: Option<f64>) -> Result<(), String> {
     match v {
         Some(a) if !(0.0..=100.0).contains(&a) => {
             Err(format!("{what} is {a}, outside [0, 100] percent"))
@@ -303,7 +330,13 @@ pub struct Checkpoint {
     pub progress: Progress,
     pub tensors: BTreeMap<String, HostTensor>,
     pub states: BTreeMap<String, Vec<BlockState>>,
+    /// A TorchScript network's whole module (`torch.jit.save` bytes: its buffers, e.g.
+    /// BatchNorm statistics, and any other state), stored as the U8 tensor [`MODULE`].
+    pub module: Option<Vec<u8>>,
 }
+
+/// The tensor name of [`Checkpoint::module`].
+const MODULE: &str = "module.torchscript";
 
 /// The f32 tensors' name prefixes (see [`Checkpoint`]).
 const F32_PREFIXES: [&str; 6] = ["var.", "opt.first.", "opt.second.", "z.", "u.", "sign."];
@@ -383,6 +416,12 @@ impl Checkpoint {
         for (name, s) in &states {
             views.push((name.clone(), TensorView::new(Dtype::U8, vec![s.len()], s)?));
         }
+        if let Some(m) = &self.module {
+            views.push((
+                MODULE.to_string(),
+                TensorView::new(Dtype::U8, vec![m.len()], m)?,
+            ));
+        }
         let progress =
             serde_json::to_string(&self.progress).context("encoding the run's progress")?;
         let sum = checksum(&progress, &views);
@@ -434,7 +473,19 @@ impl Checkpoint {
         progress.check().map_err(corrupt)?;
         let mut tensors = BTreeMap::new();
         let mut states = BTreeMap::new();
+        let mut module = None;
         for (name, view) in views {
+            if name == MODULE {
+                if view.dtype() != Dtype::U8 || view.shape().len() != 1 {
+                    return Err(corrupt(format!(
+                        "tensor {name} is {:?} of shape {:?}, not a U8 vector",
+                        view.dtype(),
+                        view.shape()
+                    )));
+                }
+                module = Some(view.data().to_vec());
+                continue;
+            }
             if let Some(layer) = name.strip_prefix(STATES_PREFIX) {
                 if view.dtype() != Dtype::U8 || view.shape().len() != 1 {
                     return Err(corrupt(format!(
@@ -488,6 +539,7 @@ impl Checkpoint {
             progress,
             tensors,
             states,
+            module,
         })
     }
 
@@ -502,14 +554,25 @@ impl Checkpoint {
     /// exactly the tensors its phase needs, with the model's shapes (variables and
     /// optimizer moments always; Z and U between rounds; block states and signs once
     /// projected, the signs ±1 on unified blocks and 0 elsewhere).
-    pub fn check_against(&self, cfg: &AdmmConfig) -> Result<()> {
+    pub fn check_against(&self, cfg: &AdmmConfig, info: &ModelInfo) -> Result<()> {
         let p = &self.progress;
         if p.config != *cfg {
             bail!("it was made with another configuration than this run's");
         }
-        let (specs, _) = layer_plan(cfg)?;
+        let (specs, _) = layer_plan(cfg, info)?;
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        check_residuals(p, &names)?;
+        let script = matches!(cfg.model, ModelSource::Script(_));
+        if script != self.module.is_some() {
+            bail!(
+                "it {} a copy of the module, which a run of {} {}",
+                if script { "lacks" } else { "holds" },
+                cfg.model,
+                if script { "needs" } else { "does not have" }
+            );
+        }
         let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (name, shape) in cfg.model.architecture().variables() {
+        for (name, shape) in info.variables.clone() {
             expected.insert(format!("var.{name}"), shape.clone());
             expected.insert(format!("opt.first.{name}"), shape.clone());
             if cfg.optimizer == OptimizerKind::Adam {
@@ -585,6 +648,21 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The description of the network this checkpoint continues: from its copy of a
+    /// TorchScript module, else the built-in of `cfg`.
+    pub fn model_info(&self, cfg: &AdmmConfig) -> Result<ModelInfo> {
+        match &self.module {
+            Some(bytes) => Ok(crate::train::network::Model::from_module_bytes(
+                bytes,
+                &cfg.model.to_string(),
+                &cfg.filter(),
+                tch::Device::Cpu,
+            )?
+            .info),
+            None => cfg.model.info(&cfg.filter()),
+        }
+    }
+
     /// A tensor that must be present.
     pub fn tensor(&self, name: &str) -> Result<&HostTensor> {
         self.tensors
@@ -596,6 +674,10 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(cfg: &AdmmConfig) -> ModelInfo {
+        cfg.model.info(&cfg.filter()).unwrap()
+    }
     use crate::block::{BlockShape, Ratios};
     use crate::train::config::Targets;
     use crate::train::models::ModelKind;
@@ -606,7 +688,7 @@ mod tests {
     /// 2 rounds of 1 epoch, 2 retraining epochs.
     fn config() -> AdmmConfig {
         AdmmConfig {
-            model: ModelKind::Lenet300100,
+            model: ModelSource::Builtin(ModelKind::Lenet300100),
             block: BlockShape::new(8, 16).unwrap(),
             targets: Targets::Global(Ratios {
                 prune: 0.5,
@@ -648,7 +730,7 @@ mod tests {
         for e in 0..cfg.dense_epochs {
             p.epochs.push(record(e + 1, Phase::Dense, e + 1, None));
         }
-        let layers = cfg.model.architecture().layers;
+        let layers = ModelKind::Lenet300100.architecture().layers;
         for k in 0..p.rounds_done {
             let n = p.epochs.len();
             p.epochs
@@ -679,13 +761,13 @@ mod tests {
             shape,
         };
         let mut tensors = BTreeMap::new();
-        for (name, shape) in cfg.model.architecture().variables() {
+        for (name, shape) in ModelKind::Lenet300100.architecture().variables() {
             tensors.insert(format!("var.{name}"), random(shape.clone()));
             tensors.insert(format!("opt.first.{name}"), random(shape.clone()));
             tensors.insert(format!("opt.second.{name}"), random(shape));
         }
         let mut states = BTreeMap::new();
-        let (specs, _) = layer_plan(cfg).unwrap();
+        let (specs, _) = layer_plan(cfg, &info(cfg)).unwrap();
         for spec in &specs {
             let n = spec.view.len();
             if !projected {
@@ -718,6 +800,7 @@ mod tests {
             progress: p,
             tensors,
             states,
+            module: None,
         }
     }
 
@@ -740,7 +823,7 @@ mod tests {
             let c = checkpoint(&cfg, projected, 1);
             let back = decode(&c).unwrap();
             assert_eq!(back, c);
-            back.check_against(&cfg).unwrap();
+            back.check_against(&cfg, &info(&cfg)).unwrap();
         }
     }
 
@@ -873,16 +956,6 @@ mod tests {
                 "round record 1 says round 1 at ρ 7",
             ),
             (
-                Box::new(|c| c.progress.residuals[1].layer = "fc9".into()),
-                "residual record 2 is round 1 layer \"fc9\"",
-            ),
-            (
-                Box::new(|c| {
-                    c.progress.residuals.pop();
-                }),
-                "it records 2 per-layer residuals, but 1 rounds of 3 layers make 3",
-            ),
-            (
                 Box::new(|c| c.progress.timings.eval = -1.0),
                 "the eval timing is -1",
             ),
@@ -923,12 +996,28 @@ mod tests {
     #[test]
     fn tensors_must_fit_the_model_and_the_phase() {
         let cfg = config();
-        let fits =
-            |c: &Checkpoint| format!("{:#}", decode(c).unwrap().check_against(&cfg).unwrap_err());
+        let fits = |c: &Checkpoint| {
+            format!(
+                "{:#}",
+                decode(c)
+                    .unwrap()
+                    .check_against(&cfg, &info(&cfg))
+                    .unwrap_err()
+            )
+        };
         let base = checkpoint(&cfg, false, 7);
         let mut c = base.clone();
         c.tensors.remove("opt.second.fc3.bias");
         assert_eq!(fits(&c), "tensor opt.second.fc3.bias is missing");
+        // The per-layer residuals name the model's layers, in order, round by round.
+        let mut c = base.clone();
+        c.progress.residuals[1].layer = "fc9".into();
+        assert!(fits(&c).contains("residual record 2 is round 1 layer \"fc9\""));
+        let mut c = base.clone();
+        c.progress.residuals.pop();
+        assert!(
+            fits(&c).contains("it records 2 per-layer residuals, but 1 rounds of 3 layers make 3")
+        );
         let mut c = base.clone();
         c.tensors.get_mut("z.fc1").unwrap().shape = vec![10, 23520];
         assert!(fits(&c).contains("tensor z.fc1 has shape [10, 23520]; the model's is [235200]"));
@@ -941,7 +1030,10 @@ mod tests {
         );
         let mut other = cfg.clone();
         other.lr = 0.5;
-        let e = format!("{:#}", base.check_against(&other).unwrap_err());
+        let e = format!(
+            "{:#}",
+            base.check_against(&other, &info(&other)).unwrap_err()
+        );
         assert_eq!(e, "it was made with another configuration than this run's");
 
         let base = checkpoint(&cfg, true, 8);

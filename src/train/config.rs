@@ -3,7 +3,9 @@
 
 use crate::block::{BlockShape, LayerSpec, Ratios, SelectionMode};
 use crate::train::models::ModelKind;
+use crate::train::network::{LayerFilter, LayerInfo, ModelInfo, ModelSource};
 use anyhow::{Result, bail};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 /// The most epochs one phase may have (dense, ADMM rounds × epochs per round, retraining):
@@ -65,10 +67,40 @@ pub enum Targets {
     Global(Ratios),
 }
 
+/// What the network is trained to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Logits `[N, classes]` against integer labels (cross-entropy; accuracy).
+    #[default]
+    Classify,
+    /// An output of the input's shape against the input (mean squared error; PSNR).
+    Reconstruct,
+}
+
+impl Task {
+    /// A score of this task as text: `99.12% accuracy` or `31.20 dB PSNR`.
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Task::Classify => format!("accuracy {v:.2}%"),
+            Task::Reconstruct => format!("PSNR {v:.2} dB"),
+        }
+    }
+}
+
 /// Everything a run depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdmmConfig {
-    pub model: ModelKind,
+    /// A built-in network's name or a TorchScript file.
+    pub model: ModelSource,
+    /// Compress only the candidate layers whose names match this (regular expression).
+    #[serde(default)]
+    pub include: Option<String>,
+    /// Leave the candidate layers whose names match this dense (regular expression).
+    #[serde(default)]
+    pub exclude: Option<String>,
+    #[serde(default)]
+    pub task: Task,
     /// The block shape of every layer not named in `layer_blocks`.
     pub block: BlockShape,
     /// Per-layer block shapes (docs/METHOD.md §1: block shape is a per-layer setting).
@@ -123,7 +155,10 @@ impl AdmmConfig {
     pub fn demo() -> Self {
         let r = |p, u| Ratios { prune: p, unify: u };
         Self {
-            model: ModelKind::Lenet5,
+            model: ModelSource::Builtin(ModelKind::Lenet5),
+            include: None,
+            exclude: None,
+            task: Task::Classify,
             block: BlockShape::default(),
             layer_blocks: Vec::new(),
             targets: Targets::PerLayer(vec![
@@ -150,6 +185,14 @@ impl AdmmConfig {
             seed: 1,
             init: None,
             eval_every_epoch: true,
+        }
+    }
+
+    /// Which candidate layers are compressed.
+    pub fn filter(&self) -> LayerFilter {
+        LayerFilter {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
         }
     }
 
@@ -243,34 +286,72 @@ impl AdmmConfig {
     }
 }
 
-/// The layers to project and their selection mode, checked against the model's
-/// architecture: every layer named once in per-layer mode, no unknown names, ratios in
-/// range, and a block no larger than any layer's GEMM view.
-pub fn layer_plan(cfg: &AdmmConfig) -> Result<(Vec<LayerSpec>, SelectionMode)> {
-    cfg.check()?;
-    let layers = cfg.model.architecture().layers;
-    let names: Vec<&str> = layers.iter().map(|l| l.name).collect();
-    for (i, (n, _)) in cfg.layer_blocks.iter().enumerate() {
-        if !names.contains(&n.as_str()) {
-            bail!(
-                "a block shape is given for layer {n:?}, which {} does not have (layers: {})",
-                cfg.model,
-                names.join(", ")
-            );
+/// For each layer, the value given for it: under its exact name, else under the one
+/// pattern (a regular expression matching the whole name) that matches it. Every key must
+/// name or match some layer, no exact name may be given twice, and no layer may match two
+/// patterns.
+fn assign<T: Copy>(
+    (what, one): (&str, &str),
+    given: &[(String, T)],
+    layers: &[LayerInfo],
+    info: &ModelInfo,
+) -> Result<Vec<Option<T>>> {
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    let list = names.join(", ");
+    let mut exact: Vec<(&str, T)> = Vec::new();
+    let mut patterns: Vec<(&str, Regex, T)> = Vec::new();
+    for (key, v) in given {
+        if names.contains(&key.as_str()) {
+            if exact.iter().any(|(k, _)| k == key) {
+                bail!("layer {key:?} is given {one} twice");
+            }
+            exact.push((key, *v));
+            continue;
         }
-        if cfg.layer_blocks[..i].iter().any(|(m, _)| m == n) {
-            bail!("layer {n:?} is given a block shape twice");
+        let re = Regex::new(&format!("^(?:{key})$")).ok();
+        match re {
+            Some(re) if names.iter().any(|n| re.is_match(n)) => patterns.push((key, re, *v)),
+            _ => bail!(
+                "{what} name layer {key:?}, which {} does not have (layers: {list})",
+                info.label
+            ),
         }
     }
+    names
+        .iter()
+        .map(|n| {
+            if let Some((_, v)) = exact.iter().find(|(k, _)| k == n) {
+                return Ok(Some(*v));
+            }
+            let mut m = patterns.iter().filter(|(_, re, _)| re.is_match(n));
+            match (m.next(), m.next()) {
+                (Some((a, ..)), Some((b, ..))) => bail!(
+                    "layer {n:?} matches both {a:?} and {b:?} in the {what}; give it by its exact name"
+                ),
+                (first, _) => Ok(first.map(|(_, _, v)| *v)),
+            }
+        })
+        .collect()
+}
+
+/// The layers to project and their selection mode, checked against the model: every
+/// layer given ratios once in per-layer mode (by name or pattern), no unknown names, ratios
+/// in range, and a block no larger than any layer's GEMM view.
+pub fn layer_plan(cfg: &AdmmConfig, info: &ModelInfo) -> Result<(Vec<LayerSpec>, SelectionMode)> {
+    cfg.check()?;
+    let layers = &info.layers;
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    let blocks = assign(
+        ("block shapes", "a block shape"),
+        &cfg.layer_blocks,
+        layers,
+        info,
+    )?;
     let mut specs = Vec::new();
-    for l in layers {
-        let name = l.name;
-        let b = cfg
-            .layer_blocks
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(cfg.block, |(_, b)| *b);
-        let spec = LayerSpec::new(name, l.weight, b)?;
+    for (l, b) in layers.iter().zip(blocks) {
+        let b = b.unwrap_or(cfg.block);
+        let name = &l.name;
+        let spec = LayerSpec::new(name.clone(), &l.shape, b)?;
         let v = spec.view;
         if b.rows > v.rows || b.cols > v.cols {
             bail!(
@@ -284,28 +365,16 @@ pub fn layer_plan(cfg: &AdmmConfig) -> Result<(Vec<LayerSpec>, SelectionMode)> {
     let mode = match &cfg.targets {
         Targets::Global(r) => SelectionMode::Global(*r),
         Targets::PerLayer(given) => {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            if let Some((n, _)) = given.iter().find(|(n, _)| !names.contains(&n.as_str())) {
-                bail!(
-                    "ratios name layer {n:?}, which {} does not have (layers: {})",
-                    cfg.model,
-                    names.join(", ")
-                );
-            }
+            let found = assign(("ratios", "ratios"), given, layers, info)?;
             let mut ratios = Vec::new();
-            for s in &specs {
-                let mut found = given.iter().filter(|(n, _)| *n == s.name);
-                let Some((_, r)) = found.next() else {
+            for (n, r) in names.iter().zip(found) {
+                let Some(r) = r else {
                     bail!(
-                        "no ratios for layer {:?} (give every layer: {})",
-                        s.name,
+                        "no ratios for layer {n:?} (give every layer: {})",
                         names.join(", ")
                     );
                 };
-                if found.next().is_some() {
-                    bail!("layer {:?} is given ratios twice", s.name);
-                }
-                ratios.push(*r);
+                ratios.push(r);
             }
             SelectionMode::PerLayer(ratios)
         }
@@ -317,10 +386,48 @@ pub fn layer_plan(cfg: &AdmmConfig) -> Result<(Vec<LayerSpec>, SelectionMode)> {
 mod tests {
     use super::*;
 
+    fn plan(c: &AdmmConfig) -> Result<(Vec<LayerSpec>, SelectionMode)> {
+        layer_plan(c, &c.model.info(&c.filter())?)
+    }
+
+    /// Ratios and block shapes by pattern: exact names first, then the one pattern that
+    /// matches the whole name; a pattern that matches nothing, or two that match one
+    /// layer, are errors.
+    #[test]
+    fn patterns_assign_ratios_and_blocks() {
+        let r = |p, u| Ratios { prune: p, unify: u };
+        let mut c = AdmmConfig::demo();
+        c.targets = Targets::PerLayer(vec![
+            ("conv.*".into(), r(0.1, 0.1)),
+            ("fc1".into(), r(0.9, 0.05)),
+            ("fc\\d".into(), r(0.5, 0.2)),
+        ]);
+        let b28 = BlockShape::new(2, 8).unwrap();
+        c.layer_blocks = vec![("fc.".into(), b28)];
+        let (specs, mode) = plan(&c).unwrap();
+        let SelectionMode::PerLayer(got) = mode else {
+            panic!()
+        };
+        assert_eq!(got, [r(0.1, 0.1), r(0.1, 0.1), r(0.9, 0.05), r(0.5, 0.2)]);
+        let blocks: Vec<BlockShape> = specs.iter().map(|s| s.block).collect();
+        assert_eq!(blocks, [c.block, c.block, b28, b28]);
+        // "conv" alone matches no whole name.
+        c.layer_blocks = vec![("conv".into(), b28)];
+        let e = plan(&c).unwrap_err().to_string();
+        assert!(e.contains("block shapes name layer \"conv\""), "{e}");
+        c.layer_blocks = vec![];
+        c.targets = Targets::PerLayer(vec![
+            (".*".into(), r(0.1, 0.1)),
+            ("fc.".into(), r(0.5, 0.2)),
+        ]);
+        let e = plan(&c).unwrap_err().to_string();
+        assert!(e.contains("\"fc1\" matches both"), "{e}");
+    }
+
     #[test]
     fn the_plan_checks_names_ratios_and_block_size() {
         let cfg = AdmmConfig::demo();
-        let (specs, mode) = layer_plan(&cfg).unwrap();
+        let (specs, mode) = plan(&cfg).unwrap();
         assert_eq!(specs.len(), 4);
         assert!(matches!(mode, SelectionMode::PerLayer(ref r) if r.len() == 4));
 
@@ -329,7 +436,7 @@ mod tests {
             unreachable!()
         };
         v[0].0 = "conv9".into();
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("conv9"), "{e}");
 
         let mut c = cfg.clone();
@@ -337,12 +444,12 @@ mod tests {
             unreachable!()
         };
         v.pop();
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("no ratios for layer \"fc2\""), "{e}");
 
         let mut c = cfg.clone();
         c.block = BlockShape::new(16, 16).unwrap();
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("larger than layer fc2"), "{e}");
 
         let mut c = cfg.clone();
@@ -350,7 +457,7 @@ mod tests {
             prune: 0.9,
             unify: 0.2,
         });
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("must not exceed 1"), "{e}");
 
         let mut c = cfg.clone();
@@ -361,14 +468,14 @@ mod tests {
         let mut c = cfg.clone();
         let b28 = BlockShape::new(2, 8).unwrap();
         c.layer_blocks = vec![("fc1".into(), b28)];
-        let (specs, _) = layer_plan(&c).unwrap();
+        let (specs, _) = plan(&c).unwrap();
         let blocks: Vec<BlockShape> = specs.iter().map(|s| s.block).collect();
         assert_eq!(blocks, [c.block, c.block, b28, c.block]);
         c.layer_blocks.push(("fc1".into(), b28));
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("\"fc1\" is given a block shape twice"), "{e}");
         c.layer_blocks = vec![("fc7".into(), b28)];
-        let e = layer_plan(&c).unwrap_err().to_string();
+        let e = plan(&c).unwrap_err().to_string();
         assert!(e.contains("layer \"fc7\""), "{e}");
         let e = BlockShape::new(8, 64).unwrap_err().to_string();
         assert!(e.contains("at most 32 per side"), "{e}");

@@ -53,6 +53,8 @@ pub fn check_fits(model: ModelKind, set: &ImageSet) -> Result<()> {
 pub struct TensorSet {
     pub images: Tensor,
     pub labels: Tensor,
+    /// Per-channel `[mean, std]` the images were normalised with.
+    pub normalization: Vec<[f64; 2]>,
 }
 
 /// MNIST's pixel mean and standard deviation (of [0, 1] pixels over the training set).
@@ -90,7 +92,11 @@ impl TensorSet {
         let labels = Tensor::from_slice(&set.labels)
             .to_kind(Kind::Int64)
             .to_device(device);
-        Self { images, labels }
+        Self {
+            images,
+            labels,
+            normalization: vec![[mean, std]],
+        }
     }
 
     pub fn len(&self) -> i64 {
@@ -149,6 +155,7 @@ impl TensorSet {
         Self {
             images: self.images.narrow(0, 0, n),
             labels: self.labels.narrow(0, 0, n),
+            normalization: self.normalization.clone(),
         }
     }
 

@@ -1,15 +1,47 @@
 //! The end of a run: the structure check of the final weights, the per-layer report, and the
-//! compressed `.safetensors` (compressed layers plus the other variables as F32).
+//! compressed `.safetensors`: compressed layers under their parameter names, and every other
+//! tensor of the model's state (parameters and buffers) as it is, so that the decompressed
+//! file is the model's whole state dict.
 
 use crate::block::{BlockState, ConvLayout, LayerSpec};
 use crate::compressed::CompressedMatrix;
 use crate::format::{CompressedFile, CompressedLayer, RawTensor};
 use crate::train::config::AdmmConfig;
 use crate::train::mask::structure_violations;
+use crate::train::network::Model;
 use crate::train::report::{Blocks, LayerReport};
 use crate::train::tensors::host;
 use anyhow::{Context, Result};
-use tch::{Tensor, nn};
+use tch::{Kind, Tensor};
+
+/// A tensor's bytes as they are: F32, F64, F16, BF16, I64, I32, U8 or Bool (BatchNorm's
+/// `num_batches_tracked` is I64).
+fn raw_tensor(t: &Tensor) -> Result<RawTensor> {
+    use safetensors::Dtype;
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let (dtype, width) = match t.kind() {
+        Kind::Float => (Dtype::F32, 4),
+        Kind::Double => (Dtype::F64, 8),
+        Kind::Half => (Dtype::F16, 2),
+        Kind::BFloat16 => (Dtype::BF16, 2),
+        Kind::Int64 => (Dtype::I64, 8),
+        Kind::Int => (Dtype::I32, 4),
+        Kind::Int16 => (Dtype::I16, 2),
+        Kind::Int8 => (Dtype::I8, 1),
+        Kind::Uint8 => (Dtype::U8, 1),
+        Kind::Bool => (Dtype::BOOL, 1),
+        k => anyhow::bail!("its type {k:?} has no safetensors equivalent"),
+    };
+    let n = t.numel();
+    let mut data = vec![0u8; n * width];
+    t.f_copy_data_u8(&mut data, n)
+        .context("reading its bytes")?;
+    Ok(RawTensor {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
+}
 
 pub struct Export {
     pub file: CompressedFile,
@@ -22,10 +54,10 @@ pub struct Export {
 }
 
 /// Checks and compresses the final `weights` (one per spec) with their hard-projection
-/// `states` and `signs`; every other variable of `vs` passes through.
+/// `states` and `signs`; every other tensor of `model`'s state passes through.
 pub fn export(
     cfg: &AdmmConfig,
-    vs: &nn::VarStore,
+    model: &Model,
     specs: &[LayerSpec],
     weights: &[Tensor],
     states: &[Vec<BlockState>],
@@ -73,26 +105,20 @@ pub fn export(
             ratio: m.compression_ratio(),
         });
         file.layers.push(CompressedLayer::new(
-            &spec.name,
+            &model.info.layers[l].param,
             &shape,
             ConvLayout::ChannelMajor,
             m,
         )?);
     }
-    let compressed: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    for (name, var) in vs.variables() {
-        let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l);
-        if name.ends_with(".weight") && compressed.contains(&layer) {
+    let compressed: Vec<&str> = model.info.layers.iter().map(|l| l.param.as_str()).collect();
+    for (name, t) in model.variables().into_iter().chain(model.buffers()?) {
+        if compressed.contains(&name.as_str()) {
             continue;
         }
-        let data = host(&var)?;
         file.passthrough.insert(
-            name,
-            RawTensor {
-                dtype: safetensors::Dtype::F32,
-                shape: var.size().iter().map(|&d| d as usize).collect(),
-                data: bytemuck::cast_slice(&data).to_vec(),
-            },
+            name.clone(),
+            raw_tensor(&t).with_context(|| format!("tensor {name}"))?,
         );
     }
     file.metadata.insert(

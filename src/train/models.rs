@@ -4,6 +4,8 @@
 //! datasets and checkpoints are checked against it without building the model; the tch
 //! model is built from the same declaration.
 
+use crate::train::network::{LayerFilter, LayerInfo, ModelInfo};
+use crate::train::script::torch_message;
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
@@ -160,12 +162,35 @@ fn linear(p: nn::Path, cin: i64, cout: i64) -> nn::Linear {
     nn::linear(p, cin, cout, cfg)
 }
 
-/// A classifier with named, compressible weight matrices, built from its [`Architecture`].
-pub struct Model {
-    pub kind: ModelKind,
+impl ModelKind {
+    /// The description of the network, its layers chosen by `filter`.
+    pub fn info(self, filter: &LayerFilter) -> anyhow::Result<ModelInfo> {
+        let arch = self.architecture();
+        let layers = arch
+            .layers
+            .iter()
+            .map(|l| LayerInfo {
+                name: l.name.to_string(),
+                param: format!("{}.weight", l.name),
+                shape: l.weight.to_vec(),
+            })
+            .collect();
+        let label = self.to_string();
+        Ok(ModelInfo {
+            layers: filter.apply(&label, layers)?,
+            label,
+            variables: arch.variables(),
+            input: Some(arch.input),
+            classes: Some(arch.classes),
+        })
+    }
+}
+
+/// A built-in network with its variables in a tch `VarStore`.
+pub struct Builtin {
+    vs: nn::VarStore,
     net: nn::Sequential,
-    /// `(name, weight)` of every conv and linear layer, in forward order.
-    weights: Vec<(String, Tensor)>,
+    input: [i64; 3],
 }
 
 /// A square conv layer of `l`'s weight shape.
@@ -182,50 +207,38 @@ fn linear_of(root: &nn::Path, l: &LayerShape) -> nn::Linear {
     linear(root / l.name, l.weight[1] as i64, l.weight[0] as i64)
 }
 
-impl Model {
-    /// Builds the network's parameters under `vs`'s root.
-    pub fn new(vs: &nn::VarStore, kind: ModelKind) -> Self {
+impl Builtin {
+    /// A fresh network on `device` with a seeded initialisation.
+    pub fn new(kind: ModelKind, device: Device, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(device);
         let root = vs.root();
         let arch = kind.architecture();
         let [c, h, w] = arch.input.map(|d| d as i64);
         let l = arch.layers;
-        let mut weights = Vec::new();
         let net = match kind {
-            ModelKind::Lenet5 => {
-                let conv1 = conv_of(&root, &l[0]);
-                let conv2 = conv_of(&root, &l[1]);
-                let fc1 = linear_of(&root, &l[2]);
-                let fc2 = linear_of(&root, &l[3]);
-                for (l, w) in l.iter().zip([&conv1.ws, &conv2.ws, &fc1.ws, &fc2.ws]) {
-                    weights.push((l.name.to_string(), w.shallow_clone()));
-                }
-                nn::seq()
-                    .add_fn(move |x| x.view([-1, c, h, w]))
-                    .add(conv1)
-                    .add_fn(|x| x.max_pool2d_default(2))
-                    .add(conv2)
-                    .add_fn(|x| x.max_pool2d_default(2).flatten(1, -1))
-                    .add(fc1)
-                    .add_fn(|x| x.relu())
-                    .add(fc2)
-            }
-            ModelKind::Lenet300100 => {
-                let fc1 = linear_of(&root, &l[0]);
-                let fc2 = linear_of(&root, &l[1]);
-                let fc3 = linear_of(&root, &l[2]);
-                for (l, w) in l.iter().zip([&fc1.ws, &fc2.ws, &fc3.ws]) {
-                    weights.push((l.name.to_string(), w.shallow_clone()));
-                }
-                nn::seq()
-                    .add_fn(move |x| x.view([-1, c * h * w]))
-                    .add(fc1)
-                    .add_fn(|x| x.relu())
-                    .add(fc2)
-                    .add_fn(|x| x.relu())
-                    .add(fc3)
-            }
+            ModelKind::Lenet5 => nn::seq()
+                .add_fn(move |x| x.view([-1, c, h, w]))
+                .add(conv_of(&root, &l[0]))
+                .add_fn(|x| x.max_pool2d_default(2))
+                .add(conv_of(&root, &l[1]))
+                .add_fn(|x| x.max_pool2d_default(2).flatten(1, -1))
+                .add(linear_of(&root, &l[2]))
+                .add_fn(|x| x.relu())
+                .add(linear_of(&root, &l[3])),
+            ModelKind::Lenet300100 => nn::seq()
+                .add_fn(move |x| x.view([-1, c * h * w]))
+                .add(linear_of(&root, &l[0]))
+                .add_fn(|x| x.relu())
+                .add(linear_of(&root, &l[1]))
+                .add_fn(|x| x.relu())
+                .add(linear_of(&root, &l[2])),
         };
-        Self { kind, net, weights }
+        Self {
+            vs,
+            net,
+            input: [c, h, w],
+        }
     }
 
     /// Logits for a batch of images `[N, C, H, W]` of the architecture's input.
@@ -233,81 +246,136 @@ impl Model {
         self.net.forward(x)
     }
 
-    /// The compressible weights (shallow handles sharing storage with the VarStore).
-    pub fn weights(&self) -> &[(String, Tensor)] {
-        &self.weights
+    /// Every variable by name, sorted.
+    pub fn variables(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
-    /// Total number of compressible weights.
-    pub fn num_weights(&self) -> i64 {
-        self.weights.iter().map(|(_, w)| w.numel() as i64).sum()
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
     }
-}
 
-/// A fresh model on `device` with a seeded initialisation.
-pub fn build(kind: ModelKind, device: Device, seed: i64) -> (nn::VarStore, Model) {
-    tch::manual_seed(seed);
-    let vs = nn::VarStore::new(device);
-    let model = Model::new(&vs, kind);
-    (vs, model)
+    /// Loads weights (a tch `.ot` or a `.safetensors` of the variables).
+    pub fn load(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.vs
+            .load(path)
+            .with_context(|| format!("loading --init {} into the model", path.display()))
+    }
+
+    /// A TorchScript trace of the network with its current weights (as constants), the
+    /// bytes `torch.jit.load` reads.
+    pub fn traced(&self) -> anyhow::Result<Vec<u8>> {
+        // A trace may only embed tensors that need no gradient as constants.
+        let vars = self.vs.variables();
+        for t in vars.values() {
+            let _ = t.set_requires_grad(false);
+        }
+        let traced = self.trace();
+        for t in vars.values() {
+            let _ = t.set_requires_grad(true);
+        }
+        traced
+    }
+
+    fn trace(&self) -> anyhow::Result<Vec<u8>> {
+        let [c, h, w] = self.input;
+        let x = Tensor::zeros([1, c, h, w], (tch::Kind::Float, self.vs.device()));
+        let m = tch::no_grad(|| {
+            tch::CModule::create_by_tracing("network", "forward", &[x], &mut |x| {
+                vec![self.net.forward(&x[0])]
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("tracing the network: {}", torch_message(&e)))?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("network.pt");
+        m.save(&path)
+            .map_err(|e| anyhow::anyhow!("saving the traced network: {}", torch_message(&e)))?;
+        Ok(std::fs::read(&path)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::network::{Model, ModelSource};
 
-    #[test]
-    fn lenet5_has_the_caffe_shapes() {
-        let (_vs, m) = build(ModelKind::Lenet5, Device::Cpu, 1);
-        let shapes: Vec<Vec<i64>> = m.weights().iter().map(|(_, w)| w.size()).collect();
-        assert_eq!(
-            shapes,
-            vec![
-                vec![20, 1, 5, 5],
-                vec![50, 20, 5, 5],
-                vec![500, 800],
-                vec![10, 500]
-            ]
-        );
-        assert_eq!(m.num_weights(), 430_500);
-        let y = m.forward(&Tensor::zeros(
-            [3, 1, 28, 28],
-            (tch::Kind::Float, Device::Cpu),
-        ));
-        assert_eq!(y.size(), vec![3, 10]);
+    fn zeros(shape: &[i64]) -> Tensor {
+        Tensor::zeros(shape, (tch::Kind::Float, Device::Cpu))
     }
 
-    /// The declared architecture is the built model: every variable with its shape, and
-    /// a forward pass over the declared input giving one logit per class.
+    /// The declared architecture is the built model: every variable with its shape, the
+    /// compressible weights in forward order, and a forward pass over the declared input
+    /// giving one logit per class.
     #[test]
     fn the_declaration_is_the_model() {
         for kind in [ModelKind::Lenet5, ModelKind::Lenet300100] {
             let arch = kind.architecture();
-            let (vs, m) = build(kind, Device::Cpu, 1);
-            let mut vars: Vec<(String, Vec<usize>)> = vs
+            let b = Builtin::new(kind, Device::Cpu, 1);
+            let vars: Vec<(String, Vec<usize>)> = b
                 .variables()
                 .into_iter()
                 .map(|(n, t)| (n, t.size().iter().map(|&d| d as usize).collect()))
                 .collect();
-            vars.sort();
             assert_eq!(vars, arch.variables(), "{kind}");
-            let names: Vec<&str> = m.weights().iter().map(|(n, _)| n.as_str()).collect();
-            let declared: Vec<&str> = arch.layers.iter().map(|l| l.name).collect();
-            assert_eq!(names, declared);
+            let m = Model::load(
+                &ModelSource::Builtin(kind),
+                &LayerFilter::default(),
+                Device::Cpu,
+                1,
+            )
+            .unwrap();
+            let declared: Vec<Vec<i64>> = arch
+                .layers
+                .iter()
+                .map(|l| l.weight.iter().map(|&d| d as i64).collect())
+                .collect();
+            let shapes: Vec<Vec<i64>> = m.weights().iter().map(|w| w.size()).collect();
+            assert_eq!(shapes, declared);
             let mut input = vec![2i64];
             input.extend(arch.input.map(|d| d as i64));
-            let y = m.forward(&Tensor::zeros(input, (tch::Kind::Float, Device::Cpu)));
+            let y = m.forward_t(&zeros(&input), false).unwrap();
             assert_eq!(y.size(), vec![2, arch.classes as i64]);
         }
         assert_eq!(ModelKind::Lenet5.to_string(), "lenet5");
         assert_eq!(ModelKind::Lenet300100.to_string(), "lenet-300-100");
+        let n: usize = ModelKind::Lenet5
+            .architecture()
+            .layers
+            .iter()
+            .map(|l| l.weight.iter().product::<usize>())
+            .sum();
+        assert_eq!(n, 430_500);
     }
 
     #[test]
-    fn lenet_300_100_shapes() {
-        let (_vs, m) = build(ModelKind::Lenet300100, Device::Cpu, 1);
-        assert_eq!(m.num_weights(), 784 * 300 + 300 * 100 + 100 * 10);
-        let y = m.forward(&Tensor::zeros([2, 784], (tch::Kind::Float, Device::Cpu)));
-        assert_eq!(y.size(), vec![2, 10]);
+    fn filters_choose_layers_by_name() {
+        let only = |include: Option<&str>, exclude: Option<&str>| {
+            let f = LayerFilter {
+                include: include.map(str::to_string),
+                exclude: exclude.map(str::to_string),
+            };
+            ModelKind::Lenet5.info(&f).map(|i| {
+                i.layers
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        };
+        assert_eq!(only(None, None).unwrap(), "conv1,conv2,fc1,fc2");
+        assert_eq!(only(Some("^fc"), None).unwrap(), "fc1,fc2");
+        assert_eq!(only(None, Some("2$")).unwrap(), "conv1,fc1");
+        let e = only(Some("bn"), None).unwrap_err().to_string();
+        assert!(
+            e.contains("matches none") && e.contains("conv1, conv2"),
+            "{e}"
+        );
+        let e = only(None, Some(".")).unwrap_err().to_string();
+        assert!(e.contains("leaves none"), "{e}");
+        let e = only(Some("("), None).unwrap_err().to_string();
+        assert!(e.contains("not a regular expression"), "{e}");
     }
 }

@@ -17,13 +17,13 @@ use crate::train::data::TensorSet;
 use crate::train::export::export;
 use crate::train::fit::{Hooks, evaluate, train_epoch};
 use crate::train::mask::Mask;
-use crate::train::models::{Model, build};
+use crate::train::network::Model;
 use crate::train::optim::Optimizer;
 use crate::train::report::{EpochRecord, LayerResiduals, Phase, Report, RoundReport};
 use crate::train::tensors::{host, set_values};
 use anyhow::{Context, Result, bail};
 use std::time::Instant;
-use tch::{Kind, Tensor, nn};
+use tch::{Kind, Tensor};
 
 /// What a run tells the outside while it works (progress bars, logs, checkpoint files).
 /// Every method has a do-nothing default.
@@ -36,9 +36,9 @@ pub trait Observer {
     fn round(&mut self, _r: &RoundReport) {}
     /// A milestone line (accuracies after a phase, the hard projection).
     fn note(&mut self, _line: &str) {}
-    /// Dense training has ended (the variables are the dense model), e.g. to save them for
+    /// Dense training has ended (the model is the dense model), e.g. to save it for
     /// `--init`. Only called when this process trained dense epochs.
-    fn dense_trained(&mut self, _vs: &nn::VarStore) -> Result<()> {
+    fn dense_trained(&mut self, _model: &Model) -> Result<()> {
         Ok(())
     }
     /// A consistent state to save. An error stops the run after it.
@@ -61,8 +61,10 @@ pub struct Outcome {
     /// The layers and their final block states.
     pub specs: Vec<LayerSpec>,
     pub states: Vec<Vec<BlockState>>,
-    /// The trained model's variables (final weights and biases), e.g. for a tch checkpoint.
-    pub vars: nn::VarStore,
+    /// The trained model (final weights), e.g. to save it.
+    pub model: Model,
+    /// The test loss of the final model.
+    pub final_loss: f64,
 }
 
 /// One flat vector per layer.
@@ -72,20 +74,12 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
     v.map(|x| x * x).sum::<f64>().sqrt()
 }
 
-/// The model's variables by name, in a fixed order (the optimizer's and the checkpoint's).
-fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Everything a run holds between steps.
 struct Run<'a> {
     cfg: &'a AdmmConfig,
     gpu: &'a Gpu,
     train: &'a TensorSet,
     test: &'a TensorSet,
-    vs: nn::VarStore,
     model: Model,
     specs: Vec<LayerSpec>,
     net: NetworkProjection,
@@ -104,17 +98,18 @@ impl Run<'_> {
     fn fresh_optimizer(&mut self) {
         self.opt = Optimizer::new(
             self.cfg.optimizer,
-            named_vars(&self.vs),
+            self.model.variables(),
             self.cfg.lr,
             self.cfg.momentum,
         );
     }
 
-    fn eval(&mut self) -> f64 {
+    /// The test score (accuracy or PSNR) and loss.
+    fn eval(&mut self) -> Result<crate::train::fit::Score> {
         let start = Instant::now();
-        let acc = evaluate(&self.model, self.test, 1000);
+        let score = evaluate(&self.model, self.cfg.task, self.test, 1000)?;
         self.p.timings.eval += start.elapsed().as_secs_f64();
-        acc
+        Ok(score)
     }
 
     fn weights_host(&self) -> Result<PerLayer> {
@@ -171,6 +166,7 @@ impl Run<'_> {
         let retrain = phase == Phase::Retrain;
         let loss = train_epoch(
             &self.model,
+            self.cfg.task,
             &mut self.opt,
             self.train,
             self.cfg.batch,
@@ -203,7 +199,7 @@ impl Run<'_> {
                 }),
                 on_batch: Some(Box::new(|i, l| obs.batch(i, l))),
             },
-        );
+        )?;
         let seconds = start.elapsed().as_secs_f64();
         if !loss.is_finite() {
             bail!(
@@ -211,7 +207,10 @@ impl Run<'_> {
                 phase.name()
             );
         }
-        let test_accuracy = self.cfg.eval_every_epoch.then(|| self.eval());
+        let test_accuracy = match self.cfg.eval_every_epoch {
+            true => Some(self.eval()?.value),
+            false => None,
+        };
         self.p.last_accuracy = test_accuracy;
         let rec = EpochRecord {
             epoch,
@@ -248,7 +247,7 @@ impl Run<'_> {
             );
             Ok(())
         };
-        for (name, t) in named_vars(&self.vs) {
+        for (name, t) in self.model.variables() {
             put(format!("var.{name}"), &t)?;
         }
         for (name, t) in self.opt.state() {
@@ -276,6 +275,7 @@ impl Run<'_> {
             },
             tensors,
             states,
+            module: self.model.module_bytes()?,
         })
     }
 
@@ -286,7 +286,7 @@ impl Run<'_> {
     /// Puts a checkpoint's tensors back: variables, optimizer moments, Z/U (and U on the
     /// GPU), states and signs. `c` has passed [`Checkpoint::check_against`] for this run.
     fn restore(&mut self, c: &Checkpoint) -> Result<()> {
-        for (name, t) in named_vars(&self.vs) {
+        for (name, t) in self.model.variables() {
             set_values(&t, &c.tensor(&format!("var.{name}"))?.data)?;
         }
         let get = |k: &str| {
@@ -329,11 +329,24 @@ pub fn check_init(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Loads `--init` weights (a tch `.ot` or a `.safetensors` of the model's variables).
-fn load_init(vs: &mut nn::VarStore, path: &std::path::Path) -> Result<()> {
-    check_init(path)?;
-    vs.load(path)
-        .with_context(|| format!("loading --init {} into the model", path.display()))
+/// The network of a run: from the checkpoint's copy of a TorchScript module when resuming
+/// (it carries the buffers, e.g. BatchNorm statistics), else from the config's source, with
+/// `--init` weights when given.
+pub fn load_model(
+    cfg: &AdmmConfig,
+    device: tch::Device,
+    resume: Option<&Checkpoint>,
+) -> Result<Model> {
+    let filter = cfg.filter();
+    if let Some(bytes) = resume.and_then(|c| c.module.as_deref()) {
+        return Model::from_module_bytes(bytes, &cfg.model.to_string(), &filter, device);
+    }
+    let mut model = Model::load(&cfg.model, &filter, device, cfg.seed)?;
+    if let (Some(init), None) = (&cfg.init, resume) {
+        check_init(init)?;
+        model.load_init(init)?;
+    }
+    Ok(model)
 }
 
 /// Runs (or, given a checkpoint of the same config, continues) the pipeline of docs/METHOD.md
@@ -346,32 +359,24 @@ pub fn run(
     resume: Option<&Checkpoint>,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
-    train.check_fits(cfg.model, "training")?;
-    test.check_fits(cfg.model, "test")?;
+    let device = train.images.device();
+    let model = load_model(cfg, device, resume)?;
+    model.check_data(cfg.task, train, "training")?;
+    model.check_data(cfg.task, test, "test")?;
     if let Some(c) = resume {
-        c.check_against(cfg)
+        c.check_against(cfg, &model.info)
             .context("the checkpoint to resume from")?;
     }
-    let device = train.images.device();
-    let (mut vs, model) = build(cfg.model, device, cfg.seed);
-    let (specs, mode) = layer_plan(cfg)?;
-    if let (Some(init), None) = (&cfg.init, resume) {
-        load_init(&mut vs, init)?;
-    }
+    let (specs, mode) = layer_plan(cfg, &model.info)?;
     let net = NetworkProjection::new(gpu, specs.clone(), mode)
         .context("setting up the GPU projection")?;
-    let weights = model
-        .weights()
-        .iter()
-        .map(|(_, w)| w.shallow_clone())
-        .collect();
-    let opt = Optimizer::new(cfg.optimizer, named_vars(&vs), cfg.lr, cfg.momentum);
+    let weights = model.weights().iter().map(|w| w.shallow_clone()).collect();
+    let opt = Optimizer::new(cfg.optimizer, model.variables(), cfg.lr, cfg.momentum);
     let mut r = Run {
         cfg,
         gpu,
         train,
         test,
-        vs,
         model,
         specs,
         net,
@@ -406,7 +411,7 @@ pub fn run(
             r.epoch(Phase::Dense, e + 1, lr, None, obs)?;
             r.p.dense_done += 1;
             if r.p.dense_done == cfg.dense_epochs {
-                obs.dense_trained(&r.vs)?;
+                obs.dense_trained(&r.model)?;
             }
             r.save(obs)?;
         }
@@ -414,10 +419,10 @@ pub fn run(
     if r.p.dense_accuracy.is_none() {
         let acc = match r.p.last_accuracy.take() {
             Some(a) => a,
-            None => r.eval(),
+            None => r.eval()?.value,
         };
         r.p.dense_accuracy = Some(acc);
-        obs.note(&format!("dense accuracy {acc:.2}%"));
+        obs.note(&format!("dense {}", cfg.task.show(acc)));
     }
 
     // 2. ADMM. Z₀ = Π(W), U₀ = 0, a fresh optimizer. (Redone on a resume before round 1:
@@ -508,12 +513,12 @@ pub fn run(
             r.states.push(p.states);
         }
         (r.z, r.u) = (Vec::new(), Vec::new());
-        let acc = r.eval();
+        let acc = r.eval()?.value;
         r.p.hard_projection_accuracy = Some(acc);
         r.p.last_accuracy = None;
         r.p.projected = true;
         r.fresh_optimizer();
-        obs.note(&format!("hard projection accuracy {acc:.2}%"));
+        obs.note(&format!("hard projection {}", cfg.task.show(acc)));
         r.save(obs)?;
     }
 
@@ -541,16 +546,18 @@ pub fn run(
         r.p.retrain_done += 1;
         r.save(obs)?;
     }
-    let final_accuracy = match r.p.last_accuracy.take() {
-        Some(a) => a,
-        None => r.eval(),
-    };
-    obs.note(&format!("final accuracy {final_accuracy:.2}%"));
+    let last = r.p.last_accuracy.take();
+    let score = r.eval()?;
+    let final_accuracy = last.unwrap_or(score.value);
+    obs.note(&format!("final {}", cfg.task.show(final_accuracy)));
 
     // 5. Structure check, report and the compressed file.
-    let ex = export(cfg, &r.vs, &r.specs, &r.weights, &r.states, &r.signs)?;
+    let ex = export(cfg, &r.model, &r.specs, &r.weights, &r.states, &r.signs)?;
     let p = r.p;
     let report = Report {
+        task: cfg.task,
+        normalization: train.normalization.clone(),
+        final_loss: score.loss,
         dense_accuracy: p.dense_accuracy.unwrap_or(f64::NAN),
         hard_projection_accuracy: p.hard_projection_accuracy.unwrap_or(f64::NAN),
         final_accuracy,
@@ -568,6 +575,7 @@ pub fn run(
         file: ex.file,
         specs: r.specs,
         states: r.states,
-        vars: r.vs,
+        model: r.model,
+        final_loss: score.loss,
     })
 }

@@ -1,7 +1,7 @@
 //! What a run reports: `report.json` (a fixed set of keys), `report.md`, and the metrics
 //! per epoch and per round as CSV.
 
-use crate::train::config::AdmmConfig;
+use crate::train::config::{AdmmConfig, Task};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -50,9 +50,16 @@ pub struct Timings {
     pub projection: f64,
 }
 
-/// `report.json`: exactly these keys (accuracies in percent).
+/// `report.json`: exactly these keys (accuracies in percent). For a reconstruction the three
+/// scores are PSNRs in dB, and [`Report::to_json`] names them `*_psnr` instead.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    pub task: Task,
+    /// Per-channel `[mean, std]` the images were normalised with (what the compressed
+    /// model expects of its input).
+    pub normalization: Vec<[f64; 2]>,
+    /// The final model's mean task loss on the test set.
+    pub final_loss: f64,
     pub dense_accuracy: f64,
     pub hard_projection_accuracy: f64,
     pub final_accuracy: f64,
@@ -62,6 +69,24 @@ pub struct Report {
     pub admm: Vec<RoundReport>,
     pub structure_violations: usize,
     pub timings: Timings,
+}
+
+impl Report {
+    /// `report.json`'s text.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        if self.task == Task::Classify {
+            return serde_json::to_string_pretty(self);
+        }
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            for k in ["dense", "hard_projection", "final"] {
+                if let Some(x) = o.remove(&format!("{k}_accuracy")) {
+                    o.insert(format!("{k}_psnr"), x);
+                }
+            }
+        }
+        serde_json::to_string_pretty(&v)
+    }
 }
 
 /// Per-layer residuals of one round (same definitions as [`RoundReport`], per layer).

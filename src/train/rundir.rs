@@ -9,8 +9,10 @@
 //! | `epochs.csv`, `rounds.csv`, `residuals.csv` | metrics per epoch, per round, per round and layer |
 //! | `accuracy.png`, `residuals.png`, `block-states.png` | plots |
 //! | `compressed.safetensors` | the final weights, compressed (`microunify inspect` reads it) |
-//! | `final.ot` | tch checkpoint of the final model |
-//! | `dense.ot` | tch checkpoint after dense training (`--init` for another run) |
+//! | `compressed.pt` | the final model as TorchScript (the user's own module, or a trace of a built-in), in evaluation mode: `torch.jit.load` runs it |
+//! | `final.ot` | tch checkpoint of a built-in model's final variables |
+//! | `dense.ot` | tch checkpoint of a built-in model after dense training (`--init` for another run) |
+//! | `dense.pt` | a TorchScript model after dense training |
 //! | `finished.json` | written last: the SHA-256 of `config.toml` and of `report.json` |
 //!
 //! Besides these: `.microunify.lock` (see below) and, while a file is being written, its
@@ -53,6 +55,7 @@ use crate::fsio::{FolderLock, LOCK_FILE, read_regular, remove_stale_temps, write
 use crate::plots::{self, EpochPoint, LayerStates, RoundPoint};
 use crate::train::checkpoint::{self, Checkpoint, sha256_hex};
 use crate::train::config::AdmmConfig;
+use crate::train::network::Model;
 use crate::train::pipeline::Outcome;
 use crate::train::report::{self, EpochRecord, Report, RoundReport};
 use crate::train::settings::{FileConfig, Settings};
@@ -69,6 +72,8 @@ pub const FINISHED: &str = "finished.json";
 pub const DENSE: &str = "dense.ot";
 pub const FINAL: &str = "final.ot";
 pub const COMPRESSED: &str = "compressed.safetensors";
+pub const COMPRESSED_PT: &str = "compressed.pt";
+pub const DENSE_PT: &str = "dense.pt";
 const REPORT_MD: &str = "report.md";
 const EPOCHS_CSV: &str = "epochs.csv";
 const ROUNDS_CSV: &str = "rounds.csv";
@@ -79,7 +84,7 @@ const BLOCK_STATES_PNG: &str = "block-states.png";
 
 /// Every file a run writes into its folder, in the order a replaced run's are removed:
 /// the evidence of a finished run first, the config last.
-pub const FILES: [&str; 14] = [
+pub const FILES: [&str; 16] = [
     FINISHED,
     checkpoint::FILE,
     REPORT,
@@ -91,8 +96,10 @@ pub const FILES: [&str; 14] = [
     RESIDUALS_PNG,
     BLOCK_STATES_PNG,
     COMPRESSED,
+    COMPRESSED_PT,
     FINAL,
     DENSE,
+    DENSE_PT,
     CONFIG,
 ];
 
@@ -363,7 +370,8 @@ impl RunDir {
         let bytes = read_regular(&path, checkpoint::MAX_BYTES, "checkpoint")?;
         Checkpoint::from_bytes(&bytes, &path)
             .and_then(|c| {
-                c.check_against(cfg)
+                c.model_info(cfg)
+                    .and_then(|info| c.check_against(cfg, &info))
                     .map_err(|e| anyhow::anyhow!("{} is corrupt: {e:#}", path.display()))?;
                 Ok(c)
             })
@@ -443,6 +451,15 @@ impl RunDir {
         self.write(ROUNDS_CSV, report::rounds_csv(rounds).as_bytes())
     }
 
+    /// The model after dense training: a built-in's variables (`dense.ot`, for `--init`),
+    /// a TorchScript module as itself (`dense.pt`).
+    pub fn save_dense(&self, model: &Model) -> Result<()> {
+        match model.var_store() {
+            Some(vs) => self.save_vars(DENSE, vs),
+            None => self.write(DENSE_PT, &model.torchscript()?),
+        }
+    }
+
     /// A tch checkpoint of `vs`, written atomically like every other file.
     pub fn save_vars(&self, name: &str, vs: &nn::VarStore) -> Result<()> {
         let mut bytes = Vec::new();
@@ -456,7 +473,7 @@ impl RunDir {
     /// break their structure.
     pub fn finish(&self, cfg: &AdmmConfig, o: &Outcome) -> Result<()> {
         let r = &o.report;
-        let report = serde_json::to_string_pretty(r)?;
+        let report = r.to_json()?;
         self.write(REPORT, report.as_bytes())?;
         self.write(REPORT_MD, report::markdown(cfg, r).as_bytes())?;
         self.write_metrics(&o.epochs, &r.admm)?;
@@ -475,7 +492,10 @@ impl RunDir {
         o.file
             .write(&path)
             .with_context(|| format!("writing {}", path.display()))?;
-        self.save_vars(FINAL, &o.vars)?;
+        self.write(COMPRESSED_PT, &o.model.torchscript()?)?;
+        if let Some(vs) = o.model.var_store() {
+            self.save_vars(FINAL, vs)?;
+        }
         let config = self.read_text(CONFIG, "run config")?;
         let evidence = Finished {
             config_sha256: sha256_hex(&config),

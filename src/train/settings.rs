@@ -2,15 +2,16 @@
 //! files and every run's `config.toml`) and what turns it into checked [`Settings`] over the
 //! defaults (the demo, [`AdmmConfig::demo`]).
 //!
-//! Parsing and resolving are pure: they open no file and no device, and they return an
-//! error, never panic, on any text (huge or negative numbers, NaN, arrays of the wrong
-//! length, absurd block shapes, unknown keys or layers). What needs the machine — the
-//! dataset folder, the `--init` file, CUDA — is the binary's to check afterwards.
+//! Parsing and resolving open no device, and no file but a TorchScript model (whose layer
+//! names the settings are checked against); they return an error, never panic, on any text
+//! (huge or negative numbers, NaN, arrays of the wrong length, absurd block shapes, unknown
+//! keys or layers). What else needs the machine — the dataset, the `--init` file, CUDA — is
+//! the binary's to check afterwards.
 
 use crate::block::{BlockShape, Ratios};
 use crate::gpu::{BackendChoice, GpuOptions};
-use crate::train::config::{AdmmConfig, OptimizerKind, Schedule, Targets, layer_plan};
-use crate::train::models::ModelKind;
+use crate::train::config::{AdmmConfig, OptimizerKind, Schedule, Targets, Task, layer_plan};
+use crate::train::network::ModelSource;
 use anyhow::{Context, Result, bail};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -73,7 +74,13 @@ impl<'de> Deserialize<'de> for Pair {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub model: Option<ModelKind>,
+    /// `lenet5`, `lenet-300-100`, or a TorchScript file.
+    pub model: Option<ModelSource>,
+    /// Compress only the candidate layers matching this regular expression.
+    pub include: Option<String>,
+    /// Leave the candidate layers matching this regular expression dense.
+    pub exclude: Option<String>,
+    pub task: Option<Task>,
     pub dataset: Option<Dataset>,
     pub data_dir: Option<PathBuf>,
     pub block: Option<String>,
@@ -142,7 +149,12 @@ impl FileConfig {
     pub fn resolve(&self) -> Result<Settings> {
         let f = self;
         let d = AdmmConfig::demo();
-        let model = f.model.unwrap_or(d.model);
+        let model = f.model.clone().unwrap_or_else(|| d.model.clone());
+        let filter = crate::train::network::LayerFilter {
+            include: f.include.clone(),
+            exclude: f.exclude.clone(),
+        };
+        let info = model.info(&filter)?;
         let block = match &f.block {
             Some(b) => b
                 .parse::<BlockShape>()
@@ -174,14 +186,7 @@ impl FileConfig {
                 Targets::Global(Ratios::new(p, u, "--global")?)
             } else {
                 let r = Ratios::new(p, u, "--prune/--unify")?;
-                Targets::PerLayer(
-                    model
-                        .architecture()
-                        .layers
-                        .iter()
-                        .map(|l| (l.name.to_string(), r))
-                        .collect(),
-                )
+                Targets::PerLayer(info.layers.iter().map(|l| (l.name.clone(), r)).collect())
             }
         } else if let Some(t) = &f.ratios {
             Targets::PerLayer(
@@ -191,7 +196,7 @@ impl FileConfig {
                     })
                     .collect::<Result<_>>()?,
             )
-        } else if model == d.model {
+        } else if model == d.model && filter == Default::default() {
             d.targets.clone()
         } else {
             bail!("{model} needs ratios: --ratios NAME=P/U,... or --prune P --unify U")
@@ -202,6 +207,9 @@ impl FileConfig {
         }
         let admm = AdmmConfig {
             model,
+            include: filter.include,
+            exclude: filter.exclude,
+            task: f.task.unwrap_or_default(),
             block,
             layer_blocks,
             targets,
@@ -225,7 +233,7 @@ impl FileConfig {
             eval_every_epoch: f.eval_every_epoch.unwrap_or(d.eval_every_epoch),
         };
         // Scalars, then names, ratios and block sizes against the model's layers.
-        layer_plan(&admm)?;
+        layer_plan(&admm, &info)?;
         for (name, n) in [("limit-train", f.limit_train), ("limit-test", f.limit_test)] {
             if let Some(n) = n
                 && n < 1
@@ -335,7 +343,10 @@ impl Settings {
             Targets::Global(r) => (None, Some(Pair([r.prune, r.unify])), Some(true)),
         };
         FileConfig {
-            model: Some(a.model),
+            model: Some(a.model.clone()),
+            include: a.include.clone(),
+            exclude: a.exclude.clone(),
+            task: Some(a.task),
             dataset: Some(self.dataset),
             data_dir: self.data_dir.clone(),
             block: Some(a.block.to_string()),
@@ -485,7 +496,7 @@ mod tests {
             ("batch = 0\n", "batch must be at least 1"),
             ("limit_train = 0\n", "limit-train must be at least 1"),
             ("device = \"cuda:x\"\n", "expected cpu, cuda or cuda:N"),
-            ("model = \"resnet\"\n", "unknown variant `resnet`"),
+            ("model = \"resnet\"\n", "neither a built-in network"),
         ] {
             let e = err(text);
             assert!(e.contains(needle), "{text:?}: expected {needle:?} in {e}");

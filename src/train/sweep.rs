@@ -1040,6 +1040,9 @@ mod tests {
 
     fn report(ratio: f64, hard: f64, fin: f64) -> Report {
         Report {
+            task: Default::default(),
+            normalization: vec![[0.1307, 0.3081]],
+            final_loss: 0.1,
             dense_accuracy: 99.0,
             hard_projection_accuracy: hard,
             final_accuracy: fin,

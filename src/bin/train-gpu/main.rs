@@ -19,6 +19,7 @@ use microunify::train::checkpoint::Checkpoint;
 use microunify::train::config::layer_plan;
 use microunify::train::data::{TensorSet, check_fits, pixel_stats};
 use microunify::train::denormals::flush_denormals;
+use microunify::train::network::ModelSource;
 use microunify::train::pipeline::{self, Outcome};
 use microunify::train::report;
 use microunify::train::rundir::{CONFIG, RunDir, State};
@@ -69,8 +70,10 @@ enum Command {
 fn load_data(s: &Ready) -> Result<(TensorSet, TensorSet)> {
     let (train, test) = load_mnist_dir(&s.data_dir)
         .with_context(|| format!("loading the dataset from {}", s.data_dir.display()))?;
-    for set in [&train, &test] {
-        check_fits(s.admm().model, set)?;
+    if let ModelSource::Builtin(kind) = &s.admm().model {
+        for set in [&train, &test] {
+            check_fits(*kind, set)?;
+        }
     }
     let stats = pixel_stats(&train);
     let mut train = TensorSet::normalised(&train, s.device, stats);
@@ -86,11 +89,21 @@ fn load_data(s: &Ready) -> Result<(TensorSet, TensorSet)> {
 
 /// The layers to compress, checked against the model (names, ratios, block sizes) before
 /// any data or GPU work.
+/// The projection's GPU, named on stderr with the data.
+/// The layers a run of `s` compresses.
 fn plan(s: &Ready) -> Result<Vec<LayerSpec>> {
-    Ok(layer_plan(s.admm())?.0)
+    let a = s.admm();
+    Ok(layer_plan(a, &a.model.info(&a.filter())?)?.0)
 }
 
-/// The projection's GPU, named on stderr with the data.
+/// The run's network accepts the data (checked before the run folder is touched).
+fn check_data(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<()> {
+    let a = s.admm();
+    let model = pipeline::load_model(a, s.device, None)?;
+    model.check_data(a.task, &data.0, "training")?;
+    model.check_data(a.task, &data.1, "test")
+}
+
 fn open_gpu(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<Gpu> {
     let gpu = Gpu::new(&s.settings.gpu).context("opening the GPU for the projection")?;
     microunify::errln!(
@@ -192,7 +205,6 @@ fn run() -> Result<()> {
         Some(path) => resume(&cli, path)?,
         None => {
             let s = cli.run.resolve()?;
-            plan(&s)?;
             let dir = RunDir::create(&cli.out)?;
             // Refused before any work; nothing is removed until the data and GPU are ready.
             if cli.force {
@@ -204,6 +216,7 @@ fn run() -> Result<()> {
         }
     };
     let data = load_data(&settings)?;
+    check_data(&settings, &data)?;
     let gpu = open_gpu(&settings, &data)?;
     let init = settings.admm().init.as_deref();
     if cli.resume.is_none() {

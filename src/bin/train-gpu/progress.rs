@@ -5,9 +5,10 @@
 use anyhow::{Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use microunify::train::checkpoint::Checkpoint;
+use microunify::train::network::Model;
 use microunify::train::pipeline::Observer;
 use microunify::train::report::{EpochRecord, Phase, RoundReport};
-use microunify::train::rundir::{DENSE, RunDir};
+use microunify::train::rundir::RunDir;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -136,8 +137,8 @@ impl Observer for Progress {
         self.line(line);
     }
 
-    fn dense_trained(&mut self, vs: &tch::nn::VarStore) -> Result<()> {
-        self.dir.save_vars(DENSE, vs)
+    fn dense_trained(&mut self, model: &Model) -> Result<()> {
+        self.dir.save_dense(model)
     }
 
     fn checkpoint(&mut self, c: &Checkpoint) -> Result<()> {

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use microunify::fsio::read_regular;
 use microunify::gpu::BackendChoice;
-use microunify::train::config::{AdmmConfig, OptimizerKind, Schedule};
-use microunify::train::models::ModelKind;
+use microunify::train::config::{AdmmConfig, OptimizerKind, Schedule, Task};
+use microunify::train::network::ModelSource;
 use microunify::train::settings::{Dataset, FileConfig, Pair, Settings};
 use microunify::{BlockShape, Ratios};
 use std::collections::BTreeMap;
@@ -31,9 +31,21 @@ pub struct RunArgs {
     /// `[ratios] fc1 = [0.95, 0.04]`); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Network [lenet5].
+    /// Network: lenet5, lenet-300-100, or a TorchScript file (torch.jit.script or
+    /// torch.jit.trace output, input N×C×H×W) [lenet5].
+    #[arg(long, value_name = "NAME|FILE.pt")]
+    pub model: Option<ModelSource>,
+    /// Compress only the layers (2-D and 4-D float parameters, named as in
+    /// named_parameters()) whose names match this regular expression [all].
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Leave the layers whose names match this regular expression dense [none].
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// classify (cross-entropy, accuracy) or reconstruct (the input as target: mean
+    /// squared error, PSNR) [classify].
     #[arg(long, value_enum)]
-    pub model: Option<ModelKind>,
+    pub task: Option<Task>,
     /// Dataset [mnist].
     #[arg(long, value_enum)]
     pub dataset: Option<Dataset>,
@@ -231,6 +243,9 @@ pub fn prepare(mut s: Settings) -> Result<Ready> {
     };
     let data_dir = absolute(&data_dir)?;
     s.data_dir = Some(data_dir.clone());
+    if let ModelSource::Script(p) = &s.admm.model {
+        s.admm.model = ModelSource::Script(absolute(p)?);
+    }
     if let Some(init) = &s.admm.init {
         let init = absolute(init)?;
         microunify::train::pipeline::check_init(&init)?;
@@ -256,6 +271,9 @@ impl RunArgs {
         };
         f(self.config.is_some(), "--config");
         f(self.model.is_some(), "--model");
+        f(self.include.is_some(), "--include");
+        f(self.exclude.is_some(), "--exclude");
+        f(self.task.is_some(), "--task");
         f(self.dataset.is_some(), "--dataset");
         f(self.data_dir.is_some(), "--data-dir");
         f(self.block.is_some(), "--block");
@@ -298,6 +316,9 @@ impl RunArgs {
         }
         over!(
             model,
+            include,
+            exclude,
+            task,
             dataset,
             data_dir,
             rho0,
