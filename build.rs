@@ -18,6 +18,15 @@ fn main() {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // libtorch_cuda registers CUDA with libtorch from its static initialisers; nothing
+    // references it by symbol, so the linker's --as-needed would drop it. scripts/setup
+    // --cuda sets this once the CUDA libraries it needs are installed beside libtorch.
+    println!("cargo:rerun-if-env-changed=MICROUNIFY_LINK_CUDA");
+    if std::env::var("MICROUNIFY_LINK_CUDA").is_ok_and(|v| v == "1") {
+        for arg in ["-Wl,--no-as-needed", "-ltorch_cuda", "-Wl,--as-needed"] {
+            println!("cargo:rustc-link-arg={arg}");
+        }
+    }
     let include = Path::new(&lib)
         .parent()
         .map(|p| p.join("include"))

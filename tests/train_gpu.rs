@@ -1048,12 +1048,18 @@ fn devices_libtorch_cannot_use_are_refused() {
     if !tch::Cuda::is_available() {
         fails_with(
             &["--device", "cuda", "--out", o],
-            "--device cuda:0: CUDA is not available to libtorch here",
+            "--device cuda:0: libtorch cannot use CUDA",
+        );
+    }
+    if !tch::utils::has_mps() {
+        fails_with(
+            &["--device", "mps", "--out", o],
+            "--device mps: libtorch cannot use Metal (MPS) here",
         );
     }
     fails_with(
         &["--device", "tpu", "--out", o],
-        "--device \"tpu\": expected cpu, cuda or cuda:N",
+        "--device \"tpu\": expected cpu, cuda, cuda:N or mps",
     );
     assert!(!out.exists(), "a refused device made a run folder");
 }

@@ -89,7 +89,8 @@ pub fn torch_message(e: &tch::TchError) -> String {
     let mut lines = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Exception raised from"));
+        .take_while(|l| !l.starts_with("Exception raised from") && !l.starts_with("frame #"))
+        .filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("unknown libtorch error").to_string();
     // TorchScript runtime errors put the Python-side message on a later line.
     match lines.find(|l| l.contains("Error:")) {

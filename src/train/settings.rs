@@ -260,11 +260,13 @@ impl FileConfig {
     }
 }
 
-/// Where libtorch trains: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Where libtorch trains (the W-step): `cpu`, `cuda` (= `cuda:0`), `cuda:N` or `mps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TorchDevice {
     Cpu,
     Cuda(usize),
+    /// Apple's Metal Performance Shaders.
+    Mps,
 }
 
 impl std::str::FromStr for TorchDevice {
@@ -273,9 +275,10 @@ impl std::str::FromStr for TorchDevice {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
+            "mps" => Ok(Self::Mps),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(Self::Cuda(i)),
-                _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+                _ => bail!("--device {s:?}: expected cpu, cuda, cuda:N or mps"),
             },
         }
     }
@@ -286,27 +289,54 @@ impl fmt::Display for TorchDevice {
         match self {
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Mps => f.write_str("mps"),
+        }
+    }
+}
+
+/// What libtorch itself says when it cannot put a tensor on `device` (its first line).
+fn libtorch_refusal(device: tch::Device) -> String {
+    match tch::Tensor::f_zeros([1], (tch::Kind::Float, device)) {
+        Ok(_) => "it can allocate there, but reports no such device".into(),
+        Err(e) => {
+            let m = crate::train::script::torch_message(&e);
+            // Its first sentence; the rest is advice for PyTorch's own developers.
+            match m.find(". ") {
+                Some(i) => m[..=i].to_string(),
+                None => m,
+            }
         }
     }
 }
 
 impl TorchDevice {
-    /// The tch device, once libtorch says it can use it.
+    /// The tch device, once libtorch says it can use it; else libtorch's own reason.
     pub fn open(self) -> Result<tch::Device> {
         match self {
             Self::Cpu => Ok(tch::Device::Cpu),
             Self::Cuda(i) => {
                 if !tch::Cuda::is_available() {
-                    bail!(
-                        "--device {self}: CUDA is not available to libtorch here (no NVIDIA \
-                         GPU, or a build without CUDA support); use --device cpu"
-                    );
+                    let why = libtorch_refusal(tch::Device::Cuda(i));
+                    let hint = if why.contains("'CUDA' backend") {
+                        "this build does not link libtorch_cuda: run scripts/setup --cuda, then \
+                         rebuild"
+                    } else {
+                        "no usable NVIDIA GPU here"
+                    };
+                    bail!("--device {self}: libtorch cannot use CUDA ({hint}): {why}");
                 }
                 let n = tch::Cuda::device_count().max(0) as usize;
                 if i >= n {
                     bail!("--device {self}: only {n} CUDA device(s)");
                 }
                 Ok(tch::Device::Cuda(i))
+            }
+            Self::Mps => {
+                if !tch::utils::has_mps() {
+                    let why = libtorch_refusal(tch::Device::Mps);
+                    bail!("--device mps: libtorch cannot use Metal (MPS) here: {why}");
+                }
+                Ok(tch::Device::Mps)
             }
         }
     }
@@ -495,7 +525,7 @@ mod tests {
             ("seed = -9223372036854775808\n", "seed"),
             ("batch = 0\n", "batch must be at least 1"),
             ("limit_train = 0\n", "limit-train must be at least 1"),
-            ("device = \"cuda:x\"\n", "expected cpu, cuda or cuda:N"),
+            ("device = \"cuda:x\"\n", "expected cpu, cuda, cuda:N or mps"),
             ("model = \"resnet\"\n", "neither a built-in network"),
         ] {
             let e = err(text);
