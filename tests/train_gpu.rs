@@ -1754,7 +1754,7 @@ fn datasets_that_do_not_fit_the_model_are_refused() {
         &d,
         "lenet5",
         &format!(
-            "{} holds no images",
+            "{}: holds no images",
             d.join("train-images-idx3-ubyte").display()
         ),
     );

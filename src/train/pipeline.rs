@@ -346,8 +346,8 @@ pub fn run(
     resume: Option<&Checkpoint>,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
-    train.check_fits(cfg.model, "training")?;
-    test.check_fits(cfg.model, "test")?;
+    train.check_fits(&cfg.model.into(), "training")?;
+    test.check_fits(&cfg.model.into(), "test")?;
     if let Some(c) = resume {
         c.check_against(cfg)
             .context("the checkpoint to resume from")?;
