@@ -89,11 +89,12 @@ impl Normalization {
             Self::Given(p) => Err(Error::Normalize {
                 spec: self.to_string(),
                 why: format!(
-                    "{} MEAN,STD pairs, but the images of {} are {} ({channels} channels): \
+                    "{} MEAN,STD pairs, but the images of {} are {} ({channels} channel{}): \
                      give one pair per channel, or one for all",
                     p.len(),
                     train.from.images,
-                    shape_text(train.shape)
+                    shape_text(train.shape),
+                    if channels == 1 { "" } else { "s" }
                 ),
             }),
         }
