@@ -127,7 +127,7 @@ impl TensorSet {
     pub fn from_split(set: &Split, device: Device, stats: &[[f64; 2]]) -> Self {
         let [c, h, w] = set.shape.map(|d| d as i64);
         let n = set.len() as i64;
-        let images = match &set.pixels {
+        let mut images = match &set.pixels {
             Pixels::U8(v) => Tensor::from_slice(v).to_kind(Kind::Float) / 255.0,
             Pixels::F32(v) => Tensor::from_slice(v),
         }
@@ -136,7 +136,10 @@ impl TensorSet {
             let v: Vec<f32> = stats.iter().map(|s| s[i] as f32).collect();
             Tensor::from_slice(&v).view([1, v.len() as i64, 1, 1])
         };
-        let images = ((images - per(0)) / per(1)).to_device(device);
+        // In place: a large set is held once more, not once per operation.
+        images -= per(0);
+        images /= per(1);
+        let images = images.to_device(device);
         let labels = Tensor::from_slice(&set.labels).to_device(device);
         Self { images, labels }
     }

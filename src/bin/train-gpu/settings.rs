@@ -2,7 +2,7 @@
 //! (`--config`) over the defaults (`AdmmConfig::demo`). The schema, the defaults and
 //! every check of the values are the library's ([`microunify::train::settings`]); this
 //! module holds the flags, reads the files, and checks what needs this machine (the
-//! dataset folder, the `--init` file, the libtorch device). The resolved settings are
+//! dataset folder or file, the `--init` file, the libtorch device). The resolved settings are
 //! saved with the run as `config.toml`, in the same schema, so `--config RUN/config.toml`
 //! repeats a run and `--resume RUN` continues one.
 
