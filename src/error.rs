@@ -79,6 +79,10 @@ pub enum Error {
     /// inconsistent with its partner file. `path` is the file (or folder) at fault.
     #[error("{path}: {problem}")]
     Data { path: String, problem: String },
+    /// A normalisation setting (`MEAN,STD[;MEAN,STD...]`, `train` or `none`) that does not
+    /// parse, has a non-finite value or a standard deviation that is not positive.
+    #[error("normalize {spec:?}: {why}")]
+    Normalize { spec: String, why: String },
     /// Reading or writing a file failed, or the file is not one this program may read.
     #[error("{path}: {reason}")]
     Io {

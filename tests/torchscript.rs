@@ -3,9 +3,9 @@
 //! as TorchScript that runs and scores what the report says, resumed bit-exactly with
 //! BatchNorm, and every bad input a clear error.
 
-use microunify::data::load_mnist_dir;
+use microunify::data::{DataSource, Normalization};
 use microunify::format::CompressedFile;
-use microunify::train::data::{TensorSet, pixel_stats};
+use microunify::train::data::{TensorSet, load};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -102,8 +102,10 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// The test images the tiny runs score, normalised as train-gpu does by default.
 fn test_set() -> TensorSet {
-    let (train, test) = load_mnist_dir(&root().join("assets/mnist")).unwrap();
-    TensorSet::normalised(&test, Device::Cpu, pixel_stats(&train)).take(300)
+    let source = DataSource::IdxDir(root().join("assets/mnist"));
+    let mut d = load(&source, Device::Cpu, &Normalization::Training).unwrap();
+    d.limit(None, Some(300));
+    d.test
 }
 
 /// What a user does with `compressed.pt`: load it, score the test images.

@@ -1743,8 +1743,9 @@ fn datasets_that_do_not_fit_the_model_are_refused() {
         &d,
         "lenet5",
         &format!(
-            "the dataset's images are 1×32×32 (from {})",
-            d.join("t10k-images-idx3-ubyte").display()
+            "{}: the test images are 1×32×32, but the training images ({}) are 1×28×28",
+            d.join("t10k-images-idx3-ubyte").display(),
+            d.join("train-images-idx3-ubyte").display()
         ),
     );
     // A label past the model's classes; an empty set.
@@ -1764,7 +1765,7 @@ fn datasets_that_do_not_fit_the_model_are_refused() {
         &d,
         "lenet5",
         &format!(
-            "{} holds no images",
+            "{}: holds no images",
             d.join("train-images-idx3-ubyte").display()
         ),
     );

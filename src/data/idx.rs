@@ -1,6 +1,8 @@
 //! IDX files (the MNIST / Fashion-MNIST format), plain or gzipped, with every header field
 //! checked: a wrong magic, a truncated body or mismatched counts is an error naming the
-//! file. Whether the images and labels suit a model (image size, class count) is the
+//! file. Images are unsigned bytes of any size and channel count: a 3-dimensional file is
+//! `N×H×W` (one channel), a 4-dimensional one `N×C×H×W` (each image's channels one after
+//! the other, each channel row-major); labels are a 1-dimensional file of `N` bytes. Whether the images and labels suit a model (image size, class count) is the
 //! model's question: each set remembers the files it came from, so that the answer can
 //! name them.
 
@@ -8,9 +10,10 @@ use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Images (`count × rows × cols` bytes, row-major) with their labels.
+/// Images (`count × channels × rows × cols` bytes, see the module) with their labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSet {
+    pub channels: usize,
     pub rows: usize,
     pub cols: usize,
     pub images: Vec<u8>,
@@ -31,7 +34,7 @@ impl ImageSet {
 
     /// Pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
-        let n = self.rows * self.cols;
+        let n = self.channels * self.rows * self.cols;
         &self.images[i * n..(i + 1) * n]
     }
 }
@@ -49,26 +52,43 @@ fn bad(path: &Path, problem: impl Into<String>) -> Error {
 }
 
 /// Decodes the bytes of an IDX file of unsigned bytes with `dims` dimensions, gzipped (by
-/// its magic) or plain; returns (shape, body). Memory is bounded by what the header claims
-/// and the claim by `max_bytes`: a gzip stream that unpacks to more than its header says
-/// (a "gzip bomb") is cut off after one byte too many, never buffered whole.
+/// its magic) or plain; returns (shape, body). See [`decode_idx`].
 pub fn decode_idx_u8(
     path: &Path,
     raw: &[u8],
     dims: usize,
     max_bytes: u64,
 ) -> Result<(Vec<usize>, Vec<u8>)> {
+    decode_idx(path, raw, &[dims], max_bytes)
+}
+
+/// Decodes the bytes of an IDX file of unsigned bytes with one of the numbers of dimensions
+/// `allowed`, gzipped (by its magic) or plain; returns (shape, body). Memory is bounded by
+/// what the header claims and the claim by `max_bytes`: a gzip stream that unpacks to more
+/// than its header says (a "gzip bomb") is cut off after one byte too many, never buffered
+/// whole.
+pub fn decode_idx(
+    path: &Path,
+    raw: &[u8],
+    allowed: &[usize],
+    max_bytes: u64,
+) -> Result<(Vec<usize>, Vec<u8>)> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
-        return parse_idx_u8(path, raw, dims, max_bytes);
+        return parse_idx(path, raw, allowed, max_bytes);
     }
     let gz_err = |e: std::io::Error| bad(path, format!("corrupt gzip stream: {e}"));
     let mut stream = flate2::read::GzDecoder::new(raw);
-    let mut header = Vec::with_capacity(4 + 4 * dims);
+    let mut header = Vec::new();
     (&mut stream)
-        .take(4 + 4 * dims as u64)
+        .take(4)
         .read_to_end(&mut header)
         .map_err(gz_err)?;
-    let (shape, n) = header_shape(path, &header, dims, max_bytes)?;
+    let dims = magic_dims(path, &header, allowed)?;
+    (&mut stream)
+        .take(4 * dims as u64)
+        .read_to_end(&mut header)
+        .map_err(gz_err)?;
+    let (shape, n) = header_shape(path, &header, allowed, max_bytes)?;
     let mut body = Vec::with_capacity(n);
     stream
         .take(n as u64 + 1)
@@ -84,30 +104,44 @@ pub fn decode_idx_u8(
     Ok((shape, body))
 }
 
-/// The shape in an IDX header and the body length it implies, checked: magic, complete
-/// header, no overflow, at most `max_bytes`.
-fn header_shape(
-    path: &Path,
-    bytes: &[u8],
-    dims: usize,
-    max_bytes: u64,
-) -> Result<(Vec<usize>, usize)> {
+/// The number of dimensions in an IDX magic (the first four bytes), checked: two zero
+/// bytes, type 0x08 (unsigned byte), one of the numbers of dimensions `allowed`.
+fn magic_dims(path: &Path, bytes: &[u8], allowed: &[usize]) -> Result<usize> {
     if bytes.len() < 4 {
         return Err(bad(
             path,
             format!("truncated header: {} bytes", bytes.len()),
         ));
     }
-    // Magic: two zero bytes, type 0x08 (unsigned byte), number of dimensions.
-    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != dims {
+    let dims = bytes[3] as usize;
+    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || !allowed.contains(&dims) {
+        let magics: Vec<String> = allowed.iter().map(|d| format!("000008{d:02x}")).collect();
+        let counts: Vec<String> = allowed.iter().map(usize::to_string).collect();
         return Err(bad(
             path,
             format!(
-                "wrong magic {:02x}{:02x}{:02x}{:02x}: expected 000008{dims:02x} (unsigned bytes, {dims} dimensions)",
-                bytes[0], bytes[1], bytes[2], bytes[3]
+                "wrong magic {:02x}{:02x}{:02x}{:02x}: expected {} (unsigned bytes, {} dimensions)",
+                bytes[0],
+                bytes[1],
+                bytes[2],
+                bytes[3],
+                magics.join(" or "),
+                counts.join(" or ")
             ),
         ));
     }
+    Ok(dims)
+}
+
+/// The shape in an IDX header and the body length it implies, checked: magic, complete
+/// header, no overflow, at most `max_bytes`.
+fn header_shape(
+    path: &Path,
+    bytes: &[u8],
+    allowed: &[usize],
+    max_bytes: u64,
+) -> Result<(Vec<usize>, usize)> {
+    let dims = magic_dims(path, bytes, allowed)?;
     let header = 4 + 4 * dims;
     if bytes.len() < header {
         return Err(bad(
@@ -163,22 +197,34 @@ pub fn parse_idx_u8(
     dims: usize,
     max_bytes: u64,
 ) -> Result<(Vec<usize>, Vec<u8>)> {
-    let (shape, n) = header_shape(path, bytes, dims, max_bytes)?;
-    let body = &bytes[4 + 4 * dims..];
+    parse_idx(path, bytes, &[dims], max_bytes)
+}
+
+fn parse_idx(
+    path: &Path,
+    bytes: &[u8],
+    allowed: &[usize],
+    max_bytes: u64,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let (shape, n) = header_shape(path, bytes, allowed, max_bytes)?;
+    let body = &bytes[4 + 4 * shape.len()..];
     check_body_len(path, &shape, n, body.len())?;
     Ok((shape, body.to_vec()))
 }
 
 /// Reads and decodes one IDX file.
-fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = crate::fsio::read_regular(path, MAX_IDX_BYTES, "IDX file")?;
-    decode_idx_u8(path, &raw, dims, MAX_IDX_BYTES)
+fn read_idx(path: &Path, allowed: &[usize]) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = super::read_dataset_file(path, MAX_IDX_BYTES, "IDX file")?;
+    decode_idx(path, &raw, allowed, MAX_IDX_BYTES)
 }
 
-/// Loads an image file (3 dimensions) and a label file (1 dimension) as one set.
+/// The numbers of dimensions of an image file: `N×H×W` or `N×C×H×W`.
+const IMAGE_DIMS: [usize; 2] = [3, 4];
+
+/// Loads an image file (`N×H×W` or `N×C×H×W`) and a label file (`N`) as one set.
 pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageSet> {
-    let (ishape, ibody) = read_idx(images, 3)?;
-    let (lshape, lbody) = read_idx(labels, 1)?;
+    let (ishape, ibody) = read_idx(images, &IMAGE_DIMS)?;
+    let (lshape, lbody) = read_idx(labels, &[1])?;
     if ishape[0] != lshape[0] {
         return Err(bad(
             labels,
@@ -190,9 +236,11 @@ pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageSet> {
             ),
         ));
     }
+    let [rows, cols] = [ishape[ishape.len() - 2], ishape[ishape.len() - 1]];
     Ok(ImageSet {
-        rows: ishape[1],
-        cols: ishape[2],
+        channels: if ishape.len() == 4 { ishape[1] } else { 1 },
+        rows,
+        cols,
         images: ibody,
         labels: lbody,
         image_file: images.to_path_buf(),
@@ -200,25 +248,40 @@ pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageSet> {
     })
 }
 
-/// The first existing file among `name` and `name.gz` in `dir`.
-fn find(dir: &Path, name: &str) -> Result<PathBuf> {
-    for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
-        if candidate.is_file() {
-            return Ok(candidate);
+/// The first existing file among `names`, each plain or `.gz`, in `dir`.
+fn find(dir: &Path, names: &[&str]) -> Result<PathBuf> {
+    let candidates: Vec<String> = names
+        .iter()
+        .flat_map(|n| [n.to_string(), format!("{n}.gz")])
+        .collect();
+    for c in &candidates {
+        let path = dir.join(c);
+        if path.is_file() {
+            return Ok(path);
         }
     }
-    Err(bad(dir, format!("missing {name} (or {name}.gz)")))
+    Err(bad(
+        dir,
+        format!(
+            "missing {} (or {})",
+            candidates[0],
+            candidates[1..].join(", ")
+        ),
+    ))
 }
 
-/// Train and test sets of an MNIST-format folder (MNIST or Fashion-MNIST file names).
+/// Train and test sets of an MNIST-format folder: MNIST's and Fashion-MNIST's file names,
+/// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
+/// `t10k-labels-idx1-ubyte`, each plain or `.gz`; images with channels may be named
+/// `…-images-idx4-ubyte` (the header, not the name, says how many dimensions a file has).
 pub fn load_mnist_dir(dir: &Path) -> Result<(ImageSet, ImageSet)> {
     let train = load_pair(
-        &find(dir, "train-images-idx3-ubyte")?,
-        &find(dir, "train-labels-idx1-ubyte")?,
+        &find(dir, &["train-images-idx3-ubyte", "train-images-idx4-ubyte"])?,
+        &find(dir, &["train-labels-idx1-ubyte"])?,
     )?;
     let test = load_pair(
-        &find(dir, "t10k-images-idx3-ubyte")?,
-        &find(dir, "t10k-labels-idx1-ubyte")?,
+        &find(dir, &["t10k-images-idx3-ubyte", "t10k-images-idx4-ubyte"])?,
+        &find(dir, &["t10k-labels-idx1-ubyte"])?,
     )?;
     Ok((train, test))
 }
@@ -290,11 +353,30 @@ mod tests {
     }
 
     #[test]
+    fn images_have_any_size_and_channel_count() {
+        let p = Path::new("x");
+        let body: Vec<u8> = (0..120).collect();
+        for raw in [idx(&[2, 3, 4, 5], &body), gz(&idx(&[2, 3, 4, 5], &body))] {
+            let (shape, got) = decode_idx(p, &raw, &IMAGE_DIMS, MAX).unwrap();
+            assert_eq!((shape, &got), (vec![2, 3, 4, 5], &body));
+        }
+        let (shape, _) = decode_idx(p, &idx(&[1, 14, 56], &[0; 784]), &IMAGE_DIMS, MAX).unwrap();
+        assert_eq!(shape, [1, 14, 56]);
+        for raw in [idx(&[2, 2], &[0; 4]), gz(&idx(&[2, 2], &[0; 4]))] {
+            let e = decode_idx(p, &raw, &IMAGE_DIMS, MAX).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "x: wrong magic 00000802: expected 00000803 or 00000804 (unsigned bytes, 3 or 4 dimensions)"
+            );
+        }
+    }
+
+    #[test]
     fn shipped_mnist_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist");
         let (train, test) = load_mnist_dir(&dir).unwrap();
         assert_eq!((train.len(), test.len()), (60_000, 10_000));
-        assert_eq!((train.rows, train.cols), (28, 28));
+        assert_eq!((train.channels, train.rows, train.cols), (1, 28, 28));
         // The first training label of the original release is a 5, the first test one a 7.
         assert_eq!((train.labels[0], test.labels[0]), (5, 7));
     }
@@ -307,7 +389,8 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "{}: missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz)",
+                "{}: missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz, \
+                 train-images-idx4-ubyte, train-images-idx4-ubyte.gz)",
                 dir.display()
             )
         );

@@ -1,55 +1,113 @@
-//! Image sets as tch tensors, seeded mini-batches, and the check that a dataset suits a
-//! model (its image size and class count).
+//! Datasets as tch tensors ([`load`]: either source, normalised, as one [`Loaded`]), seeded
+//! mini-batches, and the check that a dataset suits a model: its image shape and class
+//! count, whatever the model (a built-in one's declared architecture, or the shape probed
+//! from another).
 
-use crate::data::ImageSet;
+use crate::data::{DataSource, Normalization, Pixels, SetFrom, Split, shape_text};
 use crate::train::models::ModelKind;
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
-/// IDX images have one channel.
-const IDX_CHANNELS: usize = 1;
+/// What a model takes, for the dataset check: its name (for messages), its input images
+/// `[C, H, W]` and its class count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInput {
+    pub name: String,
+    pub input: [usize; 3],
+    pub classes: usize,
+}
 
-fn wrong_shape(model: ModelKind, got: [usize; 3], from: &str) -> anyhow::Error {
-    let [c, h, w] = got;
+impl From<ModelKind> for ModelInput {
+    fn from(model: ModelKind) -> Self {
+        let arch = model.architecture();
+        Self {
+            name: model.to_string(),
+            input: arch.input,
+            classes: arch.classes,
+        }
+    }
+}
+
+fn wrong_shape(model: &ModelInput, got: [usize; 3], from: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "the dataset's images are {c}×{h}×{w} (from {from}), but model {model} takes {}",
-        model.architecture().input_text()
+        "the dataset's images are {} (from {from}), but model {} takes {}",
+        shape_text(got),
+        model.name,
+        shape_text(model.input)
     )
 }
 
-fn wrong_label(model: ModelKind, label: i64, index: usize, from: &str) -> anyhow::Error {
-    let classes = model.architecture().classes;
+fn wrong_label(model: &ModelInput, label: i64, index: usize, from: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "label {label} at index {index} of {from} is not a class of model {model} (it has {classes}: labels 0 to {})",
-        classes - 1
+        "label {label} at index {index} of {from} is not a class of model {} (it has {}: labels 0 to {})",
+        model.name,
+        model.classes,
+        model.classes.saturating_sub(1)
     )
 }
 
-/// Checks, before any training, that `set` suits `model`: at least one image, images of
-/// the model's input shape, labels below its class count. Errors name the files.
-pub fn check_fits(model: ModelKind, set: &ImageSet) -> Result<()> {
-    let arch = model.architecture();
-    let from = set.image_file.display().to_string();
-    if set.is_empty() {
-        bail!("{from} holds no images");
-    }
-    let got = [IDX_CHANNELS, set.rows, set.cols];
-    if got != arch.input {
-        return Err(wrong_shape(model, got, &from));
-    }
-    if let Some(i) = set
-        .labels
-        .iter()
-        .position(|&l| usize::from(l) >= arch.classes)
-    {
-        let from = set.label_file.display().to_string();
-        return Err(wrong_label(model, set.labels[i].into(), i, &from));
-    }
-    Ok(())
+/// A run's data, loaded by [`load`]: both sets on the device, normalised alike.
+pub struct Loaded {
+    pub train: TensorSet,
+    pub test: TensorSet,
+    /// The `[mean, std]` of each channel that both sets were normalised with (whoever feeds
+    /// the trained model must do the same).
+    pub stats: Vec<[f64; 2]>,
+    /// Every image's `[C, H, W]`.
+    pub input: [usize; 3],
+    /// Largest label of either set + 1.
+    pub classes: usize,
+    /// The folder or file they came from.
+    pub origin: String,
+    pub train_from: SetFrom,
+    pub test_from: SetFrom,
 }
 
-/// A labelled set on a device: images `[N, 1, rows, cols]` scaled to [0, 1] and normalised
-/// with a mean and standard deviation (the training set's), labels `[N]` (int64).
+/// Reads the training and test sets of `source` (checked, see [`DataSource::load`]),
+/// normalises both with the statistics `normalization` gives for the training set, and
+/// puts them on `device`.
+pub fn load(source: &DataSource, device: Device, normalization: &Normalization) -> Result<Loaded> {
+    let (train, test) = source.load()?;
+    let stats = normalization.stats(&train)?;
+    let classes = train.max_label().max(test.max_label()) + 1;
+    Ok(Loaded {
+        stats: stats.clone(),
+        input: train.shape,
+        classes: classes as usize,
+        origin: source.to_string(),
+        train: TensorSet::from_split(&train, device, &stats),
+        test: TensorSet::from_split(&test, device, &stats),
+        train_from: train.from,
+        test_from: test.from,
+    })
+}
+
+impl Loaded {
+    /// Checks, before any training, that the data suits `model`: images of its input shape
+    /// and labels below its class count. Errors name the files (and tensors).
+    pub fn check_fits(&self, model: &ModelInput) -> Result<()> {
+        for (set, from) in [
+            (&self.train, &self.train_from),
+            (&self.test, &self.test_from),
+        ] {
+            set.check(model, &from.images, &from.labels)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the first `train` training and `test` test examples, where given.
+    pub fn limit(&mut self, train: Option<i64>, test: Option<i64>) {
+        if let Some(n) = train {
+            self.train = self.train.take(n);
+        }
+        if let Some(n) = test {
+            self.test = self.test.take(n);
+        }
+    }
+}
+
+/// A labelled set on a device: images `[N, C, H, W]` (f32, bytes scaled to [0, 1]),
+/// normalised per channel, and labels `[N]` (int64).
 pub struct TensorSet {
     pub images: Tensor,
     pub labels: Tensor,
@@ -58,44 +116,37 @@ pub struct TensorSet {
 }
 
 /// MNIST's pixel mean and standard deviation (of [0, 1] pixels over the training set).
-pub const MNIST_STATS: (f64, f64) = (0.1307, 0.3081);
-
-/// Mean and standard deviation of a set's pixels scaled to [0, 1].
-pub fn pixel_stats(set: &ImageSet) -> (f64, f64) {
-    let n = set.images.len().max(1) as f64;
-    let (mut s, mut s2) = (0.0, 0.0);
-    for &p in &set.images {
-        let x = f64::from(p) / 255.0;
-        s += x;
-        s2 += x * x;
-    }
-    let mean = s / n;
-    (mean, (s2 / n - mean * mean).max(1e-12).sqrt())
-}
+pub const MNIST_STATS: [f64; 2] = [0.1307, 0.3081];
 
 impl TensorSet {
-    /// With MNIST's normalisation.
-    pub fn new(set: &ImageSet, device: Device) -> Self {
-        Self::normalised(set, device, MNIST_STATS)
+    /// An IDX set with MNIST's normalisation.
+    pub fn new(set: &crate::data::ImageSet, device: Device) -> Self {
+        Self::from_split(&Split::from(set.clone()), device, &[MNIST_STATS])
     }
 
-    /// Normalised with `(mean, std)` (use the training set's for both sets).
-    pub fn normalised(set: &ImageSet, device: Device, (mean, std): (f64, f64)) -> Self {
+    /// `set` on `device`, normalised with `stats`: one `[mean, std]` per channel, or one
+    /// for all.
+    pub fn from_split(set: &Split, device: Device, stats: &[[f64; 2]]) -> Self {
+        let [c, h, w] = set.shape.map(|d| d as i64);
         let n = set.len() as i64;
-        let images = Tensor::from_slice(&set.images).to_kind(Kind::Float).view([
-            n,
-            1,
-            set.rows as i64,
-            set.cols as i64,
-        ]) / 255.0;
-        let images = ((images - mean) / std).to_device(device);
-        let labels = Tensor::from_slice(&set.labels)
-            .to_kind(Kind::Int64)
-            .to_device(device);
+        let mut images = match &set.pixels {
+            Pixels::U8(v) => Tensor::from_slice(v).to_kind(Kind::Float) / 255.0,
+            Pixels::F32(v) => Tensor::from_slice(v),
+        }
+        .view([n, c, h, w]);
+        let per = |i: usize| {
+            let v: Vec<f32> = stats.iter().map(|s| s[i] as f32).collect();
+            Tensor::from_slice(&v).view([1, v.len() as i64, 1, 1])
+        };
+        // In place: a large set is held once more, not once per operation.
+        images -= per(0);
+        images /= per(1);
+        let images = images.to_device(device);
+        let labels = Tensor::from_slice(&set.labels).to_device(device);
         Self {
             images,
             labels,
-            normalization: vec![[mean, std]],
+            normalization: stats.to_vec(),
         }
     }
 
@@ -107,44 +158,48 @@ impl TensorSet {
         self.len() == 0
     }
 
-    /// [`check_fits`] for a set already on a device (`what` names it in errors): a
+    /// [`Loaded::check_fits`] for a set already on a device (`what` names it in errors): a
     /// library caller's tensors get an error, not a failure inside libtorch.
-    pub fn check_fits(&self, model: ModelKind, what: &str) -> Result<()> {
+    pub fn check_fits(&self, model: &ModelInput, what: &str) -> Result<()> {
+        self.check(
+            model,
+            &format!("the {what} set"),
+            &format!("the {what} labels"),
+        )
+    }
+
+    fn check(&self, model: &ModelInput, images_from: &str, labels_from: &str) -> Result<()> {
         let size = self.images.size();
         let n = self.len();
         if n == 0 {
-            bail!("the {what} set holds no images");
+            bail!("{images_from} holds no images");
         }
         let [count, c, h, w] = size[..] else {
             bail!(
-                "the {what} images are a tensor of shape {size:?}; model {model} takes \
+                "the images of {images_from} are a tensor of shape {size:?}; model {} takes \
                  [N, C, H, W] = [N, {}]",
-                model.architecture().input_text().replace('×', ", ")
+                model.name,
+                shape_text(model.input).replace('×', ", ")
             );
         };
         if count != n {
-            bail!("the {what} set has {count} images but {n} labels");
+            bail!("{images_from} has {count} images but {n} labels");
         }
         let got = [c, h, w].map(|d| d as usize);
-        if got != model.architecture().input {
-            return Err(wrong_shape(model, got, &format!("the {what} set")));
+        if got != model.input {
+            return Err(wrong_shape(model, got, images_from));
         }
         let labels = self.labels.to_kind(Kind::Int64);
         let (lo, hi) = (
             i64::try_from(labels.min()).unwrap_or(-1),
             i64::try_from(labels.max()).unwrap_or(-1),
         );
-        let classes = model.architecture().classes as i64;
+        let classes = model.classes as i64;
         if lo < 0 || hi >= classes {
             let bad = if lo < 0 { lo } else { hi };
             let index = i64::try_from(labels.eq(bad).to_kind(Kind::Int64).argmax(0, false))
                 .unwrap_or(0) as usize;
-            return Err(wrong_label(
-                model,
-                bad,
-                index,
-                &format!("the {what} labels"),
-            ));
+            return Err(wrong_label(model, bad, index, labels_from));
         }
         Ok(())
     }

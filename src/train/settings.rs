@@ -9,6 +9,7 @@
 //! the binary's to check afterwards.
 
 use crate::block::{BlockShape, Ratios};
+use crate::data::Normalization;
 use crate::gpu::{BackendChoice, GpuOptions};
 use crate::train::config::{AdmmConfig, OptimizerKind, Schedule, Targets, Task, layer_plan};
 use crate::train::network::ModelSource;
@@ -83,6 +84,10 @@ pub struct FileConfig {
     pub task: Option<Task>,
     pub dataset: Option<Dataset>,
     pub data_dir: Option<PathBuf>,
+    /// A safetensors dataset file (instead of `dataset`/`data_dir`), see [`crate::data::safetensors`].
+    pub data: Option<PathBuf>,
+    /// `train` (the default), `none` or `MEAN,STD[;MEAN,STD...]` ([`Normalization`]).
+    pub normalize: Option<String>,
     pub block: Option<String>,
     /// Per-layer block shapes: `[layer_blocks] conv1 = "2x8"`.
     pub layer_blocks: Option<BTreeMap<String, String>>,
@@ -245,10 +250,22 @@ impl FileConfig {
             Some(s) => s.parse()?,
             None => TorchDevice::Cpu,
         };
+        if f.data.is_some() && (f.data_dir.is_some() || f.dataset.is_some()) {
+            bail!(
+                "give either `data` (a safetensors file) or `dataset`/`data_dir` (IDX files), \
+                 not both"
+            );
+        }
+        let normalize = match &f.normalize {
+            Some(n) => n.parse()?,
+            None => Normalization::default(),
+        };
         Ok(Settings {
             admm,
             dataset: f.dataset.unwrap_or(Dataset::Mnist),
             data_dir: f.data_dir.clone(),
+            data: f.data.clone(),
+            normalize,
             limit_train: f.limit_train,
             limit_test: f.limit_test,
             device,
@@ -349,6 +366,9 @@ pub struct Settings {
     pub dataset: Dataset,
     /// The dataset folder as given; `None`: the dataset's usual place.
     pub data_dir: Option<PathBuf>,
+    /// A safetensors dataset file, used instead of `dataset` and `data_dir`.
+    pub data: Option<PathBuf>,
+    pub normalize: Normalization,
     pub limit_train: Option<i64>,
     pub limit_test: Option<i64>,
     pub device: TorchDevice,
@@ -377,8 +397,10 @@ impl Settings {
             include: a.include.clone(),
             exclude: a.exclude.clone(),
             task: Some(a.task),
-            dataset: Some(self.dataset),
+            dataset: self.data.is_none().then_some(self.dataset),
             data_dir: self.data_dir.clone(),
+            data: self.data.clone(),
+            normalize: Some(self.normalize.to_string()),
             block: Some(a.block.to_string()),
             layer_blocks: (!a.layer_blocks.is_empty()).then(|| {
                 a.layer_blocks
@@ -442,6 +464,13 @@ mod tests {
         let sgd = parse("optimizer = \"sgd\"\nmomentum = 0.5\n").unwrap();
         assert_eq!(sgd.admm.momentum, 0.5);
         assert_eq!(parse(&sgd.to_toml().unwrap()).unwrap(), sgd);
+        let st = parse("data = \"d.safetensors\"\nnormalize = \"0.5,0.25;1,2\"\n").unwrap();
+        assert_eq!(
+            st.normalize,
+            Normalization::Given(vec![[0.5, 0.25], [1.0, 2.0]])
+        );
+        assert_eq!(parse(&st.to_toml().unwrap()).unwrap(), st);
+        assert_eq!(s.normalize, Normalization::Training);
     }
 
     #[test]
@@ -527,6 +556,13 @@ mod tests {
             ("limit_train = 0\n", "limit-train must be at least 1"),
             ("device = \"cuda:x\"\n", "expected cpu, cuda, cuda:N or mps"),
             ("model = \"resnet\"\n", "neither a built-in network"),
+            ("normalize = \"0.5,0\"\n", "std a positive finite number"),
+            ("normalize = \"0.5\"\n", "is not MEAN,STD"),
+            (
+                "data = \"d.st\"\ndata_dir = \"x\"\n",
+                "or `dataset`/`data_dir`",
+            ),
+            ("data = \"d.st\"\ndataset = \"mnist\"\n", "not both"),
         ] {
             let e = err(text);
             assert!(e.contains(needle), "{text:?}: expected {needle:?} in {e}");
@@ -552,6 +588,8 @@ mod tests {
                 Just("cuda:3".to_string()),
                 Just("lenet-300-100".to_string()),
                 Just("sgd".to_string()),
+                Just("0.5,0.25;0.1,2".to_string()),
+                Just("none".to_string()),
             ]
             .prop_map(toml::Value::String),
         ];
@@ -577,6 +615,8 @@ mod tests {
         "model",
         "dataset",
         "data_dir",
+        "data",
+        "normalize",
         "block",
         "layer_blocks",
         "ratios",

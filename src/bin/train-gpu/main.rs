@@ -13,11 +13,10 @@ mod sweep;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use microunify::LayerSpec;
-use microunify::data::load_mnist_dir;
 use microunify::gpu::Gpu;
 use microunify::train::checkpoint::Checkpoint;
 use microunify::train::config::layer_plan;
-use microunify::train::data::{TensorSet, check_fits, pixel_stats};
+use microunify::train::data::{self, Loaded};
 use microunify::train::denormals::flush_denormals;
 use microunify::train::network::ModelSource;
 use microunify::train::pipeline::{self, Outcome};
@@ -66,30 +65,18 @@ enum Command {
 }
 
 /// The train and test sets of `s`, checked against its model, on its device, normalised
-/// with the training set's pixel statistics.
-fn load_data(s: &Ready) -> Result<(TensorSet, TensorSet)> {
-    let (train, test) = load_mnist_dir(&s.data_dir)
-        .with_context(|| format!("loading the dataset from {}", s.data_dir.display()))?;
+/// as it says (by default with the training set's per-channel statistics, all of them),
+/// then limited.
+fn load_data(s: &Ready) -> Result<Loaded> {
+    let mut d = data::load(&s.data, s.device, &s.settings.normalize)
+        .with_context(|| format!("loading the dataset {}", s.data))?;
     if let ModelSource::Builtin(kind) = &s.admm().model {
-        for set in [&train, &test] {
-            check_fits(*kind, set)?;
-        }
+        d.check_fits(&(*kind).into())?;
     }
-    let stats = pixel_stats(&train);
-    let mut train = TensorSet::normalised(&train, s.device, stats);
-    let mut test = TensorSet::normalised(&test, s.device, stats);
-    if let Some(n) = s.settings.limit_train {
-        train = train.take(n);
-    }
-    if let Some(n) = s.settings.limit_test {
-        test = test.take(n);
-    }
-    Ok((train, test))
+    d.limit(s.settings.limit_train, s.settings.limit_test);
+    Ok(d)
 }
 
-/// The layers to compress, checked against the model (names, ratios, block sizes) before
-/// any data or GPU work.
-/// The projection's GPU, named on stderr with the data.
 /// The layers a run of `s` compresses.
 fn plan(s: &Ready) -> Result<Vec<LayerSpec>> {
     let a = s.admm();
@@ -97,21 +84,22 @@ fn plan(s: &Ready) -> Result<Vec<LayerSpec>> {
 }
 
 /// The run's network accepts the data (checked before the run folder is touched).
-fn check_data(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<()> {
+fn check_data(s: &Ready, data: &Loaded) -> Result<()> {
     let a = s.admm();
     let model = pipeline::load_model(a, s.device, None)?;
-    model.check_data(a.task, &data.0, "training")?;
-    model.check_data(a.task, &data.1, "test")
+    model.check_data(a.task, &data.train, "training")?;
+    model.check_data(a.task, &data.test, "test")
 }
 
-fn open_gpu(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<Gpu> {
+/// The projection's GPU, named on stderr with the data.
+fn open_gpu(s: &Ready, data: &Loaded) -> Result<Gpu> {
     let gpu = Gpu::new(&s.settings.gpu).context("opening the GPU for the projection")?;
     microunify::errln!(
         "adapter: {gpu:?}; torch device {:?}; {} train / {} test images from {}",
         s.device,
-        data.0.len(),
-        data.1.len(),
-        s.data_dir.display()
+        data.train.len(),
+        data.test.len(),
+        data.origin
     );
     Ok(gpu)
 }
@@ -120,7 +108,7 @@ fn open_gpu(s: &Ready, data: &(TensorSet, TensorSet)) -> Result<Gpu> {
 fn run_into(
     s: &Ready,
     dir: &RunDir,
-    data: &(TensorSet, TensorSet),
+    data: &Loaded,
     gpu: &Gpu,
     resume: Option<&Checkpoint>,
     label: &str,
@@ -130,7 +118,7 @@ fn run_into(
     if let Some(c) = resume {
         obs.skip(c.progress.epochs.len());
     }
-    let out = pipeline::run(s.admm(), gpu, &data.0, &data.1, resume, &mut obs)?;
+    let out = pipeline::run(s.admm(), gpu, &data.train, &data.test, resume, &mut obs)?;
     obs.finish();
     dir.finish(s.admm(), &out)?;
     Ok(out)

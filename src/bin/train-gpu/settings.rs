@@ -2,12 +2,13 @@
 //! (`--config`) over the defaults (`AdmmConfig::demo`). The schema, the defaults and
 //! every check of the values are the library's ([`microunify::train::settings`]); this
 //! module holds the flags, reads the files, and checks what needs this machine (the
-//! dataset folder, the `--init` file, the libtorch device). The resolved settings are
+//! dataset folder or file, the `--init` file, the libtorch device). The resolved settings are
 //! saved with the run as `config.toml`, in the same schema, so `--config RUN/config.toml`
 //! repeats a run and `--resume RUN` continues one.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use microunify::data::DataSource;
 use microunify::fsio::read_regular;
 use microunify::gpu::BackendChoice;
 use microunify::train::config::{AdmmConfig, OptimizerKind, Schedule, Task};
@@ -49,9 +50,19 @@ pub struct RunArgs {
     /// Dataset [mnist].
     #[arg(long, value_enum)]
     pub dataset: Option<Dataset>,
-    /// Folder with the four MNIST-format IDX files (plain or .gz).
+    /// Folder with the four MNIST-format IDX files (plain or .gz; images N×H×W or
+    /// N×C×H×W).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A safetensors dataset instead: tensors train.x, test.x (N×C×H×W, U8 or F32) and
+    /// train.y, test.y (N, integers).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data_dir", "dataset"])]
+    pub data: Option<PathBuf>,
+    /// Per-channel normalisation (x − MEAN) / STD: train (each channel's mean and std over
+    /// the training images), none, or MEAN,STD[;MEAN,STD...] (one pair for all channels or
+    /// one per channel) [train].
+    #[arg(long, value_name = "SPEC")]
+    pub normalize: Option<String>,
     /// Block shape ROWSxCOLS for every layer [4x4].
     #[arg(long)]
     pub block: Option<BlockShape>,
@@ -200,10 +211,10 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// Settings checked against this machine, ready to run.
 #[derive(Clone, Debug)]
 pub struct Ready {
-    /// With the dataset folder and `--init` made absolute (so that the run's config.toml
-    /// works from any directory).
+    /// With the dataset folder or file and `--init` made absolute (so that the run's
+    /// config.toml works from any directory).
     pub settings: Settings,
-    pub data_dir: PathBuf,
+    pub data: DataSource,
     pub device: tch::Device,
 }
 
@@ -217,10 +228,40 @@ impl Ready {
     }
 }
 
-/// Checks what `s` needs of this machine: the dataset folder (the dataset's usual place
-/// when none is given), the `--init` file, the libtorch device.
+/// Checks what `s` needs of this machine: the dataset file or folder (the dataset's usual
+/// place when none is given), the `--init` file, the libtorch device.
 pub fn prepare(mut s: Settings) -> Result<Ready> {
-    let data_dir = match (&s.data_dir, s.dataset) {
+    let data = match &s.data {
+        Some(file) => {
+            let file = absolute(file)?;
+            s.data = Some(file.clone());
+            DataSource::Safetensors(file)
+        }
+        None => {
+            let dir = absolute(&idx_dir(&s)?)?;
+            s.data_dir = Some(dir.clone());
+            DataSource::IdxDir(dir)
+        }
+    };
+    if let ModelSource::Script(p) = &s.admm.model {
+        s.admm.model = ModelSource::Script(absolute(p)?);
+    }
+    if let Some(init) = &s.admm.init {
+        let init = absolute(init)?;
+        microunify::train::pipeline::check_init(&init)?;
+        s.admm.init = Some(init);
+    }
+    let device = s.device.open()?;
+    Ok(Ready {
+        settings: s,
+        data,
+        device,
+    })
+}
+
+/// The IDX folder of `s`: the one given, or the dataset's usual place.
+fn idx_dir(s: &Settings) -> Result<PathBuf> {
+    Ok(match (&s.data_dir, s.dataset) {
         (Some(d), _) => d.clone(),
         (None, Dataset::Mnist) => {
             let local = Path::new("assets/mnist");
@@ -240,22 +281,6 @@ pub fn prepare(mut s: Settings) -> Result<Ready> {
             }
             p
         }
-    };
-    let data_dir = absolute(&data_dir)?;
-    s.data_dir = Some(data_dir.clone());
-    if let ModelSource::Script(p) = &s.admm.model {
-        s.admm.model = ModelSource::Script(absolute(p)?);
-    }
-    if let Some(init) = &s.admm.init {
-        let init = absolute(init)?;
-        microunify::train::pipeline::check_init(&init)?;
-        s.admm.init = Some(init);
-    }
-    let device = s.device.open()?;
-    Ok(Ready {
-        settings: s,
-        data_dir,
-        device,
     })
 }
 
@@ -276,6 +301,8 @@ impl RunArgs {
         f(self.task.is_some(), "--task");
         f(self.dataset.is_some(), "--dataset");
         f(self.data_dir.is_some(), "--data-dir");
+        f(self.data.is_some(), "--data");
+        f(self.normalize.is_some(), "--normalize");
         f(self.block.is_some(), "--block");
         f(self.layer_blocks.is_some(), "--layer-blocks");
         f(self.ratios.is_some(), "--ratios");
@@ -314,6 +341,12 @@ impl RunArgs {
         macro_rules! over {
             ($($k:ident),*) => { $( if let Some(v) = &self.$k { f.$k = Some(v.clone()); } )* };
         }
+        // A data source given on the command line replaces the file's.
+        if self.data.is_some() {
+            (f.dataset, f.data_dir) = (None, None);
+        } else if self.dataset.is_some() || self.data_dir.is_some() {
+            f.data = None;
+        }
         over!(
             model,
             include,
@@ -321,6 +354,8 @@ impl RunArgs {
             task,
             dataset,
             data_dir,
+            data,
+            normalize,
             rho0,
             gamma,
             rho_max,

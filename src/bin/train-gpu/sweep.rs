@@ -11,7 +11,7 @@ use crate::{load_data, open_gpu, plan, run_into};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use microunify::gpu::Gpu;
-use microunify::train::data::TensorSet;
+use microunify::train::data::Loaded;
 use microunify::train::report::Report;
 use microunify::train::rundir::{CONFIG, DENSE, Next, RunDir};
 use microunify::train::sweep::{
@@ -58,7 +58,7 @@ pub struct SweepArgs {
 fn run_or_reuse(
     s: &Ready,
     dir: &Path,
-    data: &(TensorSet, TensorSet),
+    data: &Loaded,
     gpu: &Gpu,
     label: &str,
     force: bool,
