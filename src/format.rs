@@ -24,8 +24,9 @@
 //! before compression (one of [`dtype::LAYER_DTYPES`]; its values must fit it), block,
 //! layout, GEMM view, block counts and a SHA-256 over the entry itself (as JSON, this
 //! field empty) and the four compact tensors' bytes in the table's order (the compact form
-//! has no redundancy left to tell a damaged weight from a real one). Any other metadata of the input is kept. No JSON object of the header,
-//! of `__metadata__` or of the layer list may repeat a key.
+//! has no redundancy left to tell a damaged weight from a real one). Any other metadata of
+//! the input is kept. No JSON object of the header, of `__metadata__` or of the layer list
+//! may repeat a key.
 //!
 //! Reserved names: no tensor of the file may take a listed layer's own name (the layer
 //! gets it back on decompression). A tensor named `X.mu.S` belongs to the format when `S`

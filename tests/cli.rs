@@ -484,7 +484,12 @@ mod compress {
         assert!(total.contains(&format!("{weights} weights")), "{total}");
         // The file's size on disk against the dense checkpoint it stands for.
         let size = std::fs::metadata(path).unwrap().len();
-        let dense = f.dense_size();
+        // Every tensor at its own dtype: the layers' weights and the pass-through bytes.
+        let layers: usize = (f.layers.iter())
+            .map(|l| l.shape.iter().product::<usize>() * l.dtype.bitsize() / 8)
+            .sum();
+        let rest: usize = f.passthrough.values().map(|t| t.data.len()).sum();
+        let dense = layers + rest;
         let line = stdout
             .lines()
             .find(|s| s.starts_with("size "))
