@@ -1,17 +1,33 @@
-//! The compressed file format (src/format.rs): round trips, and every kind of corrupted or
-//! inconsistent file refused with an error naming the tensor and the problem, never a
-//! panic. The GPU test checks `CompressedMatrix::from_projection` against `from_dense`.
+//! The compressed file format (src/format.rs): round trips of awkward shapes, the size on
+//! disk against the bits docs/METHOD.md §1 counts, decompression back to the original
+//! names, shapes and dtypes, and every kind of corrupted or inconsistent file refused with
+//! an error naming the tensor and the problem, never a panic. The GPU test checks
+//! `CompressedMatrix::from_projection` against `from_dense`.
 
 mod common;
 
-use microunify::block::{ConvLayout, LayerSpec, to_gemm};
-use microunify::compressed::{CompressedMatrix, UNIFIED_FLAG};
+use microunify::block::{BlockGrid, ConvLayout, LayerSpec, to_gemm};
+use microunify::compressed::CompressedMatrix;
 use microunify::cpu::projection as cpu;
-use microunify::format::{CompressedFile, CompressedLayer, LAYERS_KEY, RawTensor, VERSION_KEY};
+use microunify::format::input::{ProjectInput, Selection};
+use microunify::format::{
+    COMPACT, CompressedFile, CompressedLayer, LAYERS_KEY, RawTensor, VERSION_KEY, reseal,
+};
 use microunify::gpu::projection::{NetworkProjection, Tensor};
-use microunify::{BlockShape, Error, SelectionMode};
+use microunify::{BlockShape, BlockState, Error, SelectionMode};
+use rand::Rng;
+use rand::rngs::SmallRng;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+
+/// The CPU reference's compressed form of `gemm` (row-major in the GEMM view of `spec`).
+fn project(spec: &LayerSpec, gemm: &[f32], r: (f64, f64)) -> CompressedMatrix {
+    let mode = cpu::per_layer(std::slice::from_ref(spec), r.0, r.1).unwrap();
+    let p = cpu::project(std::slice::from_ref(spec), &[gemm], &mode)
+        .unwrap()
+        .remove(0);
+    CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap()
+}
 
 /// A compressed layer projected by the CPU reference from seeded random weights.
 fn layer(
@@ -26,12 +42,7 @@ fn layer(
     let n: usize = shape.iter().product();
     let w = common::weights(&mut common::rng(seed), n);
     let spec = LayerSpec::new(name, shape, block).unwrap();
-    let gemm = to_gemm(&w, shape, layout);
-    let mode = cpu::per_layer(std::slice::from_ref(&spec), r.0, r.1).unwrap();
-    let p = cpu::project(std::slice::from_ref(&spec), &[&gemm], &mode)
-        .unwrap()
-        .remove(0);
-    let m = CompressedMatrix::from_dense(spec.view, block, &p.z, &p.states).unwrap();
+    let m = project(&spec, &to_gemm(&w, shape, layout), r);
     CompressedLayer::new(name, shape, layout, m).unwrap()
 }
 
@@ -43,8 +54,9 @@ fn raw(dtype: Dtype, shape: &[usize], data: Vec<u8>) -> RawTensor {
     }
 }
 
-/// Ragged linear and conv layers in both layouts, all-dense and all-unified edge layers,
-/// and pass-through tensors of several dtypes (one empty).
+/// Ragged linear and conv layers in both layouts (one recorded as F16), all-dense,
+/// all-unified and all-pruned layers, and pass-through tensors of several dtypes (one
+/// empty).
 fn sample() -> CompressedFile {
     let cm = ConvLayout::ChannelMajor;
     let mut f = CompressedFile {
@@ -58,7 +70,9 @@ fn sample() -> CompressedFile {
                 (0.2, 0.5),
                 2,
             ),
-            layer("conv2", &[5, 4, 3, 3], "8x8", cm, (0.0, 0.5), 3),
+            layer("conv2", &[5, 4, 3, 3], "8x8", cm, (0.0, 0.5), 3)
+                .with_dtype(Dtype::F16)
+                .unwrap(),
             layer("edge", &[5, 6], "4x4", cm, (0.0, 0.0), 4),
             layer("edgeu", &[5, 6], "4x4", cm, (0.0, 1.0), 5),
             layer("gone", &[3, 9], "1x8", cm, (1.0, 0.0), 6),
@@ -91,36 +105,76 @@ fn format_error(bytes: &[u8], what: &str) -> String {
     }
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The compact tensors of `l` as the format's table describes them, computed here from the
+/// layer's dense reconstruction alone: the state map, the dense blocks' weights and the
+/// unified blocks' sign bits block after block over each block's own extent.
+fn expected_compact(l: &CompressedLayer) -> [(Dtype, Vec<usize>, Vec<u8>); 4] {
+    let m = &l.matrix;
+    let gemm = to_gemm(&l.dense(), &l.shape, l.layout);
+    let grid = BlockGrid::new(m.view, m.block);
+    let mut states = vec![0u8; m.states.len().div_ceil(4)];
+    let (mut values, mut magnitudes, mut signs) = (Vec::new(), Vec::new(), Vec::<bool>::new());
+    for (b, s) in m.states.iter().enumerate() {
+        states[b / 4] |= (*s as u8) << (2 * (b % 4));
+        let w: Vec<f32> = grid
+            .extent(b)
+            .indices(m.view.cols)
+            .map(|i| gemm[i])
+            .collect();
+        match s {
+            BlockState::Dense => values.extend(w),
+            BlockState::Unified => {
+                magnitudes.push(w[0].abs());
+                signs.extend(w.iter().map(|v| *v < 0.0));
+            }
+            BlockState::Pruned => {}
+        }
+    }
+    let mut packed = vec![0u8; signs.len().div_ceil(8)];
+    for (k, neg) in signs.iter().enumerate() {
+        packed[k / 8] |= u8::from(*neg) << (k % 8);
+    }
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    [
+        (Dtype::U8, vec![states.len()], states),
+        (Dtype::F32, vec![values.len()], le(&values)),
+        (Dtype::F32, vec![magnitudes.len()], le(&magnitudes)),
+        (Dtype::U8, vec![packed.len()], packed),
+    ]
+}
+
 #[test]
-fn round_trip_is_exact() {
+fn round_trip_is_exact_and_the_file_holds_only_the_compact_form() {
     let f = sample();
     let bytes = f.to_bytes().unwrap();
     let back = CompressedFile::from_bytes(&bytes).unwrap();
     assert_eq!(back, f);
-    // The dense tensors load as plain F32 tensors of the original shape and order.
+    for (a, b) in back.layers.iter().zip(&f.layers) {
+        assert_eq!(bits(&a.dense()), bits(&b.dense()), "{}", a.name);
+    }
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for l in &f.layers {
-        let t = st.tensor(&l.name).unwrap();
-        assert_eq!(
-            (t.dtype(), t.shape()),
-            (Dtype::F32, &l.shape[..]),
-            "{}",
+        assert!(
+            st.tensor(&l.name).is_err(),
+            "{}: a dense tensor is stored",
             l.name
         );
-        let have: Vec<f32> = t
-            .data()
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        assert_eq!(have, l.dense(), "{}", l.name);
-        // The GEMM view permuted back: to_gemm(dense) is what the matrix holds.
-        assert_eq!(
-            to_gemm(&have, &l.shape, l.layout),
-            l.matrix.to_dense(),
-            "{}",
-            l.name
-        );
+        for (suffix, (dtype, shape, data)) in COMPACT.iter().zip(expected_compact(l)) {
+            let name = format!("{}.mu.{suffix}", l.name);
+            let t = st.tensor(&name).unwrap();
+            assert_eq!(
+                (t.dtype(), t.shape(), t.data()),
+                (dtype, &shape[..], &data[..]),
+                "{name}"
+            );
+        }
     }
+    let layer_tensors = COMPACT.len() * f.layers.len();
+    assert_eq!(st.len(), layer_tensors + f.passthrough.len());
     for (name, t) in &f.passthrough {
         let v = st.tensor(name).unwrap();
         assert_eq!(
@@ -129,6 +183,188 @@ fn round_trip_is_exact() {
             "{name}"
         );
     }
+}
+
+/// A random block side: mostly small and ragged, sometimes the extremes.
+fn random_side(rng: &mut SmallRng) -> usize {
+    match rng.random_range(0..6) {
+        0 => 1,
+        1 => 32,
+        _ => rng.random_range(1..=9),
+    }
+}
+
+#[test]
+fn awkward_shapes_round_trip_in_every_state_mix() {
+    let mut rng = common::rng(17);
+    let fixed: [&[usize]; 9] = [
+        &[1, 1],
+        &[1, 97],
+        &[97, 1],
+        &[7, 13],
+        &[31, 37],
+        &[2, 1, 1, 1],
+        &[3, 5, 1, 7],
+        &[11, 3, 3, 3],
+        &[33, 70],
+    ];
+    let ratios = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.3, 0.4), (0.5, 0.5)];
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64];
+    // Which of all-dense, all-unified, all-pruned and all-three layers occurred.
+    let mut mixes = [false; 4];
+    for round in 0..40 {
+        let mut f = CompressedFile::default();
+        for (i, shape) in fixed.iter().enumerate() {
+            let shape = if round == 0 {
+                shape.to_vec()
+            } else if rng.random_bool(0.5) {
+                vec![rng.random_range(1..60), rng.random_range(1..60)]
+            } else {
+                (0..4).map(|_| rng.random_range(1..6)).collect()
+            };
+            let block = BlockShape::new(random_side(&mut rng), random_side(&mut rng)).unwrap();
+            let layout = if rng.random_bool(0.5) {
+                ConvLayout::PositionMajor
+            } else {
+                ConvLayout::ChannelMajor
+            };
+            let layout = if shape.len() == 4 {
+                layout
+            } else {
+                ConvLayout::ChannelMajor
+            };
+            let r = ratios[rng.random_range(0..ratios.len())];
+            let name = format!("l{i}.weight");
+            let spec = LayerSpec::new(&name, &shape, block).unwrap();
+            let n = spec.view.len();
+            let w = common::weights(&mut rng, n);
+            let m = project(&spec, &to_gemm(&w, &shape, layout), r);
+            let dtype = dtypes[rng.random_range(0..dtypes.len())];
+            let c = m.counts();
+            let total = c.iter().sum::<usize>();
+            if let Some(k) = c.iter().position(|&x| x == total) {
+                mixes[k] = true;
+            }
+            mixes[3] |= c.iter().all(|&x| x > 0);
+            f.layers.push(
+                CompressedLayer::new(name, &shape, layout, m)
+                    .unwrap()
+                    .with_dtype(dtype)
+                    .unwrap(),
+            );
+        }
+        let back = CompressedFile::from_bytes(&f.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, f, "round {round}");
+        for (a, b) in back.layers.iter().zip(&f.layers) {
+            assert_eq!(
+                bits(&a.dense()),
+                bits(&b.dense()),
+                "round {round}: {}",
+                a.name
+            );
+        }
+    }
+    assert_eq!(
+        mixes, [true; 4],
+        "all dense, all unified, all pruned, all three"
+    );
+}
+
+/// Bytes of the safetensors header (its length field included).
+fn header_bytes(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+/// The file of `f` against what it must come to: the bits docs/METHOD.md §1 counts, the
+/// pass-through tensors' bytes and the header. Returns (file, bound, dense size).
+fn size_against_bits(f: &CompressedFile) -> (usize, f64, u64) {
+    let bytes = f.to_bytes().unwrap();
+    let counted: u64 = f.layers.iter().map(|l| l.matrix.bits()).sum();
+    let passthrough: usize = f.passthrough.values().map(|t| t.data.len()).sum();
+    let bound = counted as f64 / 8.0 + passthrough as f64 + header_bytes(&bytes) as f64;
+    (bytes.len(), bound, f.dense_size())
+}
+
+/// LeNet-5's weight shapes with the demo's per-layer ratios (docs/METHOD.md; fc1 mostly
+/// pruned) and its biases passing through.
+fn lenet5() -> CompressedFile {
+    let cm = ConvLayout::ChannelMajor;
+    let mut f = CompressedFile::default();
+    let layers: [(&str, &[usize], (f64, f64)); 4] = [
+        ("conv1", &[20, 1, 5, 5], (0.2, 0.4)),
+        ("conv2", &[50, 20, 5, 5], (0.7, 0.2)),
+        ("fc1", &[500, 800], (0.95, 0.04)),
+        ("fc2", &[10, 500], (0.5, 0.3)),
+    ];
+    for (i, (name, shape, r)) in layers.into_iter().enumerate() {
+        let w = format!("{name}.weight");
+        f.layers.push(layer(&w, shape, "4x4", cm, r, 40 + i as u64));
+        let bias: Vec<u8> = (0..shape[0])
+            .flat_map(|j| (j as f32).to_le_bytes())
+            .collect();
+        f.passthrough
+            .insert(format!("{name}.bias"), raw(Dtype::F32, &[shape[0]], bias));
+    }
+    f
+}
+
+#[test]
+fn the_file_is_the_counted_bits_and_far_smaller_than_the_model() {
+    let f = lenet5();
+    let (file, bound, dense) = size_against_bits(&f);
+    eprintln!(
+        "LeNet-5: file {file} bytes, counted bits/8 + pass-through + header {bound:.0}, dense {dense} bytes ({:.2}x)",
+        dense as f64 / file as f64
+    );
+    assert!(
+        file as f64 <= 1.05 * bound,
+        "{file} bytes against {bound:.0}"
+    );
+    // The demo's ratios store well under a tenth of the dense model.
+    assert!(
+        file as u64 * 10 < dense,
+        "{file} bytes against {dense} dense"
+    );
+    // The header is small beside the data: names, offsets and the layer list only.
+    assert!(header_bytes(&f.to_bytes().unwrap()) * 20 < file, "header");
+
+    // Ragged shapes, where every edge block is smaller than its tile and every tensor ends
+    // in a partial byte: the bound holds all the same, edge padding is not stored.
+    let cm = ConvLayout::ChannelMajor;
+    let ragged = CompressedFile {
+        layers: vec![
+            layer("a", &[7, 13], "4x4", cm, (0.3, 0.4), 1),
+            layer("b", &[33, 70], "32x32", cm, (0.2, 0.3), 2),
+            layer(
+                "c",
+                &[6, 3, 3, 3],
+                "2x8",
+                ConvLayout::PositionMajor,
+                (0.0, 0.5),
+                3,
+            ),
+            layer("d", &[1, 97], "1x8", cm, (0.1, 0.6), 4),
+            layer("e", &[97, 5], "3x5", cm, (0.0, 0.0), 5),
+            layer("f", &[61, 67], "8x8", cm, (0.5, 0.5), 6),
+        ],
+        ..Default::default()
+    };
+    let (file, bound, _) = size_against_bits(&ragged);
+    eprintln!("ragged: file {file} bytes, bound {bound:.0}");
+    assert!(
+        file as f64 <= 1.05 * bound,
+        "{file} bytes against {bound:.0}"
+    );
+    // Beyond the header, the data is the counted bits rounded up to whole bytes per tensor.
+    let bytes = ragged.to_bytes().unwrap();
+    let counted: u64 = ragged.layers.iter().map(|l| l.matrix.bits()).sum();
+    let data = (bytes.len() - header_bytes(&bytes)) as u64;
+    let slack = 2 * ragged.layers.len() as u64;
+    assert!(
+        data >= counted / 8 && data <= counted / 8 + slack,
+        "{data} against {}",
+        counted / 8
+    );
 }
 
 #[test]
@@ -159,7 +395,7 @@ fn files_are_written_atomically() {
     clash.passthrough.insert("fc.mu.values".into(), t);
     let e = clash.write(&path).unwrap_err().to_string();
     assert!(
-        e.contains("\"fc.mu.values\"") && e.contains("share this name"),
+        e.contains("\"fc.mu.values\"") && e.contains("own compact tensor \"values\""),
         "{e}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
@@ -223,7 +459,11 @@ fn flipped_bytes_never_pass_unnoticed() {
 /// Every tensor of `bytes`, editable, and written back with `safetensors::serialize`.
 type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
 
-fn edit(bytes: &[u8], change: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) -> Vec<u8> {
+/// `bytes` changed by `change`, its layers' checksums left as they were.
+fn edit_unsealed(
+    bytes: &[u8],
+    change: impl FnOnce(&mut Tensors, &mut HashMap<String, String>),
+) -> Vec<u8> {
     let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
     let st = SafeTensors::deserialize(bytes).unwrap();
     let mut t: Tensors = st
@@ -249,28 +489,11 @@ fn edit(bytes: &[u8], change: impl FnOnce(&mut Tensors, &mut HashMap<String, Str
     safetensors::serialize(views, Some(meta)).unwrap()
 }
 
-/// An entry `e` and a pruned block column of its block row strictly between the columns
-/// of its neighbours, so that moving the entry there breaks nothing but the state check.
-fn pruned_between(m: &CompressedMatrix) -> Option<(usize, u32)> {
-    let cols = m.grid().block_cols();
-    (0..m.grid().block_rows()).find_map(|r| {
-        let (lo, hi) = (m.row_ptr[r] as usize, m.row_ptr[r + 1] as usize);
-        (lo..hi).find_map(|e| {
-            let after = if e > lo {
-                m.entries[e - 1][0] as usize + 1
-            } else {
-                0
-            };
-            let before = if e + 1 < hi {
-                m.entries[e + 1][0] as usize
-            } else {
-                cols
-            };
-            (after..before)
-                .find(|&c| m.states[r * cols + c] == microunify::BlockState::Pruned)
-                .map(|c| (e, c as u32))
-        })
-    })
+/// `bytes` changed by `change` and resealed, so that the change meets the checks behind
+/// the checksum (as a writer that computes checksums but gets the rest wrong would).
+fn edit(bytes: &[u8], change: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) -> Vec<u8> {
+    let b = edit_unsealed(bytes, change);
+    reseal(&b).unwrap_or(b)
 }
 
 /// Sets element `i` (4-byte) of tensor `name`.
@@ -292,19 +515,30 @@ fn expect(
     assert!(msg.contains(problem), "expected {problem:?} in: {msg}");
 }
 
+/// Replaces the first `from` in the layer list by `to`.
+fn in_layers(m: &mut HashMap<String, String>, from: &str, to: &str) {
+    assert!(
+        m[LAYERS_KEY].contains(from),
+        "{from} not in {}",
+        m[LAYERS_KEY]
+    );
+    let s = m[LAYERS_KEY].replacen(from, to, 1);
+    m.insert(LAYERS_KEY.into(), s);
+}
+
 #[test]
 fn each_inconsistency_is_named() {
     let f = sample();
     let b = f.to_bytes().unwrap();
     let fc = f.layer("fc").unwrap();
-    assert!(fc.matrix.row_ptr[1] > 0 && fc.matrix.counts()[1] > 0);
+    assert!(fc.matrix.counts()[1] > 0);
 
     // Metadata.
     expect(
         &b,
-        |_, m| _ = m.insert(VERSION_KEY.into(), "2".into()),
+        |_, m| _ = m.insert(VERSION_KEY.into(), "3".into()),
         "__metadata__",
-        "format version 2 is not known",
+        "format version 3 is not known",
     );
     expect(
         &b,
@@ -330,65 +564,106 @@ fn each_inconsistency_is_named() {
         "__metadata__",
         "unknown key",
     );
-    let counts = |m: &mut HashMap<String, String>, from: &str, to: &str| {
-        let s = m[LAYERS_KEY].replacen(from, to, 1);
-        m.insert(LAYERS_KEY.into(), s);
-    };
     let c = fc.matrix.counts();
     let from = format!("\"counts\":[{},{},{}]", c[0], c[1], c[2]);
     let to = format!("\"counts\":[{},{},{}]", c[0] + 1, c[1], c[2] - 1);
     expect(
         &b,
-        |_, m| counts(m, &from, &to),
+        |_, m| in_layers(m, &from, &to),
         "fc.mu.states",
         "but the metadata says",
     );
     expect(
         &b,
-        |_, m| counts(m, "\"name\":\"edge\"", "\"name\":\"fc\""),
+        |_, m| in_layers(m, "\"name\":\"edge\"", "\"name\":\"fc\""),
         "fc",
         "listed twice",
     );
     expect(
         &b,
-        |_, m| counts(m, "\"block\":[4,4]", "\"block\":[0,4]"),
+        |_, m| in_layers(m, "\"block\":[4,4]", "\"block\":[0,4]"),
         "fc",
         "invalid block shape",
     );
     expect(
         &b,
-        |_, m| counts(m, "\"view\":[13,22]", "\"view\":[22,13]"),
+        |_, m| in_layers(m, "\"view\":[13,22]", "\"view\":[22,13]"),
         "fc",
-        "metadata GEMM view",
+        "metadata: GEMM view",
+    );
+    expect(
+        &b,
+        |_, m| in_layers(m, "\"dtype\":\"F32\"", "\"dtype\":\"I64\""),
+        "fc",
+        "dtype I64 is not one a compressed layer can stand for (F32/F16/BF16/F64)",
+    );
+    expect(
+        &b,
+        |_, m| in_layers(m, "\"dtype\":\"F32\"", "\"dtype\":\"F33\""),
+        "__metadata__",
+        "not a valid layer list",
+    );
+    // Shapes whose element count overflows, and one far larger than the file: refused
+    // before anything of that size is allocated.
+    for big in ["[1,4294967296,4294967296,2]", "[0,4294967296,4294967296,2]"] {
+        expect(
+            &b,
+            |_, m| in_layers(m, "\"shape\":[13,22]", &format!("\"shape\":{big}")),
+            "fc",
+            "more elements than a usize counts",
+        );
+    }
+    expect(
+        &b,
+        |_, m| {
+            in_layers(m, "\"shape\":[13,22]", "\"shape\":[1048576,1048576]");
+            in_layers(m, "\"view\":[13,22]", "\"view\":[1048576,1048576]");
+        },
+        "fc.mu.states",
+        "expected [17179869184] (68719476736 blocks, 4 a byte)",
     );
 
-    // Dtypes, shapes, presence.
+    // Dtypes, shapes, presence, names.
     expect(
         &b,
         |t, _| t.get_mut("fc.mu.values").unwrap().0 = Dtype::U32,
         "fc.mu.values",
         "dtype U32, expected F32",
     );
+    let nd: usize = {
+        let g = fc.matrix.grid();
+        (fc.matrix.states.iter().enumerate())
+            .filter(|(_, s)| **s == BlockState::Dense)
+            .map(|(b, _)| g.extent(b).len())
+            .sum()
+    };
     expect(
         &b,
-        |t, _| t.get_mut("fc").unwrap().1 = vec![22, 13],
-        "fc",
-        "shape [22, 13], expected [13, 22]",
+        |t, _| {
+            let v = t.get_mut("fc.mu.values").unwrap();
+            v.1 = vec![nd - 1];
+            v.2.truncate(4 * (nd - 1));
+        },
+        "fc.mu.values",
+        &format!(
+            "expected [{nd}] (the state map's {} dense blocks hold {nd} weights)",
+            c[0]
+        ),
     );
     expect(
         &b,
         |t, _| {
             let s = t.get_mut("fc.mu.signs").unwrap();
-            s.1 = vec![s.1[0], 0];
+            s.1 = vec![0];
             s.2.clear();
         },
         "fc.mu.signs",
-        "expected [",
+        "weights of the unified blocks, 8 a byte",
     );
     expect(
         &b,
-        |t, _| _ = t.remove("fc.mu.row_ptr"),
-        "fc.mu.row_ptr",
+        |t, _| _ = t.remove("fc.mu.states"),
+        "fc.mu.states",
         "missing from the file",
     );
     expect(
@@ -396,6 +671,14 @@ fn each_inconsistency_is_named() {
         |t, _| _ = t.insert("fc.mu.extra".into(), (Dtype::U8, vec![1], vec![0])),
         "fc.mu.extra",
         "unknown compact tensor",
+    );
+    // The layer's own name belongs to decompression's output, not to a stored tensor
+    // (a version-1 file's dense copy, say).
+    expect(
+        &b,
+        |t, _| _ = t.insert("fc".into(), (Dtype::F32, vec![13, 22], vec![0; 4 * 286])),
+        "fc",
+        "has the name of a compressed layer",
     );
 
     // The state map.
@@ -413,61 +696,6 @@ fn each_inconsistency_is_named() {
         "padding bits",
     );
 
-    // Row pointers and entries.
-    let rp = fc.matrix.row_ptr.clone();
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.row_ptr", 2, 0u32.to_le_bytes()),
-        "fc.mu.row_ptr",
-        "not monotone",
-    );
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.row_ptr", 1, (rp[1] - 1).to_le_bytes()),
-        "fc.mu.row_ptr",
-        "non-pruned blocks",
-    );
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.row_ptr", 0, 1u32.to_le_bytes()),
-        "fc.mu.row_ptr",
-        "not 0",
-    );
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.entries", 0, 999u32.to_le_bytes()),
-        "fc.mu.entries",
-        "block column 999 out of range",
-    );
-    // "edge" is all dense: its block row 0 holds columns 0 and 1 at offsets 0 and 16
-    // (elements 0..4 of its entries).
-    expect(
-        &b,
-        |t, _| set4(t, "edge.mu.entries", 2, 0u32.to_le_bytes()),
-        "edge.mu.entries",
-        "does not follow",
-    );
-    expect(
-        &b,
-        |t, _| set4(t, "edge.mu.entries", 1, 16u32.to_le_bytes()),
-        "edge.mu.entries",
-        "dense payload 16",
-    );
-    expect(
-        &b,
-        |t, _| set4(t, "edgeu.mu.entries", 1, (UNIFIED_FLAG | 7).to_le_bytes()),
-        "edgeu.mu.entries",
-        "unified payload",
-    );
-    // An entry moved onto a pruned block between its neighbours' columns.
-    let (e, col) = pruned_between(&fc.matrix).expect("fc has a pruned block between two entries");
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.entries", 2 * e, col.to_le_bytes()),
-        "fc.mu.entries",
-        "which the state map prunes",
-    );
-
     // Values, magnitudes, signs.
     expect(
         &b,
@@ -481,45 +709,107 @@ fn each_inconsistency_is_named() {
         "fc.mu.magnitudes",
         "not a finite value >= +0",
     );
+    // "edge" (5x6 in 4x4, all dense) holds 16, 8, 4 and 2 weights: index 29 is the last
+    // block's last.
     expect(
         &b,
-        |t, _| set4(t, "fc.mu.values", 0, f32::INFINITY.to_le_bytes()),
-        "fc.mu.values",
-        "non-finite value +inf at flat index 0",
-    );
-    // "edge": block 1 is a 4x2 edge tile; tile position 3 (row 0, col 3) lies outside.
-    expect(
-        &b,
-        |t, _| set4(t, "edge.mu.values", 16 + 3, 1f32.to_le_bytes()),
+        |t, _| set4(t, "edge.mu.values", 29, f32::INFINITY.to_le_bytes()),
         "edge.mu.values",
-        "outside the matrix edge",
+        "non-finite value +inf at flat index 29 (dense block 3, block 3)",
+    );
+    // "edgeu" is all unified: 30 sign bits, so the last 2 of its 4 bytes are padding.
+    expect(
+        &b,
+        |t, _| t.get_mut("edgeu.mu.signs").unwrap().2[3] |= 0x40,
+        "edgeu.mu.signs",
+        "padding bits after the last sign bit",
+    );
+    // conv2 stands for an F16 tensor: a weight beyond F16's range could not go back.
+    let dense = f.layer("conv2").unwrap().matrix.counts()[0];
+    assert!(dense > 0);
+    expect(
+        &b,
+        |t, _| set4(t, "conv2.mu.values", 0, 70000f32.to_le_bytes()),
+        "conv2.mu.values",
+        "value 70000 at flat index 0 (dense block 0, block ",
     );
     expect(
         &b,
-        |t, _| set4(t, "edgeu.mu.signs", 0, (1u32 << 31).to_le_bytes()),
-        "edgeu.mu.signs",
-        "sign bit 31 set outside the block",
+        |t, _| set4(t, "conv2.mu.magnitudes", 0, 1e6f32.to_le_bytes()),
+        "conv2.mu.magnitudes",
+        "magnitude 1000000 of unified block 0 does not fit the layer's dtype F16",
     );
-    expect(
-        &b,
-        |t, _| set4(t, "edgeu.mu.signs", 1, (1u32 << 3).to_le_bytes()),
-        "edgeu.mu.signs",
-        "sign bit 3 set outside the block",
-    );
+}
 
-    // The dense reconstruction.
-    expect(
-        &b,
-        |t, _| set4(t, "fc", 5, f32::NAN.to_le_bytes()),
-        "fc",
-        "non-finite value NaN at flat index 5",
+#[test]
+fn damage_behind_consistent_sizes_is_caught_by_the_checksum() {
+    let f = sample();
+    let b = f.to_bytes().unwrap();
+    let damaged = |change: fn(&mut Tensors, &mut HashMap<String, String>)| {
+        let msg = format_error(&edit_unsealed(&b, change), "damage");
+        assert!(
+            msg.contains("tensor \"fc\"") && msg.contains("the file is damaged"),
+            "{msg}"
+        );
+    };
+    // A weight, a sign, a magnitude: each a valid value, so only the checksum can tell.
+    damaged(|t, _| set4(t, "fc.mu.values", 2, 0.125f32.to_le_bytes()));
+    damaged(|t, _| t.get_mut("fc.mu.signs").unwrap().2[0] ^= 1);
+    damaged(|t, _| set4(t, "fc.mu.magnitudes", 0, 0.5f32.to_le_bytes()));
+    // The layout, which changes the dense tensor's order but no size.
+    damaged(|_, m| {
+        in_layers(
+            m,
+            "\"layout\":\"channel-major\"",
+            "\"layout\":\"position-major\"",
+        )
+    });
+    damaged(|_, m| in_layers(m, "\"sha256\":\"", "\"sha256\":\"0"));
+    // The same changes resealed are read, and are what they say.
+    let sealed = edit(&b, |t, _| {
+        set4(t, "fc.mu.values", 2, 0.125f32.to_le_bytes())
+    });
+    let back = CompressedFile::from_bytes(&sealed).unwrap();
+    let (was, now) = (
+        f.layer("fc").unwrap().dense(),
+        back.layer("fc").unwrap().dense(),
     );
-    let v = fc.dense()[7];
+    let changed: Vec<f32> = (was.iter().zip(&now))
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .map(|(_, b)| *b)
+        .collect();
+    assert_eq!(changed, [0.125]);
+}
+
+#[test]
+fn non_finite_values_are_named_by_kind_and_index() {
+    let f = sample();
+    let b = f.to_bytes().unwrap();
+    for (v, word) in [
+        (f32::INFINITY, "+inf"),
+        (f32::NEG_INFINITY, "-inf"),
+        (f32::NAN, "NaN"),
+    ] {
+        let bits = v.to_le_bytes();
+        expect(
+            &b,
+            |t, _| set4(t, "fc.mu.values", 3, bits),
+            "fc.mu.values",
+            &format!("non-finite value {word} at flat index 3"),
+        );
+        expect(
+            &b,
+            |t, _| set4(t, "fc.mu.magnitudes", 1, bits),
+            "fc.mu.magnitudes",
+            &format!("magnitude {word} of unified block 1"),
+        );
+    }
+    // A magnitude is never negative, not even -0.
     expect(
         &b,
-        |t, _| set4(t, "fc", 7, (v + 1.0).to_le_bytes()),
-        "fc",
-        "disagrees with the compact form at flat index 7",
+        |t, _| set4(t, "fc.mu.magnitudes", 0, (-0.0f32).to_le_bytes()),
+        "fc.mu.magnitudes",
+        "magnitude -0 of unified block 0",
     );
 }
 
@@ -690,19 +980,19 @@ fn mu_inside_ordinary_names_is_not_reserved() {
 }
 
 #[test]
-fn the_version_is_exactly_the_string_1() {
+fn the_version_is_exactly_the_string_2() {
     let b = sample().to_bytes().unwrap();
-    for v in ["01", "+1", " 1 ", "1 ", "1.0", "1e0", "", "0x1", "-1"] {
+    for v in ["02", "+2", " 2 ", "2 ", "2.0", "2e0", "", "0x2", "-2"] {
         let msg = format_error(
             &edit(&b, |_, m| _ = m.insert(VERSION_KEY.into(), v.into())),
             v,
         );
         assert!(
-            msg.contains("\"__metadata__\"") && msg.contains("reads exactly \"1\""),
+            msg.contains("\"__metadata__\"") && msg.contains("reads exactly \"2\""),
             "{v:?}: {msg}"
         );
     }
-    for v in ["2", "10"] {
+    for v in ["3", "10"] {
         let msg = format_error(
             &edit(&b, |_, m| _ = m.insert(VERSION_KEY.into(), v.into())),
             v,
@@ -712,6 +1002,81 @@ fn the_version_is_exactly_the_string_1() {
             "{msg}"
         );
     }
+}
+
+/// A file as version 1 wrote it: each layer's dense F32 reconstruction under its own name,
+/// row pointers, (column, payload) entries, tile-padded values and 32-bit sign words beside
+/// it, and `"1"` as the version.
+fn version_1_file(f: &CompressedFile) -> Vec<u8> {
+    let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let lef = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut metas = Vec::new();
+    for l in &f.layers {
+        let m = &l.matrix;
+        let [d, u, _] = m.counts();
+        let (br, bc) = (m.block.rows, m.block.cols);
+        let mu = |s: &str| format!("{}.mu.{s}", l.name);
+        let entries: Vec<u32> = m.entries.iter().flatten().copied().collect();
+        t.push((l.name.clone(), Dtype::F32, l.shape.clone(), lef(&l.dense())));
+        let states = microunify::format::pack_states(&m.states);
+        t.push((mu("states"), Dtype::U8, vec![states.len()], states));
+        t.push((
+            mu("row_ptr"),
+            Dtype::U32,
+            vec![m.row_ptr.len()],
+            le32(&m.row_ptr),
+        ));
+        t.push((
+            mu("entries"),
+            Dtype::U32,
+            vec![m.entries.len(), 2],
+            le32(&entries),
+        ));
+        t.push((mu("values"), Dtype::F32, vec![d, br, bc], lef(&m.values)));
+        t.push((mu("magnitudes"), Dtype::F32, vec![u], lef(&m.magnitudes)));
+        let wpb = m.words_per_block();
+        t.push((mu("signs"), Dtype::U32, vec![u, wpb], le32(&m.signs)));
+        metas.push(serde_json::json!({
+            "name": l.name, "shape": l.shape, "block": [br, bc], "layout": l.layout,
+            "view": [m.view.rows, m.view.cols], "counts": m.counts(),
+        }));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = (t.iter())
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([
+        (VERSION_KEY.to_string(), "1".to_string()),
+        (
+            LAYERS_KEY.to_string(),
+            serde_json::to_string(&metas).unwrap(),
+        ),
+    ]);
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+#[test]
+fn a_version_1_file_is_refused_with_the_way_to_a_new_one() {
+    let old = version_1_file(&sample());
+    let msg = format_error(&old, "version 1");
+    for part in [
+        "\"__metadata__\"",
+        "format version 1",
+        "reads version 2 only",
+        "microunify project",
+    ] {
+        assert!(msg.contains(part), "expected {part:?} in: {msg}");
+    }
+    // It is no valid input of `project` either, which says the same.
+    let e = ProjectInput::parse(&old, &Selection::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("format version 1"), "{e}");
 }
 
 #[test]
@@ -769,55 +1134,12 @@ fn repeated_keys_are_refused_and_named() {
 }
 
 #[test]
-fn non_finite_values_are_named_by_kind_and_index() {
-    let f = sample();
-    let b = f.to_bytes().unwrap();
-    for (v, word) in [
-        (f32::INFINITY, "+inf"),
-        (f32::NEG_INFINITY, "-inf"),
-        (f32::NAN, "NaN"),
-    ] {
-        let bits = v.to_le_bytes();
-        expect(
-            &b,
-            |t, _| set4(t, "fc.mu.values", 3, bits),
-            "fc.mu.values",
-            &format!("non-finite value {word} at flat index 3"),
-        );
-        expect(
-            &b,
-            |t, _| set4(t, "fc.mu.magnitudes", 1, bits),
-            "fc.mu.magnitudes",
-            &format!("magnitude {word} of unified block 1"),
-        );
-        expect(
-            &b,
-            |t, _| set4(t, "fc", 5, bits),
-            "fc",
-            &format!("non-finite value {word} at flat index 5"),
-        );
-    }
-    // A magnitude is never negative, not even -0.
-    expect(
-        &b,
-        |t, _| set4(t, "fc.mu.magnitudes", 0, (-0.0f32).to_le_bytes()),
-        "fc.mu.magnitudes",
-        "magnitude -0 of unified block 0",
-    );
-}
-
-#[test]
 fn a_tensor_dropped_from_the_header_is_named() {
     let f = sample();
     let b = f.to_bytes().unwrap();
     // Each tensor of each layer, its entry removed from the header but its bytes left.
     for l in &f.layers {
-        let names = std::iter::once(l.name.clone()).chain(
-            microunify::format::COMPACT
-                .iter()
-                .map(|s| format!("{}.mu.{s}", l.name)),
-        );
-        for name in names {
+        for name in COMPACT.iter().map(|s| format!("{}.mu.{s}", l.name)) {
             let dropped = with_header_value(&b, |h| {
                 h.as_object_mut().unwrap().remove(&name).unwrap();
             });
@@ -921,4 +1243,172 @@ fn every_bit_flip_is_refused_or_leaves_the_layers_exact() {
         bytes.len() * 8
     );
     assert!(refused > accepted, "{refused} refused, {accepted} accepted");
+}
+
+/// A checkpoint of weights in every dtype a layer may stand for (a linear F32, a conv F16,
+/// a linear BF16, a conv F64), tensors that pass through, and metadata of its own.
+fn mixed_checkpoint() -> Vec<u8> {
+    let mut rng = common::rng(23);
+    let mut w = |n: usize| common::weights(&mut rng, n);
+    let (fc, conv, emb, deep) = (w(13 * 22), w(6 * 3 * 3 * 3), w(9 * 17), w(5 * 4 * 3 * 3));
+    let t: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        (
+            "fc.weight",
+            Dtype::F32,
+            vec![13, 22],
+            microunify::format::dtype::from_f32(Dtype::F32, &fc),
+        ),
+        (
+            "conv.weight",
+            Dtype::F16,
+            vec![6, 3, 3, 3],
+            microunify::format::dtype::from_f32(Dtype::F16, &conv),
+        ),
+        (
+            "emb.weight",
+            Dtype::BF16,
+            vec![9, 17],
+            microunify::format::dtype::from_f32(Dtype::BF16, &emb),
+        ),
+        (
+            "deep.weight",
+            Dtype::F64,
+            vec![5, 4, 3, 3],
+            // Not all f32 values: decompression gives back their f32 rounding.
+            deep.iter()
+                .flat_map(|v| (f64::from(*v) + 1e-12).to_le_bytes())
+                .collect(),
+        ),
+        ("fc.bias", Dtype::F32, vec![13], vec![7; 52]),
+        ("steps", Dtype::I64, vec![1], vec![9, 0, 0, 0, 0, 0, 0, 0]),
+        ("mask", Dtype::U8, vec![3, 1], vec![1, 0, 1]),
+    ];
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = (t.iter())
+        .map(|(n, d, s, b)| {
+            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.to_string(), v)
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+/// `bytes` compressed as `microunify project` does, with the CPU reference's projection.
+fn compress(bytes: &[u8], block: &str, r: (f64, f64)) -> CompressedFile {
+    let input = ProjectInput::parse(bytes, &Selection::default()).unwrap();
+    let specs = input.specs(block.parse().unwrap()).unwrap();
+    let matrices = (specs.iter().zip(&input.selected))
+        .map(|(spec, s)| project(spec, &s.gemm, r))
+        .collect();
+    input.finish(matrices).unwrap()
+}
+
+/// `values` as `dtype` holds them (little-endian).
+fn as_dtype(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    microunify::format::dtype::from_f32(dtype, values)
+}
+
+#[test]
+fn decompression_gives_back_the_checkpoint_s_names_shapes_and_dtypes() {
+    let input = mixed_checkpoint();
+    let original = SafeTensors::deserialize(&input).unwrap();
+    for (block, r) in [
+        ("4x4", (0.0, 0.0)),
+        ("2x8", (0.4, 0.3)),
+        ("3x5", (0.0, 1.0)),
+    ] {
+        let f = compress(&input, block, r);
+        let file = CompressedFile::from_bytes(&f.to_bytes().unwrap()).unwrap();
+        let dtypes: Vec<(&str, Dtype)> = file
+            .layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.dtype))
+            .collect();
+        assert_eq!(dtypes.len(), 4, "{dtypes:?}");
+        let dense = file.to_dense_bytes().unwrap();
+        let st = SafeTensors::deserialize(&dense).unwrap();
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        let mut want: Vec<String> = original.names().into_iter().map(String::from).collect();
+        names.sort();
+        want.sort();
+        assert_eq!(names, want, "{block}");
+        for (name, t) in original.tensors() {
+            let d = st.tensor(&name).unwrap();
+            assert_eq!((d.dtype(), d.shape()), (t.dtype(), t.shape()), "{name}");
+            match file.layer(&name) {
+                // Reconstructed and cast back to the dtype it came in.
+                Some(l) => {
+                    assert_eq!(d.data(), &as_dtype(t.dtype(), &l.dense())[..], "{name}");
+                    // Nothing pruned or unified: the weights themselves (an F64 as its
+                    // nearest f32).
+                    if r == (0.0, 0.0) {
+                        let values =
+                            microunify::format::dtype::to_f32(t.dtype(), t.data()).unwrap();
+                        assert_eq!(d.data(), &as_dtype(t.dtype(), &values)[..], "{name}");
+                        if t.dtype() != Dtype::F64 {
+                            assert_eq!(d.data(), t.data(), "{name}");
+                        }
+                    }
+                }
+                None => assert_eq!(d.data(), t.data(), "{name} passes through"),
+            }
+        }
+        // The user's metadata, none of the format's.
+        let (_, header) = SafeTensors::read_metadata(&dense).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!(
+            meta,
+            HashMap::from([("format".to_string(), "pt".to_string())])
+        );
+        // Equal content, equal bytes.
+        assert_eq!(file.to_dense_bytes().unwrap(), dense);
+    }
+}
+
+#[test]
+fn the_dense_size_counts_every_tensor_at_its_own_dtype() {
+    let input = mixed_checkpoint();
+    let f = compress(&input, "4x4", (0.5, 0.3));
+    let st = SafeTensors::deserialize(&input).unwrap();
+    let tensors: u64 = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.data().len() as u64)
+        .sum();
+    assert_eq!(f.dense_size(), tensors);
+    let dense = f.to_dense_bytes().unwrap();
+    assert_eq!(f.dense_size(), (dense.len() - header_bytes(&dense)) as u64);
+}
+
+#[test]
+fn a_layer_stands_only_for_a_float_dtype() {
+    let l = layer(
+        "fc",
+        &[4, 4],
+        "2x2",
+        ConvLayout::ChannelMajor,
+        (0.0, 0.0),
+        1,
+    );
+    for d in [Dtype::I64, Dtype::U8, Dtype::F8_E4M3, Dtype::C64] {
+        let e = l.clone().with_dtype(d).unwrap_err().to_string();
+        assert!(
+            e.contains("\"fc\"") && e.contains(&format!("dtype {d:?} is not one")),
+            "{e}"
+        );
+    }
+    // A checkpoint F64 beyond the f32 range is named by its value, not as an infinity.
+    let big: Vec<u8> = [1.0f64, 1e300, 2.0, 3.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let v = safetensors::tensor::TensorView::new(Dtype::F64, vec![2, 2], &big).unwrap();
+    let bytes = safetensors::serialize([("w", v)], None).unwrap();
+    let e = ProjectInput::parse(&bytes, &Selection::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"w\"") && e.contains("value 1e300 at flat index 1 lies beyond the f32 range"),
+        "{e}"
+    );
 }

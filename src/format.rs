@@ -1,40 +1,56 @@
-//! The compressed file: a `.safetensors` file that PyTorch, candle or tch load unchanged
-//! (each compressed layer's dense reconstruction sits under its own name and shape), with
-//! the compact micro-structured form beside it under `{name}.mu.*` and the block model in
-//! `__metadata__`. Other tensors pass through byte for byte.
+//! The compressed file, format version 2: a `.safetensors` file that holds each compressed
+//! layer only in its compact micro-structured form, exactly the bits docs/METHOD.md §1
+//! counts, beside the tensors that are not compressed (byte for byte) and the block model
+//! in `__metadata__`. `microunify decompress` ([`CompressedFile::to_dense_bytes`]) turns it
+//! back into the dense checkpoint: every tensor under its own name, shape and dtype.
 //!
-//! Per compressed layer `L` (`nb` blocks, `d` dense, `u` unified, `nnz = d + u`):
+//! Per compressed layer `L` in `br×bc` blocks (`nb` blocks; the `d` dense ones hold `nd`
+//! weights, the `u` unified ones `nu`; an edge block holds only the weights inside the
+//! matrix, never padding):
 //!
 //! | tensor | dtype | shape | content |
 //! | --- | --- | --- | --- |
-//! | `L` | F32 | the layer's own (PyTorch order) | dense reconstruction |
-//! | `L.mu.states` | U8 | `[ceil(nb/4)]` | 2-bit state map, block `b` at bits `2·(b%4)` of byte `b/4`, padding zero |
-//! | `L.mu.row_ptr` | U32 | `[block_rows + 1]` | offsets into `entries` per block row |
-//! | `L.mu.entries` | U32 | `[nnz, 2]` | (block column, payload) as in [`CompressedMatrix`] |
-//! | `L.mu.values` | F32 | `[d, br, bc]` | dense tiles, zero outside ragged edges |
-//! | `L.mu.magnitudes` | F32 | `[u]` | shared magnitude of each unified block |
-//! | `L.mu.signs` | U32 | `[u, ceil(br·bc/32)]` | sign bits, bit `r·bc + c` |
+//! | `L.mu.states` | U8 | `[ceil(nb/4)]` | 2-bit state map (0 dense, 1 unified, 2 pruned), block `b` at bits `2·(b%4)` of byte `b/4`, padding zero |
+//! | `L.mu.values` | F32 | `[nd]` | the dense blocks' weights, block after block, each row-major over its own extent |
+//! | `L.mu.magnitudes` | F32 | `[u]` | the shared magnitude of each unified block, finite and `>= +0` |
+//! | `L.mu.signs` | U8 | `[ceil(nu/8)]` | one bit per weight of each unified block (1 = negative), block after block, each row-major over its own extent; bit `k` is bit `k%8` of byte `k/8`, padding zero |
 //!
-//! `__metadata__` holds `microunify.version` (exactly the string `"1"`) and
-//! `microunify.layers`, a JSON array of [`LayerMeta`]; any other metadata of the input is
-//! kept. No JSON object of the header, of `__metadata__` or of the layer list may repeat a
-//! key.
+//! Blocks are numbered row-major over the block grid of the layer's GEMM view (see
+//! docs/METHOD.md §1). The block-row index and the tile-padded values of the in-memory
+//! [`CompressedMatrix`] are derived from these on reading.
 //!
-//! Reserved names: in a compressed file, a tensor named `X.mu.S` belongs to the format when
-//! `S` is one of [`COMPACT`] or `X` is a listed layer; it must then be one of the compact
+//! `__metadata__` holds `microunify.version` (exactly the string `"2"`) and
+//! `microunify.layers`, a JSON array of [`LayerMeta`]: name, shape, the dtype the layer had
+//! before compression (one of [`dtype::LAYER_DTYPES`]; its values must fit it), block,
+//! layout, GEMM view, block counts and a SHA-256 over the entry itself (as JSON, this
+//! field empty) and the four compact tensors' bytes in the table's order (the compact form
+//! has no redundancy left to tell a damaged weight from a real one). Any other metadata of
+//! the input is kept. No JSON object of the header, of `__metadata__` or of the layer list
+//! may repeat a key.
+//!
+//! Reserved names: no tensor of the file may take a listed layer's own name (the layer
+//! gets it back on decompression). A tensor named `X.mu.S` belongs to the format when `S`
+//! is one of [`COMPACT`] or `X` is a listed layer; it must then be one of the compact
 //! tensors of a listed layer `X`. Any other `.mu.` name is an ordinary tensor (a VAE's
 //! `encoder.mu.weight` stays a pass-through tensor, or a layer, as the user chose), and no
 //! layer may itself be named `X.mu.S` with `S` in [`COMPACT`]. An empty layer list with no
 //! reserved tensors is a valid file (a checkpoint with a version stamp, nothing compressed).
 
+mod compact;
+mod dense;
+pub mod dtype;
 mod header;
 pub mod input;
 mod json;
 mod read;
 
-use crate::block::{BlockShape, BlockState, ConvLayout, GemmView, from_gemm};
+#[doc(hidden)]
+pub use read::reseal;
+
+use crate::block::{BlockShape, ConvLayout, GemmView, from_gemm};
 use crate::compressed::CompressedMatrix;
 use crate::error::{Error, Result};
+pub use compact::pack_states;
 use safetensors::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -42,7 +58,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// What every `__metadata__` key of the format starts with (all such keys are reserved).
 pub const META_PREFIX: &str = "microunify.";
 /// `__metadata__` key of the format version.
@@ -51,15 +67,8 @@ pub const VERSION_KEY: &str = "microunify.version";
 pub const LAYERS_KEY: &str = "microunify.layers";
 /// Between a layer's name and a compact tensor's suffix: `{name}.mu.{suffix}`.
 pub const COMPACT_INFIX: &str = ".mu.";
-/// Suffixes of the compact tensors, after `{name}.mu.`.
-pub const COMPACT: [&str; 6] = [
-    "states",
-    "row_ptr",
-    "entries",
-    "values",
-    "magnitudes",
-    "signs",
-];
+/// Suffixes of the compact tensors, after `{name}.mu.`, in the order of their checksum.
+pub const COMPACT: [&str; 4] = ["states", "values", "magnitudes", "signs"];
 
 /// What `microunify.layers` records about one compressed layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +77,8 @@ pub struct LayerMeta {
     pub name: String,
     /// The tensor's own shape (PyTorch order).
     pub shape: Vec<usize>,
+    /// The tensor's dtype before compression, and after decompression.
+    pub dtype: Dtype,
     /// `[br, bc]`.
     pub block: [usize; 2],
     pub layout: ConvLayout,
@@ -75,6 +86,9 @@ pub struct LayerMeta {
     pub view: [usize; 2],
     /// Block counts `[dense, unified, pruned]`.
     pub counts: [usize; 3],
+    /// SHA-256 (lowercase hex) of this entry (with this field empty) and the compact
+    /// tensors' bytes, in the order of [`COMPACT`].
+    pub sha256: String,
 }
 
 /// One compressed weight tensor.
@@ -83,13 +97,16 @@ pub struct CompressedLayer {
     pub name: String,
     /// The tensor's own shape (PyTorch order).
     pub shape: Vec<usize>,
+    /// The tensor's dtype before compression, one of [`dtype::LAYER_DTYPES`]: the one
+    /// decompression casts the reconstruction back to.
+    pub dtype: Dtype,
     /// How a conv weight was flattened into the GEMM view (no effect on 2-D tensors).
     pub layout: ConvLayout,
     pub matrix: CompressedMatrix,
 }
 
 impl CompressedLayer {
-    /// A layer whose shape must have the matrix's GEMM view.
+    /// An F32 layer whose shape must have the matrix's GEMM view.
     pub fn new(
         name: impl Into<String>,
         shape: &[usize],
@@ -110,9 +127,24 @@ impl CompressedLayer {
         Ok(Self {
             name,
             shape: shape.to_vec(),
+            dtype: Dtype::F32,
             layout,
             matrix,
         })
+    }
+
+    /// The same layer standing for a tensor of `dtype` (one of [`dtype::LAYER_DTYPES`]).
+    pub fn with_dtype(self, dtype: Dtype) -> Result<Self> {
+        if !dtype::is_layer_dtype(dtype) {
+            return Err(format_err(
+                self.name,
+                format!(
+                    "dtype {dtype:?} is not one a compressed layer can stand for ({})",
+                    dtype::layer_dtypes_text()
+                ),
+            ));
+        }
+        Ok(Self { dtype, ..self })
     }
 
     /// The dense reconstruction in the tensor's own (PyTorch) order.
@@ -120,16 +152,18 @@ impl CompressedLayer {
         from_gemm(&self.matrix.to_dense(), &self.shape, self.layout)
     }
 
-    /// The metadata entry of this layer.
-    pub fn meta(&self) -> LayerMeta {
+    /// The metadata entry of this layer, its checksum still empty.
+    fn meta(&self) -> LayerMeta {
         let m = &self.matrix;
         LayerMeta {
             name: self.name.clone(),
             shape: self.shape.clone(),
+            dtype: self.dtype,
             block: [m.block.rows, m.block.cols],
             layout: self.layout,
             view: [m.view.rows, m.view.cols],
             counts: m.counts(),
+            sha256: String::new(),
         }
     }
 }
@@ -177,19 +211,6 @@ fn le_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn le_u32(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Packs block states 4 to a byte, block `b` at bits `2·(b%4)` of byte `b/4`.
-pub fn pack_states(states: &[BlockState]) -> Vec<u8> {
-    let mut out = vec![0u8; states.len().div_ceil(4)];
-    for (b, s) in states.iter().enumerate() {
-        out[b / 4] |= (*s as u8) << (2 * (b % 4));
-    }
-    out
-}
-
 fn format_err(tensor: impl Into<String>, problem: impl Into<String>) -> Error {
     Error::Format {
         tensor: tensor.into(),
@@ -220,6 +241,18 @@ fn compact_splits(name: &str) -> impl Iterator<Item = (&str, &str)> {
 /// Why a tensor that is neither a layer nor one of a layer's compact tensors may not have
 /// this name in a file whose layers are those `is_layer` accepts (see "Reserved names").
 pub(crate) fn reserved_name(name: &str, is_layer: impl Fn(&str) -> bool) -> Option<String> {
+    if is_layer(name) {
+        return Some(format!(
+            "has the name of a compressed layer, which the file holds only as {name}{COMPACT_INFIX}{{{}}} (decompression gives the name back to the layer)",
+            COMPACT.join(",")
+        ));
+    }
+    if let Some((owner, s)) = compact_splits(name).find(|(x, s)| is_layer(x) && COMPACT.contains(s))
+    {
+        return Some(format!(
+            "is the name of layer {owner:?}'s own compact tensor {s:?}"
+        ));
+    }
     if let Some((owner, _)) = compact_splits(name).find(|(x, _)| is_layer(x)) {
         return Some(format!(
             "unknown compact tensor of layer {owner:?} (its compact tensors are {owner}.mu.{{{}}})",
@@ -253,9 +286,13 @@ pub(crate) fn check_names<'a>(
     layers: &[&'a str],
     passthrough: impl IntoIterator<Item = &'a str>,
 ) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
     for l in layers {
         if let Some(p) = reserved_layer_name(l) {
             return Err(format_err(*l, p));
+        }
+        if !seen.insert(*l) {
+            return Err(format_err(*l, "two compressed layers share this name"));
         }
     }
     let is_layer = |x: &str| layers.contains(&x);
@@ -275,46 +312,30 @@ pub(crate) fn check_names<'a>(
 
 impl CompressedFile {
     /// Serialises to safetensors bytes. Names must not collide (a pass-through tensor named
-    /// like a layer or one of its compact tensors is an error).
+    /// like a layer or one of its compact tensors is an error), and every layer's matrix
+    /// must be the consistent form its state map implies.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.check_names()?;
         let mut out: Vec<(String, Out<'_>)> = Vec::new();
         let mut metas = Vec::new();
         for l in &self.layers {
-            let m = &l.matrix;
-            let [d, u, _] = m.counts();
-            let wpb = m.words_per_block();
-            let mu = |s: &str| compact_name(&l.name, s);
-            let t = |dtype, shape: Vec<usize>, data: Vec<u8>| Out {
-                dtype,
-                shape,
-                data: Cow::Owned(data),
-            };
-            let (br, bc) = (m.block.rows, m.block.cols);
-            out.push((
-                l.name.clone(),
-                t(Dtype::F32, l.shape.clone(), le_f32(&l.dense())),
-            ));
-            let states = pack_states(&m.states);
-            out.push((mu("states"), t(Dtype::U8, vec![states.len()], states)));
-            out.push((
-                mu("row_ptr"),
-                t(Dtype::U32, vec![m.row_ptr.len()], le_u32(&m.row_ptr)),
-            ));
-            let entries: Vec<u32> = m.entries.iter().flatten().copied().collect();
-            out.push((
-                mu("entries"),
-                t(Dtype::U32, vec![m.entries.len(), 2], le_u32(&entries)),
-            ));
-            out.push((
-                mu("values"),
-                t(Dtype::F32, vec![d, br, bc], le_f32(&m.values)),
-            ));
-            out.push((
-                mu("magnitudes"),
-                t(Dtype::F32, vec![u], le_f32(&m.magnitudes)),
-            ));
-            out.push((mu("signs"), t(Dtype::U32, vec![u, wpb], le_u32(&m.signs))));
-            metas.push(l.meta());
+            let c = compact::encode(&l.matrix).map_err(|p| format_err(l.name.as_str(), p))?;
+            let (values, magnitudes) = (le_f32(&c.values), le_f32(&c.magnitudes));
+            let tensors = [
+                (Dtype::U8, c.states),
+                (Dtype::F32, values),
+                (Dtype::F32, magnitudes),
+                (Dtype::U8, c.signs),
+            ];
+            let parts: Vec<&[u8]> = tensors.iter().map(|(_, b)| &b[..]).collect();
+            let mut meta = l.meta();
+            meta.sha256 = compact::checksum(&meta, &parts);
+            metas.push(meta);
+            for (suffix, (dtype, data)) in COMPACT.iter().zip(tensors) {
+                let shape = vec![data.len() / (dtype.bitsize() / 8)];
+                let data = Cow::Owned(data);
+                out.push((compact_name(&l.name, suffix), Out { dtype, shape, data }));
+            }
         }
         for (name, r) in &self.passthrough {
             out.push((
@@ -326,29 +347,26 @@ impl CompressedFile {
                 },
             ));
         }
-        let mut seen = std::collections::HashSet::new();
-        if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.as_str())) {
-            return Err(format_err(
-                dup.as_str(),
-                "two tensors of the file would share this name",
-            ));
-        }
-        let layer_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
-        check_names(&layer_names, self.passthrough.keys().map(String::as_str))?;
-        let mut meta: HashMap<String, String> = HashMap::new();
-        for (k, v) in &self.metadata {
-            if k.starts_with(META_PREFIX) {
-                return Err(format_err("__metadata__", format!("key {k:?} is reserved")));
-            }
-            meta.insert(k.clone(), v.clone());
-        }
+        let mut meta = self.user_metadata()?;
         meta.insert(VERSION_KEY.into(), FORMAT_VERSION.to_string());
         let layers = serde_json::to_string(&metas)
             .map_err(|e| format_err("__metadata__", format!("encoding layers: {e}")))?;
         meta.insert(LAYERS_KEY.into(), layers);
-        let bytes = safetensors::serialize(out, Some(meta))
-            .map_err(|e| format_err("<file>", format!("serialising: {e}")))?;
-        Ok(canonical_header(bytes))
+        serialize(out, meta)
+    }
+
+    /// The name rules (see the module documentation) for this file's tensors.
+    fn check_names(&self) -> Result<()> {
+        let layer_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        check_names(&layer_names, self.passthrough.keys().map(String::as_str))
+    }
+
+    /// The user's own `__metadata__`, which may not take a key of the format.
+    fn user_metadata(&self) -> Result<HashMap<String, String>> {
+        match self.metadata.keys().find(|k| k.starts_with(META_PREFIX)) {
+            Some(k) => Err(format_err("__metadata__", format!("key {k:?} is reserved"))),
+            None => Ok(self.metadata.clone().into_iter().collect()),
+        }
     }
 
     /// Parses and validates safetensors bytes; every inconsistency is an [`Error::Format`]
@@ -366,16 +384,26 @@ impl CompressedFile {
     /// Writes atomically (see [`crate::fsio::write_atomic`]), after reading the bytes back through the
     /// full validation: a layer we would refuse to read (say a NaN magnitude) is an error
     /// here rather than a file that fails later, on someone else's machine.
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// Returns the number of bytes written.
+    pub fn write(&self, path: &Path) -> Result<u64> {
         let bytes = self.to_bytes()?;
         Self::from_bytes(&bytes)?;
-        crate::fsio::write_atomic(path, &bytes)
+        crate::fsio::write_atomic(path, &bytes)?;
+        Ok(bytes.len() as u64)
     }
 
     /// Looks a compressed layer up by name.
     pub fn layer(&self, name: &str) -> Option<&CompressedLayer> {
         self.layers.iter().find(|l| l.name == name)
     }
+}
+
+/// Safetensors bytes of these tensors and metadata (none when empty), in canonical form.
+fn serialize<V: View>(tensors: Vec<(String, V)>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let meta = (!meta.is_empty()).then_some(meta);
+    let bytes = safetensors::serialize(tensors, meta)
+        .map_err(|e| format_err("<file>", format!("serialising: {e}")))?;
+    Ok(canonical_header(bytes))
 }
 
 /// The same file with its JSON header's keys in sorted order. safetensors writes

@@ -482,6 +482,23 @@ mod compress {
             .expect("a total line");
         assert!(total.contains(&format!("bits {bits} ")), "{total}");
         assert!(total.contains(&format!("{weights} weights")), "{total}");
+        // The file's size on disk against the dense checkpoint it stands for.
+        let size = std::fs::metadata(path).unwrap().len();
+        // Every tensor at its own dtype: the layers' weights and the pass-through bytes.
+        let layers: usize = (f.layers.iter())
+            .map(|l| l.shape.iter().product::<usize>() * l.dtype.bitsize() / 8)
+            .sum();
+        let rest: usize = f.passthrough.values().map(|t| t.data.len()).sum();
+        let dense = layers + rest;
+        let line = stdout
+            .lines()
+            .find(|s| s.starts_with("size "))
+            .expect("a size line");
+        let want = format!(
+            "size {size} bytes on disk, dense {dense} bytes (tensors at their original dtypes), {:.2}x smaller",
+            dense as f64 / size as f64
+        );
+        assert_eq!(line, want);
     }
 
     #[test]
@@ -506,6 +523,122 @@ mod compress {
         let path = d.join("c.safetensors");
         f.write(&path).unwrap();
         check_inspect(&path, &f);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A compressed file of an F16 conv and a BF16 linear layer, a pass-through bias and
+    /// metadata of its own; returns it with the names, dtypes and shapes it stands for.
+    fn half_precision_file(path: &Path) -> (CompressedFile, Vec<(String, Dtype, Vec<usize>)>) {
+        let mut f = CompressedFile::default();
+        let layers = [
+            ("conv.weight", vec![6, 3, 3, 3], Dtype::F16),
+            ("fc.weight", vec![10, 27], Dtype::BF16),
+        ];
+        for (name, shape, dtype) in &layers {
+            let spec = LayerSpec::new(*name, shape, "4x4".parse().unwrap()).unwrap();
+            let w = common::weights(&mut common::rng(5), spec.view.len());
+            let mode = cpu::per_layer(std::slice::from_ref(&spec), 0.3, 0.3).unwrap();
+            let p = cpu::project(std::slice::from_ref(&spec), &[&w], &mode)
+                .unwrap()
+                .remove(0);
+            let m = CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
+            let l = CompressedLayer::new(*name, shape, ConvLayout::ChannelMajor, m).unwrap();
+            f.layers.push(l.with_dtype(*dtype).unwrap());
+        }
+        f.passthrough.insert(
+            "fc.bias".into(),
+            microunify::format::RawTensor {
+                dtype: Dtype::F32,
+                shape: vec![10],
+                data: f32_bytes(10, 6),
+            },
+        );
+        f.metadata.insert("format".into(), "pt".into());
+        f.write(path).unwrap();
+        let mut want: Vec<(String, Dtype, Vec<usize>)> = layers
+            .into_iter()
+            .map(|(n, s, d)| (n.to_string(), d, s))
+            .collect();
+        want.push(("fc.bias".into(), Dtype::F32, vec![10]));
+        (f, want)
+    }
+
+    #[test]
+    fn decompress_writes_the_dense_checkpoint_and_never_over_its_input() {
+        let d = scratch("decompress");
+        let input = d.join("c.safetensors");
+        let (f, want) = half_precision_file(&input);
+        check_inspect(&input, &f);
+        let (i, o) = (input.to_str().unwrap(), d.join("dense.safetensors"));
+        let out = run(&["decompress", i, "--output", o.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("decompressed 2 layers"), "{stdout}");
+        let bytes = std::fs::read(&o).unwrap();
+        assert_eq!(bytes, f.to_dense_bytes().unwrap());
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut have: Vec<(String, Dtype, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec()))
+            .collect();
+        have.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want = want;
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(have, want);
+        let conv = st.tensor("conv.weight").unwrap();
+        let l = f.layer("conv.weight").unwrap();
+        let halves: Vec<u8> = l
+            .dense()
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(conv.data(), &halves[..]);
+
+        // Never over its own input, by the same path or another way to the same file.
+        let before = std::fs::read(&input).unwrap();
+        fails_1(
+            &["decompress", i, "--output", i],
+            "is the input file itself",
+        );
+        #[cfg(unix)]
+        {
+            let link = d.join("link.safetensors");
+            std::os::unix::fs::symlink(&input, &link).unwrap();
+            fails_1(
+                &["decompress", i, "--output", link.to_str().unwrap()],
+                "is the input file itself",
+            );
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+        // A file that is no compressed file is named as such, and nothing is written.
+        let plain = d.join("plain.safetensors");
+        std::fs::write(&plain, &bytes).unwrap();
+        let none = d.join("none.safetensors");
+        let (p, n) = (plain.to_str().unwrap(), none.to_str().unwrap());
+        fails_1(
+            &["decompress", p, "--output", n],
+            "is not a valid compressed file",
+        );
+        fails_1(
+            &[
+                "decompress",
+                i,
+                "--output",
+                d.join("no/such/dir/x").to_str().unwrap(),
+            ],
+            "--output cannot be written",
+        );
+        assert!(!none.exists());
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -587,6 +720,30 @@ mod compress {
         );
         let f = CompressedFile::read(&output).unwrap();
         assert_eq!(f.layers.len(), 3, "fc1, conv and emb");
+        for l in &f.layers {
+            let (_, dtype, _, _) = tensors.iter().find(|t| t.0 == l.name).unwrap();
+            assert_eq!(l.dtype, *dtype, "{}: the dtype it came in", l.name);
+        }
+        // Nothing pruned or unified, decompression gives back the checkpoint itself:
+        // every tensor's name, shape, dtype and bytes.
+        let dense = d.join("dense.safetensors");
+        let out = run(&["decompress", o, "--output", dense.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&dense).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), tensors.len());
+        for (name, dtype, shape, data) in &tensors {
+            let t = st.tensor(name).unwrap();
+            assert_eq!(
+                (t.dtype(), t.shape(), t.data()),
+                (*dtype, &shape[..], &data[..]),
+                "{name}"
+            );
+        }
         // A NaN in a weight is named by layer and index, and nothing is written.
         let poisoned = d.join("nan.safetensors");
         let mut nan = tensors[0].3.clone();

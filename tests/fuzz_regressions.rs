@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 /// when the input was accepted.
 fn entry(target: &str) -> Option<fn(&[u8]) -> bool> {
     Some(match target {
-        "compressed_file" => |d| microunify::format::CompressedFile::from_bytes(d).is_ok(),
+        "compressed_file" => |d| {
+            use microunify::format::{CompressedFile, reseal};
+            let sealed = reseal(d).is_some_and(|b| CompressedFile::from_bytes(&b).is_ok());
+            CompressedFile::from_bytes(d).is_ok() | sealed
+        },
         "project_input" => |d| {
             use microunify::format::input::{ProjectInput, Selection};
             ProjectInput::parse(d, &Selection::default())
@@ -113,17 +117,20 @@ fn fuzz_seeds_do_not_panic() {
 }
 
 /// Small valid compressed files: a linear and a conv layer with every state, ragged edges,
-/// two block shapes, a pass-through tensor.
+/// three block shapes, the dtypes a layer may stand for, a pass-through tensor.
 fn compressed_seeds() -> Vec<(String, Vec<u8>)> {
     use microunify::block::{ConvLayout, LayerSpec};
     use microunify::compressed::CompressedMatrix;
     use microunify::format::{CompressedFile, CompressedLayer, RawTensor};
     use microunify::{Ratios, SelectionMode};
     let mut out = Vec::new();
-    for (i, (block, prune, unify)) in [("2x4", 0.3, 0.3), ("4x4", 0.5, 0.4), ("1x8", 0.0, 1.0)]
-        .into_iter()
-        .enumerate()
-    {
+    use safetensors::Dtype;
+    let cases = [
+        ("2x4", 0.3, 0.3, [Dtype::F32, Dtype::F16]),
+        ("4x4", 0.5, 0.4, [Dtype::BF16, Dtype::F32]),
+        ("1x8", 0.0, 1.0, [Dtype::F64, Dtype::F32]),
+    ];
+    for (i, (block, prune, unify, dtypes)) in cases.into_iter().enumerate() {
         let shapes: [(&str, Vec<usize>); 2] = [
             ("fc.weight", vec![6, 10]),
             ("conv.weight", vec![5, 2, 3, 3]),
@@ -149,15 +156,15 @@ fn compressed_seeds() -> Vec<(String, Vec<u8>)> {
         )
         .unwrap();
         let mut file = CompressedFile::default();
-        for ((spec, (name, shape)), p) in specs.iter().zip(&shapes).zip(&p) {
+        for (((spec, (name, shape)), p), dtype) in specs.iter().zip(&shapes).zip(&p).zip(dtypes) {
             let m = CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
-            file.layers
-                .push(CompressedLayer::new(*name, shape, ConvLayout::ChannelMajor, m).unwrap());
+            let l = CompressedLayer::new(*name, shape, ConvLayout::ChannelMajor, m).unwrap();
+            file.layers.push(l.with_dtype(dtype).unwrap());
         }
         file.passthrough.insert(
             "fc.bias".into(),
             RawTensor {
-                dtype: safetensors::Dtype::F32,
+                dtype: Dtype::F32,
                 shape: vec![6],
                 data: vec![0; 24],
             },
@@ -167,7 +174,7 @@ fn compressed_seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Plain checkpoints as `project` takes them (F32, F16, BF16, linear and conv, tensors
+/// Plain checkpoints as `project` takes them (F32, F16, BF16, F64, linear and conv, tensors
 /// that pass through), and one compressed file (which `project` compresses again).
 fn project_seeds() -> Vec<(String, Vec<u8>)> {
     use safetensors::Dtype;
@@ -178,7 +185,11 @@ fn project_seeds() -> Vec<(String, Vec<u8>)> {
     let halves: Vec<u8> = (0..90u16)
         .flat_map(|i| (0x3c00 + i * 13).to_le_bytes())
         .collect();
+    let doubles: Vec<u8> = (0..24)
+        .flat_map(|i| (f64::from(i) / 7.0 - 1.5).to_le_bytes())
+        .collect();
     let tensors: Vec<(&str, Dtype, Vec<usize>, &[u8])> = vec![
+        ("deep.weight", Dtype::F64, vec![3, 2, 2, 2], &doubles),
         ("fc.weight", Dtype::F32, vec![6, 10], &f32s),
         ("fc.bias", Dtype::F32, vec![6], &f32s[..24]),
         ("conv.weight", Dtype::F16, vec![5, 2, 3, 3], &halves),

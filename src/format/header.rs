@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 /// The longest header the safetensors crate reads (its `MAX_HEADER_SIZE`).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// The little-endian u64 header length that starts every file.
-const LEN_BYTES: usize = 8;
+pub const LEN_BYTES: usize = 8;
 /// The header key of the free-form string metadata.
 pub const METADATA_KEY: &str = "__metadata__";
 /// Who a problem of the container as a whole is reported against.

@@ -11,7 +11,7 @@
 
 use super::header::{Container, check_loads_in_safetensors};
 use super::{
-    CompressedFile, CompressedLayer, RawTensor, check_names, float_text, format_err, read,
+    CompressedFile, CompressedLayer, RawTensor, check_names, dtype, float_text, format_err, read,
 };
 use crate::block::{BlockShape, ConvLayout, GemmView, LayerSpec, to_gemm};
 use crate::compressed::CompressedMatrix;
@@ -55,6 +55,9 @@ pub struct SelectedTensor {
     /// The tensor's own shape (PyTorch order).
     pub shape: Vec<usize>,
     pub layout: ConvLayout,
+    /// The dtype it was read in (one of [`dtype::LAYER_DTYPES`]), which its compressed
+    /// layer records.
+    pub dtype: Dtype,
     /// Its values, row-major in the GEMM view of `layout`; all finite.
     pub gemm: Vec<f32>,
     /// True for a compressed layer of the input, projected again from its dense
@@ -87,47 +90,35 @@ pub struct ProjectInput {
     order: Vec<Slot>,
 }
 
-/// A tensor's values as f32 (little-endian F32, F16 or BF16), or `None` for other dtypes.
-fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    let halves = || {
-        data.chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-    };
-    match dtype {
-        Dtype::F32 => Some(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        Dtype::F16 => Some(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
-        Dtype::BF16 => Some(
-            halves()
-                .map(|h| half::bf16::from_bits(h).to_f32())
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
 /// A projection needs finite weights; the first that is not is named with its flat index
-/// (PyTorch order) and its kind.
-fn check_finite(name: &str, values: &[f32]) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(i) => Err(format_err(
-            name,
-            format!(
-                "non-finite value {} at flat index {i}: a tensor to project must hold finite weights (leave it out of the selection to pass it through)",
-                float_text(values[i])
-            ),
-        )),
-    }
+/// (PyTorch order) and its kind, or, for an F64 beyond the f32 range the projection works
+/// in, its value.
+fn check_finite(name: &str, dtype: Dtype, data: &[u8], values: &[f32]) -> Result<()> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let what = match dtype::f64_out_of_range(dtype, data, i) {
+        Some(v) => format!(
+            "value {v:e} at flat index {i} lies beyond the f32 range the projection works in"
+        ),
+        None => format!(
+            "non-finite value {} at flat index {i}",
+            float_text(values[i])
+        ),
+    };
+    Err(format_err(
+        name,
+        format!(
+            "{what}: a tensor to project must hold finite weights (leave it out of the selection to pass it through)"
+        ),
+    ))
 }
 
 impl ProjectInput {
     /// Parses `bytes` (a safetensors checkpoint or a compressed file) and sorts its tensors
-    /// into the selection (2-D or 4-D F32/F16/BF16 tensors that `selection` matches) and
-    /// everything else. The selection may come out empty; the caller decides what that means.
+    /// into the selection (2-D or 4-D tensors of [`dtype::LAYER_DTYPES`] that `selection`
+    /// matches) and everything else. The selection may come out empty; the caller decides
+    /// what that means.
     pub fn parse(bytes: &[u8], selection: &Selection) -> Result<Self> {
         let st = Container::parse(bytes)?;
         let mut input = Self {
@@ -151,6 +142,7 @@ impl ProjectInput {
                         name: layer.name,
                         shape: layer.shape,
                         layout,
+                        dtype: layer.dtype,
                         recompressed: true,
                     });
                 } else {
@@ -189,9 +181,9 @@ impl ProjectInput {
         let projectable = selection.matches(&name)
             && matches!(t.shape.len(), 2 | 4)
             && GemmView::of_shape(&name, &t.shape).is_ok();
-        match floats(t.dtype, &t.data).filter(|_| projectable) {
+        match dtype::to_f32(t.dtype, &t.data).filter(|_| projectable) {
             Some(values) => {
-                check_finite(&name, &values)?;
+                check_finite(&name, t.dtype, &t.data, &values)?;
                 let layout = selection.layout_for(&t.shape);
                 self.order.push(Slot::Projected);
                 self.selected.push(SelectedTensor {
@@ -199,6 +191,7 @@ impl ProjectInput {
                     name,
                     shape: t.shape,
                     layout,
+                    dtype: t.dtype,
                     recompressed: false,
                 });
             }
@@ -242,7 +235,7 @@ impl ProjectInput {
                 Slot::Kept => kept.next().expect("one kept layer per slot"),
                 Slot::Projected => {
                     let (s, m) = projected.next().expect("one selected tensor per slot");
-                    CompressedLayer::new(s.name, &s.shape, s.layout, m)?
+                    CompressedLayer::new(s.name, &s.shape, s.layout, m)?.with_dtype(s.dtype)?
                 }
             });
         }

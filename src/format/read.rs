@@ -1,33 +1,35 @@
 //! Reading a compressed file. Nothing is trusted before it is checked: the container first
 //! (header length, JSON without repeated keys, each tensor's offsets, see [`super::header`]),
-//! then the metadata, then each layer's dense tensor, whose presence with the metadata's
-//! shape bounds every size derived from the metadata by the file's own length, then the
-//! compact tensors against the state map, the dense reconstruction against the compact
-//! form, the reserved names, and last that the tensors cover the data exactly (after the
-//! layers, so that a tensor dropped from the header is named as missing rather than by the
-//! gap it leaves). Every failure is an [`crate::Error::Format`] naming the tensor and the
-//! problem.
+//! then the metadata, then per layer the state map, whose tensor must lie inside the file
+//! and so bounds every size the metadata implies by the file's own length, then the other
+//! compact tensors against the sizes the state map gives, their values (finite, fitting the
+//! layer's dtype, magnitudes >= +0, zero padding bits) and their checksum, then the
+//! reserved names, and last that the tensors cover the data exactly (after the layers, so
+//! that a tensor dropped from the header is named as missing rather than by the gap it
+//! leaves). Every failure is an [`crate::Error::Format`] naming the tensor and the problem.
 
-use super::header::{Container, METADATA_KEY, check_loads_in_safetensors};
+use super::compact::{self, Sizes};
+use super::header::{Container, LEN_BYTES, METADATA_KEY, check_loads_in_safetensors};
 use super::json::Json;
 use super::{
     COMPACT, CompressedFile, CompressedLayer, FORMAT_VERSION, LAYERS_KEY, LayerMeta, META_PREFIX,
-    RawTensor, VERSION_KEY, compact_name, float_text, format_err, reserved_layer_name,
+    RawTensor, VERSION_KEY, compact_name, dtype, float_text, format_err, reserved_layer_name,
     reserved_name,
 };
 use crate::block::{BlockGrid, BlockState, GemmView};
-use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::error::Result;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashSet};
 
-/// The bytes of tensor `name`, which must have this dtype and shape. The container has
-/// already checked that they lie inside the file and match dtype × shape.
+/// The bytes of tensor `name`, which must have this dtype and shape (`why` says where the
+/// shape comes from). The container has already checked that they lie inside the file and
+/// match dtype × shape.
 fn tensor<'a>(
     st: &'a Container<'_>,
     name: &str,
     dtype: Dtype,
     shape: &[usize],
+    why: &str,
 ) -> Result<&'a [u8]> {
     let v = st
         .get(name)
@@ -41,7 +43,7 @@ fn tensor<'a>(
     if v.shape != shape {
         return Err(format_err(
             name,
-            format!("shape {:?}, expected {shape:?}", v.shape),
+            format!("shape {:?}, expected {shape:?} ({why})", v.shape),
         ));
     }
     Ok(v.data)
@@ -50,12 +52,6 @@ fn tensor<'a>(
 fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn u32s(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
 
@@ -71,7 +67,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<CompressedFile> {
     Ok(file)
 }
 
-/// The version must be written exactly as this build writes it: `"01"` or `" 1"` are not
+/// The version must be written exactly as this build writes it: `"02"` or `" 2"` are not
 /// what any writer of the format produces, so they are damage, not a version.
 fn check_version(version: &str) -> Result<()> {
     let meta_err = |p: String| format_err(METADATA_KEY, p);
@@ -82,7 +78,11 @@ fn check_version(version: &str) -> Result<()> {
     let canonical = !version.is_empty()
         && version.bytes().all(|b| b.is_ascii_digit())
         && (version == "0" || !version.starts_with('0'));
-    Err(meta_err(if canonical {
+    Err(meta_err(if version == "1" {
+        format!(
+            "format version 1 (an older microunify, which also stored each layer's dense reconstruction) is not read by this build, which reads version {want} only: compress the original checkpoint again with `microunify project` (or rerun train-gpu) to make a version-{want} file"
+        )
+    } else if canonical {
         format!("format version {version} is not known (this build reads version {want})")
     } else {
         format!(
@@ -142,7 +142,7 @@ pub(super) fn decode(st: &Container<'_>) -> Result<CompressedFile> {
     }
     let mut passthrough = BTreeMap::new();
     for (name, v) in st.iter() {
-        if names.contains(name) || consumed.contains(name) {
+        if consumed.contains(name) {
             continue;
         }
         if let Some(p) = reserved_name(name, |x| names.contains(x)) {
@@ -169,106 +169,155 @@ pub(super) fn decode(st: &Container<'_>) -> Result<CompressedFile> {
 fn layer(st: &Container<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
     let name = m.name.as_str();
     let mu = |s: &str| compact_name(name, s);
-    // First, so that every size below is bounded by bytes the file really holds.
-    let dense_bytes = tensor(st, name, Dtype::F32, &m.shape)?;
-    let view = GemmView::of_shape(name, &m.shape)
-        .map_err(|e| format_err(name, format!("metadata shape: {e}")))?;
+    let meta_err = |p: String| format_err(name, format!("metadata: {p}"));
+    // Every size below follows from the metadata's shape; the state map's tensor, which
+    // must lie inside the file, bounds them by the file's length once no product of the
+    // dimensions can overflow (zeros left out: `[0, huge, huge, 2]` would hide one).
+    let mut nonzero = m.shape.iter().filter(|&&d| d > 0);
+    if nonzero.try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+        return Err(meta_err(format!(
+            "shape {:?} has more elements than a usize counts",
+            m.shape
+        )));
+    }
+    let view = GemmView::of_shape(name, &m.shape).map_err(|e| meta_err(format!("shape: {e}")))?;
     if [view.rows, view.cols] != m.view {
+        return Err(meta_err(format!(
+            "GEMM view {:?}, but shape {:?} gives {}x{}",
+            m.view, m.shape, view.rows, view.cols
+        )));
+    }
+    let block = m.block_shape()?;
+    if !dtype::is_layer_dtype(m.dtype) {
+        return Err(meta_err(format!(
+            "dtype {:?} is not one a compressed layer can stand for ({})",
+            m.dtype,
+            dtype::layer_dtypes_text()
+        )));
+    }
+    let grid = BlockGrid::new(view, block);
+    let states_bytes = tensor(
+        st,
+        &mu("states"),
+        Dtype::U8,
+        &[grid.num_blocks().div_ceil(4)],
+        &format!("{} blocks, 4 a byte", grid.num_blocks()),
+    )?;
+    let states = read_states(&mu("states"), states_bytes, grid.num_blocks(), m.counts)?;
+    let sizes = Sizes::of(&grid, &states);
+    let [nd, nu, _] = m.counts;
+    if !compact::index_fits(nd, nu, block) {
         return Err(format_err(
             name,
             format!(
-                "metadata GEMM view {:?}, but shape {:?} gives {}x{}",
-                m.view, m.shape, view.rows, view.cols
+                "{nd} dense and {nu} unified blocks of {block} are more than the in-memory form's 32-bit block index holds"
             ),
         ));
     }
-    let block = m.block_shape()?;
-    let grid = BlockGrid::new(view, block);
-    let states = read_states(st, &mu("states"), grid.num_blocks(), m.counts)?;
-    let row_ptr = read_row_ptr(st, &mu("row_ptr"), &grid, &states)?;
-    let [nd, nu, _] = m.counts;
-    let (br, bc, len) = (block.rows, block.cols, block.len());
-    let raw = u32s(tensor(st, &mu("entries"), Dtype::U32, &[nd + nu, 2])?);
     let vname = mu("values");
-    let values = f32s(tensor(st, &vname, Dtype::F32, &[nd, br, bc])?);
-    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        let problem = format!(
-            "non-finite value {} at flat index {i} (dense block {})",
-            float_text(*v),
-            i / len
-        );
+    let values_bytes = tensor(
+        st,
+        &vname,
+        Dtype::F32,
+        &[sizes.dense_weights],
+        &format!(
+            "the state map's {nd} dense blocks hold {} weights",
+            sizes.dense_weights
+        ),
+    )?;
+    let values = f32s(values_bytes);
+    if let Some((i, v)) =
+        (values.iter().enumerate()).find(|(_, v)| !v.is_finite() || !dtype::fits(m.dtype, **v))
+    {
+        let (k, b) = compact::dense_block_at(&grid, &states, i);
+        let problem = if v.is_finite() {
+            format!(
+                "value {v} at flat index {i} (dense block {k}, block {b}) does not fit the layer's dtype {:?}",
+                m.dtype
+            )
+        } else {
+            format!(
+                "non-finite value {} at flat index {i} (dense block {k}, block {b})",
+                float_text(*v)
+            )
+        };
         return Err(format_err(&vname, problem));
     }
     let mname = mu("magnitudes");
-    let magnitudes = f32s(tensor(st, &mname, Dtype::F32, &[nu])?);
+    let magnitudes_bytes = tensor(
+        st,
+        &mname,
+        Dtype::F32,
+        &[nu],
+        "one per unified block of the state map",
+    )?;
+    let magnitudes = f32s(magnitudes_bytes);
     // A magnitude is a mean of absolute values: never negative, not even -0 (which the
     // dense reconstruction would turn into sign-flipped zeros).
-    if let Some((k, a)) =
-        (magnitudes.iter().enumerate()).find(|(_, a)| !a.is_finite() || a.is_sign_negative())
+    if let Some((k, a)) = (magnitudes.iter().enumerate())
+        .find(|(_, a)| !a.is_finite() || a.is_sign_negative() || !dtype::fits(m.dtype, **a))
     {
-        let problem = format!(
-            "magnitude {} of unified block {k} (flat index {k}) is not a finite value >= +0",
-            if *a == 0.0 {
-                "-0".into()
-            } else {
-                float_text(*a)
-            }
-        );
+        let problem = if a.is_finite() && !a.is_sign_negative() {
+            format!(
+                "magnitude {a} of unified block {k} does not fit the layer's dtype {:?}",
+                m.dtype
+            )
+        } else {
+            format!(
+                "magnitude {} of unified block {k} (flat index {k}) is not a finite value >= +0",
+                if *a == 0.0 {
+                    "-0".into()
+                } else {
+                    float_text(*a)
+                }
+            )
+        };
         return Err(format_err(&mname, problem));
     }
-    let signs = u32s(tensor(
+    let gname = mu("signs");
+    let signs = tensor(
         st,
-        &mu("signs"),
-        Dtype::U32,
-        &[nu, len.div_ceil(32)],
-    )?);
-    let mut matrix = CompressedMatrix {
-        view,
-        block,
-        states,
-        row_ptr,
-        entries: Vec::new(),
-        values,
-        magnitudes,
-        signs,
-    };
-    matrix.entries = read_entries(name, &matrix, &raw)?;
-    let layer = CompressedLayer {
+        &gname,
+        Dtype::U8,
+        &[sizes.sign_bytes()],
+        &format!(
+            "one bit for each of the {} weights of the unified blocks, 8 a byte",
+            sizes.unified_weights
+        ),
+    )?;
+    let used = sizes.unified_weights % 8;
+    if used != 0 && signs[signs.len() - 1] >> used != 0 {
+        return Err(format_err(
+            &gname,
+            "padding bits after the last sign bit are not zero",
+        ));
+    }
+    let sha256 = compact::checksum(m, &[states_bytes, values_bytes, magnitudes_bytes, signs]);
+    if sha256 != m.sha256 {
+        return Err(format_err(
+            name,
+            format!(
+                "the SHA-256 of its metadata entry and compact tensors is {sha256}, the entry says {:?}: the file is damaged",
+                m.sha256
+            ),
+        ));
+    }
+    Ok(CompressedLayer {
         name: name.to_string(),
         shape: m.shape.clone(),
+        dtype: m.dtype,
         layout: m.layout,
-        matrix,
-    };
-    let want = layer.dense();
-    for (i, (have, want)) in f32s(dense_bytes).into_iter().zip(want).enumerate() {
-        if !have.is_finite() {
-            return Err(format_err(
-                name,
-                format!("non-finite value {} at flat index {i}", float_text(have)),
-            ));
-        }
-        // Bit for bit: the writer stores exactly this reconstruction, and `==` would let a
-        // zero's sign flip by.
-        if have.to_bits() != want.to_bits() {
-            return Err(format_err(
-                name,
-                format!(
-                    "dense reconstruction disagrees with the compact form at flat index {i}: {have} in the file, {want} from {name}.mu.*"
-                ),
-            ));
-        }
-    }
-    Ok(layer)
+        matrix: compact::decode(view, block, states, &values, magnitudes, signs),
+    })
 }
 
 /// The 2-bit state map: no code 3, zero padding, and the metadata's counts.
 fn read_states(
-    st: &Container<'_>,
     sname: &str,
+    packed: &[u8],
     nb: usize,
     meta_counts: [usize; 3],
 ) -> Result<Vec<BlockState>> {
-    let packed = tensor(st, sname, Dtype::U8, &[nb.div_ceil(4)])?;
     let states = (0..nb)
         .map(|b| {
             let code = (packed[b / 4] >> (2 * (b % 4))) & 3;
@@ -295,125 +344,33 @@ fn read_states(
     Ok(states)
 }
 
-/// Row pointers: from 0, monotone, each block row as long as its non-pruned blocks (so
-/// the last one is the number of entries).
-fn read_row_ptr(
-    st: &Container<'_>,
-    rname: &str,
-    grid: &BlockGrid,
-    states: &[BlockState],
-) -> Result<Vec<u32>> {
-    let row_ptr = u32s(tensor(st, rname, Dtype::U32, &[grid.block_rows() + 1])?);
-    if row_ptr[0] != 0 {
-        return Err(format_err(
-            rname,
-            format!("starts at {}, not 0", row_ptr[0]),
-        ));
-    }
-    let cols = grid.block_cols();
-    for r in 0..grid.block_rows() {
-        let (lo, hi) = (row_ptr[r], row_ptr[r + 1]);
-        if hi < lo {
-            let problem = format!("not monotone: block row {r} runs from {lo} down to {hi}");
-            return Err(format_err(rname, problem));
-        }
-        let row = &states[r * cols..(r + 1) * cols];
-        let want = row.iter().filter(|s| **s != BlockState::Pruned).count();
-        if (hi - lo) as usize != want {
-            return Err(format_err(
-                rname,
-                format!(
-                    "block row {r} has {} entries but the state map has {want} non-pruned blocks",
-                    hi - lo
-                ),
-            ));
+/// `bytes` with every listed layer's checksum recomputed over whatever its metadata entry
+/// and compact tensors hold (`None` when there is no container and layer list to reseal):
+/// for fuzzing and tests, so that damaged files reach the checks behind the checksum. The
+/// tensors' data and offsets stay as they were; a file resealed this way is trusted no
+/// more than another, only the checksum check is bypassed.
+pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+    let st = Container::parse(bytes).ok()?;
+    let mut metas: Vec<LayerMeta> = serde_json::from_str(st.metadata.get(LAYERS_KEY)?).ok()?;
+    for m in &mut metas {
+        let parts = COMPACT
+            .iter()
+            .map(|s| st.get(&compact_name(&m.name, s)).map(|t| t.data))
+            .collect::<Option<Vec<_>>>();
+        if let Some(parts) = parts {
+            m.sha256 = compact::checksum(m, &parts);
         }
     }
-    Ok(row_ptr)
-}
-
-/// Entries against the state map: columns in range and strictly increasing per block row,
-/// each on a block of the entry's kind, payloads in storage order (so no index can leave
-/// `values`, `magnitudes` or `signs`), and zeros outside ragged edges in values and signs.
-/// `m` holds everything but the entries, already shape-checked.
-fn read_entries(name: &str, m: &CompressedMatrix, raw: &[u32]) -> Result<Vec<[u32; 2]>> {
-    let (ename, vname, gname) = (
-        compact_name(name, "entries"),
-        compact_name(name, "values"),
-        compact_name(name, "signs"),
+    let n = u64::from_le_bytes(bytes[..LEN_BYTES].try_into().ok()?) as usize;
+    let data = LEN_BYTES + n;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[LEN_BYTES..data]).ok()?;
+    header.get_mut(METADATA_KEY)?.as_object_mut()?.insert(
+        LAYERS_KEY.into(),
+        serde_json::to_string(&metas).ok()?.into(),
     );
-    let grid = m.grid();
-    let (block_cols, bc, len, wpb) = (
-        grid.block_cols(),
-        m.block.cols,
-        m.block.len(),
-        m.words_per_block(),
-    );
-    let (mut di, mut ui) = (0usize, 0usize);
-    let mut entries = Vec::with_capacity(raw.len() / 2);
-    for r in 0..grid.block_rows() {
-        let mut prev: Option<u32> = None;
-        for e in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
-            let (col, payload) = (raw[2 * e], raw[2 * e + 1]);
-            let at = |p: String| format_err(&ename, format!("entry {e} (block row {r}): {p}"));
-            if col as usize >= block_cols {
-                return Err(at(format!(
-                    "block column {col} out of range (the matrix has {block_cols} block columns)"
-                )));
-            }
-            if let Some(p) = prev.filter(|&p| col <= p) {
-                return Err(at(format!(
-                    "block column {col} does not follow {p} in increasing order"
-                )));
-            }
-            prev = Some(col);
-            let b = r * block_cols + col as usize;
-            let ext = grid.extent(b);
-            let inside = |pos: usize| pos < len && pos / bc < ext.rows && pos % bc < ext.cols;
-            match m.states[b] {
-                BlockState::Pruned => {
-                    return Err(at(format!(
-                        "points at block {b}, which the state map prunes"
-                    )));
-                }
-                BlockState::Dense => {
-                    if payload as u64 != (di * len) as u64 {
-                        let want = di * len;
-                        return Err(at(format!(
-                            "dense payload {payload}, expected value offset {want}"
-                        )));
-                    }
-                    // Distinct dense blocks, so di < the number of dense tiles.
-                    let tile = &m.values[di * len..(di + 1) * len];
-                    if let Some(p) = (0..len).find(|&p| !inside(p) && tile[p].to_bits() != 0) {
-                        let problem = format!(
-                            "dense block {di} (block {b}) holds {} at tile position {p}, outside the matrix edge (must be +0)",
-                            tile[p]
-                        );
-                        return Err(format_err(&vname, problem));
-                    }
-                    di += 1;
-                }
-                BlockState::Unified => {
-                    let want = UNIFIED_FLAG as u64 | ui as u64;
-                    if payload as u64 != want {
-                        return Err(at(format!(
-                            "unified payload {payload:#x}, expected {want:#x}"
-                        )));
-                    }
-                    let words = &m.signs[ui * wpb..(ui + 1) * wpb];
-                    let set = |p: usize| words[p / 32] >> (p % 32) & 1 == 1;
-                    if let Some(p) = (0..wpb * 32).find(|&p| !inside(p) && set(p)) {
-                        let problem = format!(
-                            "unified block {ui} (block {b}) has sign bit {p} set outside the block"
-                        );
-                        return Err(format_err(&gname, problem));
-                    }
-                    ui += 1;
-                }
-            }
-            entries.push([col, payload]);
-        }
-    }
-    Ok(entries)
+    let text = serde_json::to_vec(&header).ok()?;
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend_from_slice(&bytes[data..]);
+    Some(out)
 }

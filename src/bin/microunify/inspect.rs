@@ -1,10 +1,12 @@
 //! `microunify inspect FILE`: validates a compressed file (every check of
 //! `microunify::format`) and prints per-layer block counts, storage bits and compression
-//! ratios, then the totals. Needs no GPU.
+//! ratios, then the totals and the file's size against the dense checkpoint it stands for.
+//! Needs no GPU.
 
 use anyhow::Result;
 use microunify::Error;
 use microunify::format::{CompressedFile, FORMAT_VERSION};
+use microunify::fsio;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -14,15 +16,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    // A file that cannot be read at all is named by its own error; one that reads but is
-    // not a valid compressed file gets said so.
-    let f = CompressedFile::read(&args.file).map_err(|e| match e {
-        Error::Format { .. } => anyhow::Error::new(e).context(format!(
-            "{} is not a valid compressed file",
-            args.file.display()
-        )),
-        e => e.into(),
-    })?;
+    let (f, size) = read(&args.file)?;
     let bytes: usize = f.passthrough.values().map(|t| t.data.len()).sum();
     microunify::outln!(
         "{}: microunify format {FORMAT_VERSION}, {} compressed layers, {} pass-through tensors ({bytes} bytes); valid",
@@ -31,7 +25,31 @@ pub fn run(args: &Args) -> Result<()> {
         f.passthrough.len()
     );
     print_layers(&f);
+    print_sizes(size, &f);
     Ok(())
+}
+
+/// Reads and validates a compressed file, returning it with its size in bytes. A file that
+/// cannot be read at all is named by its own error; one that reads but is not a valid
+/// compressed file gets said so.
+pub fn read(path: &std::path::Path) -> Result<(CompressedFile, u64)> {
+    let bytes = fsio::read_regular(path, u64::MAX, "compressed file")?;
+    let f = CompressedFile::from_bytes(&bytes).map_err(|e| match e {
+        Error::Format { .. } => anyhow::Error::new(e)
+            .context(format!("{} is not a valid compressed file", path.display())),
+        e => e.into(),
+    })?;
+    Ok((f, bytes.len() as u64))
+}
+
+/// The file's size on disk against the dense checkpoint's tensors, each at its original
+/// dtype. One line of single whitespace-free tokens, like the table.
+pub fn print_sizes(file_bytes: u64, f: &CompressedFile) {
+    let dense = f.dense_size();
+    microunify::outln!(
+        "size {file_bytes} bytes on disk, dense {dense} bytes (tensors at their original dtypes), {:.2}x smaller",
+        dense as f64 / file_bytes as f64
+    );
 }
 
 /// The per-layer table and the totals line. Columns are single whitespace-free tokens so

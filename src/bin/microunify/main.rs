@@ -1,7 +1,9 @@
-//! `microunify`: list adapters, benchmark kernels, run the projection demo.
+//! `microunify`: list adapters, benchmark kernels, run the projection demo, compress a
+//! checkpoint, inspect or decompress a compressed file.
 
 mod adapters;
 mod bench;
+mod decompress;
 mod demo;
 mod inspect;
 mod project;
@@ -38,6 +40,8 @@ enum Command {
     Project(project::Args),
     /// Validate a compressed file and print its per-layer storage.
     Inspect(inspect::Args),
+    /// Write the dense checkpoint a compressed file stands for (original names, shapes, dtypes).
+    Decompress(decompress::Args),
 }
 
 impl Cli {
@@ -65,6 +69,7 @@ fn main() {
             // Both check their input before (or without) touching a GPU.
             Command::Project(a) => project::run(&cli.gpu_options(), a),
             Command::Inspect(a) => inspect::run(a),
+            Command::Decompress(a) => decompress::run(a),
         }
     })
 }

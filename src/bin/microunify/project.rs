@@ -9,6 +9,7 @@
 use anyhow::{Context, Result, bail};
 use microunify::block::ConvLayout;
 use microunify::compressed::CompressedMatrix;
+use microunify::format::dtype::layer_dtypes_text;
 use microunify::format::input::{ProjectInput, Selection};
 use microunify::fsio;
 use microunify::gpu::projection::Tensor;
@@ -85,8 +86,9 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     drop(bytes);
     if parsed.selected.is_empty() {
         bail!(
-            "no tensor selected: none of the {} tensors in {input} is a 2-D or 4-D F32/F16/BF16 tensor matching --include/--exclude",
-            parsed.tensors
+            "no tensor selected: none of the {} tensors in {input} is a 2-D or 4-D {} tensor matching --include/--exclude",
+            parsed.tensors,
+            layer_dtypes_text()
         );
     }
     let specs = parsed.specs(b)?;
@@ -120,7 +122,8 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
         parsed.kept.layers.len(),
     );
     let out = parsed.finish(matrices)?;
-    out.write(&args.output)
+    let size = out
+        .write(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
 
     microunify::outln!(
@@ -138,6 +141,7 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
         );
     }
     crate::inspect::print_layers(&out);
+    crate::inspect::print_sizes(size, &out);
     microunify::outln!("wrote {}", args.output.display());
     Ok(())
 }
