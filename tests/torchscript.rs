@@ -168,9 +168,51 @@ fn a_scripted_cnn_is_trained_compressed_and_exported() {
     assert!(!out.join("final.ot").exists());
 }
 
-/// A traced network with BatchNorm and a residual add: the running statistics train, are
-/// exported beside the weights, and a resumed run ends bit for bit where an uninterrupted
-/// one does.
+/// A scripted ResNet with BatchNorm: training mode updates the running statistics, and
+/// they are exported beside the weights (a traced module freezes its BatchNorm's mode, as
+/// in PyTorch, so only a scripted one shows this).
+#[test]
+fn batchnorm_statistics_train_and_are_exported() {
+    if !gpu_ok() {
+        return;
+    }
+    let model = fixture("fashion_resnet_scripted.pt");
+    let out = scratch("bn-scripted");
+    let mut args = tiny(&model, &out, &[]);
+    for (flag, v) in [("--limit-train", "300"), ("--limit-test", "100"), ("--rounds", "1")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = v.into();
+    }
+    succeeds(&args);
+    let file = CompressedFile::read(&out.join("compressed.safetensors")).unwrap();
+    let vars: Vec<(&String, Vec<f32>)> = file
+        .passthrough
+        .iter()
+        .filter(|(k, _)| k.ends_with("running_var"))
+        .map(|(k, t)| (k, bytemuck::pod_collect_to_vec(&t.data)))
+        .collect();
+    assert!(!vars.is_empty(), "no running_var in the compressed file");
+    // A fresh BatchNorm's running variance is all ones; training moves it.
+    assert!(
+        vars.iter().all(|(_, v)| v.iter().any(|&x| x != 1.0)),
+        "the running statistics did not train"
+    );
+    assert!(file.passthrough.keys().any(|k| k.ends_with("num_batches_tracked")));
+    // Resumed after the dense epoch (statistics trained, in the checkpoint's module): the
+    // same end, bit for bit.
+    let part = scratch("bn-scripted-stopped");
+    let mut stopped = args.clone();
+    let at = stopped.iter().position(|a| a == "--out").unwrap();
+    stopped[at + 1] = part.display().to_string();
+    stopped.extend(["--stop-after".into(), "1".into()]);
+    fails_with(&stopped, "stopped after");
+    succeeds(&["--resume", part.to_str().unwrap()]);
+    let read = |d: &Path| std::fs::read(d.join("compressed.safetensors")).unwrap();
+    assert!(read(&out) == read(&part), "a resumed BatchNorm run ended elsewhere");
+}
+
+/// A traced network with BatchNorm and a residual add: its buffers are exported beside the
+/// weights, and a resumed run ends bit for bit where an uninterrupted one does.
 #[test]
 fn batchnorm_trains_exports_and_resumes_exactly() {
     if !gpu_ok() {
@@ -325,7 +367,10 @@ fn zero_dense_epochs_start_from_the_modules_weights() {
     }
     let model = fixture("tiny_cnn_scripted.pt");
     let out = scratch("pretrained");
-    succeeds(&tiny(&model, &out, &["--dense-epochs", "0"]));
+    let mut args = tiny(&model, &out, &[]);
+    let at = args.iter().position(|a| a == "--dense-epochs").unwrap();
+    args[at + 1] = "0".into();
+    succeeds(&args);
     let r = json(&out.join("report.json"));
     let own = accuracy_of(&CModule::load(&model).unwrap());
     let dense = r["dense_accuracy"].as_f64().unwrap();

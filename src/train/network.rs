@@ -306,7 +306,7 @@ impl Model {
             Task::Reconstruct => {
                 if out_size != x.size() {
                     bail!(
-                        "model {label} maps {what} images of shape {:?} to {out_size:?}; a                          reconstruction must have the input's shape",
+                        "model {label} maps {what} images of shape {:?} to {out_size:?}; a reconstruction must have the input's shape",
                         x.size()
                     );
                 }
@@ -314,7 +314,7 @@ impl Model {
             Task::Classify => {
                 let [_, classes] = out_size[..] else {
                     bail!(
-                        "model {label} gives an output of shape {out_size:?} for {what} images of                          shape {:?}; a classifier gives [N, classes] logits",
+                        "model {label} gives an output of shape {out_size:?} for {what} images of shape {:?}; a classifier gives [N, classes] logits",
                         x.size()
                     );
                 };

@@ -191,7 +191,11 @@ impl FileConfig {
                 Targets::Global(Ratios::new(p, u, "--global")?)
             } else {
                 let r = Ratios::new(p, u, "--prune/--unify")?;
-                Targets::PerLayer(info.layers.iter().map(|l| (l.name.clone(), r)).collect())
+                // In name order, as a `[ratios]` table reads back from config.toml.
+                let mut v: Vec<(String, Ratios)> =
+                    info.layers.iter().map(|l| (l.name.clone(), r)).collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                Targets::PerLayer(v)
             }
         } else if let Some(t) = &f.ratios {
             Targets::PerLayer(
