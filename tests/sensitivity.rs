@@ -6,6 +6,7 @@
 //! unreachable targets).
 #![cfg(feature = "train")]
 
+use clap::ValueEnum;
 use microunify::block::{SelectionMode, storage_bits};
 use microunify::cpu::projection::project;
 use microunify::data::load_mnist_dir;
@@ -433,32 +434,46 @@ fn refusals_are_clear_errors() {
     assert!(other.join(PROPOSAL).is_file());
 }
 
-/// The fixtures' TorchScript CNN, when the repository has it.
+/// The fixtures' TorchScript classifier and autoencoder (with their own weights), when
+/// the repository has them.
 #[test]
-fn a_torchscript_model_is_measured_with_its_own_weights() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tiny_cnn_scripted.pt");
-    if !model.is_file() {
-        eprintln!("skipped: no {}", model.display());
-        return;
+fn torchscript_models_are_measured_with_their_own_weights() {
+    for (file, task) in [
+        ("tiny_cnn_scripted.pt", "classify"),
+        ("tiny_autoencoder_scripted.pt", "reconstruct"),
+    ] {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/models")
+            .join(file);
+        if !model.is_file() {
+            eprintln!("skipped: no {}", model.display());
+            continue;
+        }
+        let out = scratch(file);
+        let (stdout, _) = succeeds(&[
+            "sensitivity",
+            "--model",
+            &model.display().to_string(),
+            "--task",
+            task,
+            "--data-dir",
+            &tiny_mnist().display().to_string(),
+            "--grid",
+            "0,0.5/0,0.4",
+            "--holdout",
+            "100",
+            "--target-ratio",
+            "1.5",
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(
+            stdout.contains("predicted: compression"),
+            "{file}: {stdout}"
+        );
+        let s = proposal(&out);
+        assert_eq!(s.admm.model.to_string(), model.display().to_string());
+        assert_eq!(s.admm.task.to_possible_value().unwrap().get_name(), task);
+        assert_eq!(s.admm.init, None);
     }
-    let out = scratch("torchscript");
-    let (stdout, _) = succeeds(&[
-        "sensitivity",
-        "--model",
-        &model.display().to_string(),
-        "--data-dir",
-        &tiny_mnist().display().to_string(),
-        "--grid",
-        "0,0.5/0,0.4",
-        "--holdout",
-        "100",
-        "--target-ratio",
-        "1.5",
-        "--out",
-        &out.display().to_string(),
-    ]);
-    assert!(stdout.contains("predicted: compression"), "{stdout}");
-    let s = proposal(&out);
-    assert_eq!(s.admm.model.to_string(), model.display().to_string());
-    assert_eq!(s.admm.init, None);
 }

@@ -372,7 +372,10 @@ pub fn propose(s: &Sensitivity, target: f64) -> Result<Proposal> {
 /// no dense epochs (the model is trained already).
 pub fn proposal_settings(base: &Settings, p: &Proposal) -> Settings {
     let mut s = base.clone();
-    s.admm.targets = Targets::PerLayer(p.ratios.clone());
+    // In name order, as the file's `[ratios]` table reads back.
+    let mut ratios = p.ratios.clone();
+    ratios.sort_by(|a, b| a.0.cmp(&b.0));
+    s.admm.targets = Targets::PerLayer(ratios);
     s.admm.dense_epochs = 0;
     s
 }
