@@ -1,13 +1,14 @@
 //! PNG plots of a compression run, for `train-gpu` and its report: accuracy and loss per
 //! epoch, ADMM residuals per round (docs/METHOD.md §3), the block-state map of every layer
-//! (§1) and accuracy against compression ratio across methods.
+//! (§1), accuracy against compression ratio across methods, and each layer's loss
+//! increase against its compression ratio (`train-gpu sensitivity`).
 //!
 //! Plain data in, a PNG file out. Every function renders into memory and writes through
 //! [`crate::fsio::write_atomic`], so a reader never sees a half-written image and a
 //! failed call leaves any older file in place. Text uses DejaVu Sans embedded in the
 //! binary (assets/fonts/, licence beside it), so nothing depends on system fonts.
 //!
-//! Input handling, the same for all four functions:
+//! Input handling, the same for all five functions:
 //! - empty input is not an error: the plot is still written, with empty axes (or an empty
 //!   page) and a "no data" note, so a report that links the image never links nothing;
 //! - values that cannot be drawn are skipped, and the plot says how many: NaN, ±∞, zero
@@ -68,6 +69,15 @@ pub struct SweepPoint {
     pub compression_ratio: f64,
     /// Percent.
     pub accuracy: f64,
+}
+
+/// One layer's sensitivity (`train-gpu sensitivity`): the model's loss increase with the
+/// layer alone compressed, at each measured compression ratio of the layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensitivityCurve {
+    pub layer: String,
+    /// `(compression ratio, loss increase)`, in any order.
+    pub points: Vec<(f64, f64)>,
 }
 
 /// Plotters looks fonts up by family name; its mesh, legend and caption defaults all ask
@@ -154,6 +164,16 @@ pub fn sweep_plot(path: &Path, points: &[SweepPoint], dense_accuracy: Option<f64
         save(path, (1200, 800), |root| {
             draw_sweep(root, points, dense_accuracy)
         })
+    })
+}
+
+/// Renders loss increase against compression ratio (log axis), one colour per layer in
+/// the given order: every measured point as a dot, and a line through the layer's best
+/// trade-offs (the points no other point beats with a higher ratio and a smaller
+/// increase), with a legend of the layers.
+pub fn sensitivity_plot(path: &Path, curves: &[SensitivityCurve]) -> Result<()> {
+    with_path(path, || {
+        save(path, (1200, 800), |root| draw_sensitivity(root, curves))
     })
 }
 
@@ -760,6 +780,98 @@ fn draw_sweep(root: &Area, points: &[SweepPoint], dense: Option<f64>) -> Result<
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(text_style(15.0))
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// The points of `points` that no other beats: sorted by ratio, each with a smaller
+/// increase than every point of a higher ratio.
+fn best_tradeoffs(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.total_cmp(&b.1)));
+    let mut front: Vec<(f64, f64)> = Vec::new();
+    for p in sorted {
+        if front.last().is_none_or(|q| p.1 < q.1) {
+            front.push(p);
+        }
+    }
+    front.reverse();
+    front
+}
+
+fn draw_sensitivity(root: &Area, curves: &[SensitivityCurve]) -> Result<()> {
+    let total: usize = curves.iter().map(|c| c.points.len()).sum();
+    let valid: Vec<Vec<(f64, f64)>> = curves
+        .iter()
+        .map(|c| {
+            c.points
+                .iter()
+                .copied()
+                .filter(|&(r, d)| on_log_axis(r) && on_linear_axis(d))
+                .collect()
+        })
+        .collect();
+    let drawn: usize = valid.iter().map(Vec::len).sum();
+    let all = || valid.iter().flatten();
+    let x = log_range(all().map(|p| p.0), 1.0..10.0);
+    let y = linear_range(all().map(|p| p.1), 0.0..1.0);
+    let caption = format!(
+        "Loss increase vs compression ratio, one layer at a time{}",
+        skipped_note(&[(total - drawn, "point", "points")])
+    );
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, text_style(24.0))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(log_axis(x), y)?;
+    chart
+        .configure_mesh()
+        .x_label_formatter(&|v| format!("{}×", log_label(v)))
+        .x_desc("compression ratio of the layer (log)")
+        .y_desc("loss increase on the held-back images")
+        .label_style(text_style(14.0))
+        .bold_line_style(GRID)
+        .light_line_style(MINOR_GRID)
+        .y_max_light_lines(0)
+        .draw()?;
+    for (i, (curve, points)) in curves.iter().zip(&valid).enumerate() {
+        let color = TAB10[i % TAB10.len()];
+        chart.draw_series(
+            points
+                .iter()
+                .map(|&p| Circle::new(p, 3, color.mix(0.45).filled())),
+        )?;
+        chart
+            .draw_series(LineSeries::new(
+                best_tradeoffs(points),
+                color.stroke_width(2),
+            ))?
+            .label(curve.layer.as_str())
+            .legend(move |(x, y)| {
+                EmptyElement::at((x + 9, y))
+                    + PathElement::new(vec![(-9, 0), (9, 0)], color.stroke_width(2))
+                    + Circle::new((0, 0), 3, color.filled())
+            });
+    }
+    if drawn == 0 {
+        note_in_chart(
+            &chart,
+            if total == 0 {
+                "no data"
+            } else {
+                "no drawable points"
+            },
+        )?;
+    }
+    if !curves.is_empty() {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(text_style(15.0))

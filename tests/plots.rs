@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use microunify::plots::{
-    EpochPoint, LayerStates, RoundPoint, SweepPoint, accuracy_plot, block_states_plot,
-    residuals_plot, sweep_plot,
+    EpochPoint, LayerStates, RoundPoint, SensitivityCurve, SweepPoint, accuracy_plot,
+    block_states_plot, residuals_plot, sensitivity_plot, sweep_plot,
 };
 
 /// The block-state colours of src/plots.rs (dense, unified, pruned).
@@ -192,6 +192,45 @@ fn sweep_plot_one_colour_per_method() {
     // tab10 colours in order of first appearance.
     for c in [[31, 119, 180], [255, 127, 14], [44, 160, 44]] {
         assert!(img.count(c) > 200, "method colour {c:?}");
+    }
+    assert_no_temp_files(&dir);
+    clean_up(&dir);
+}
+
+#[test]
+fn sensitivity_plot_one_colour_per_layer_and_skips_what_cannot_be_drawn() {
+    let dir = temp_dir("sensitivity");
+    let curve = |layer: &str, scale: f64| SensitivityCurve {
+        layer: layer.into(),
+        points: [1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 40.0]
+            .iter()
+            .flat_map(|&r| [(r, scale * f64::ln(r)), (r, 2.0 * scale * f64::ln(r))])
+            .collect(),
+    };
+    let path = dir.join("sensitivity.png");
+    sensitivity_plot(
+        &path,
+        &[curve("fc1", 0.1), curve("fc2", 0.3), curve("fc3", 0.6)],
+    )
+    .unwrap();
+    let img = read_png(&path);
+    assert_eq!((img.width, img.height), (1200, 800));
+    for c in [[31, 119, 180], [255, 127, 14], [44, 160, 44]] {
+        assert!(img.count(c) > 200, "layer colour {c:?}");
+    }
+    let odd = SensitivityCurve {
+        layer: "odd".into(),
+        points: vec![
+            (0.0, 1.0),
+            (f64::NAN, 0.1),
+            (3.0, f64::INFINITY),
+            (2.0, -0.5),
+        ],
+    };
+    for (name, curves) in [("empty", vec![]), ("odd", vec![odd])] {
+        let path = dir.join(format!("{name}.png"));
+        sensitivity_plot(&path, &curves).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(read_png(&path).non_white() > 500, "{name}");
     }
     assert_no_temp_files(&dir);
     clean_up(&dir);

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rundir;
 pub mod script;
+pub mod sensitivity;
 pub mod settings;
 pub mod sweep;
 pub mod tensors;

@@ -3,10 +3,13 @@
 //! projection → masked retraining → report, plots and compressed `.safetensors`, with a
 //! checkpoint after every epoch and round (`--resume`). `train-gpu sweep` compares ADMM
 //! with one-shot projection, and prune-only / unify-only / mixed at equal storage.
+//! `train-gpu sensitivity` scores each layer of a trained model compressed alone and
+//! proposes per-layer ratios for a target compression ratio.
 //!
 //! The defaults are the demo (LeNet-5 on MNIST, 4×4 blocks, per-layer targets).
 
 mod progress;
+mod sensitivity;
 mod settings;
 mod sweep;
 
@@ -62,6 +65,10 @@ enum Command {
     /// Compare ADMM with one-shot projection, and prune-only / unify-only / mixed at equal
     /// storage, for a list of compression targets; writes sweep.csv, sweep.md, sweep.png.
     Sweep(sweep::SweepArgs),
+    /// Score each layer of a trained model compressed alone on held-back training images,
+    /// and propose per-layer ratios reaching --target-ratio at the least predicted loss;
+    /// writes sensitivity.csv, sensitivity.png, proposal.toml.
+    Sensitivity(sensitivity::SensitivityArgs),
 }
 
 /// The train and test sets of `s`, checked against its model, on its device, normalised
@@ -185,8 +192,10 @@ fn resume(cli: &Cli, path: &std::path::Path) -> Result<(Ready, RunDir, Option<Ch
 fn run() -> Result<()> {
     flush_denormals();
     let cli = Cli::parse();
-    if let Some(Command::Sweep(args)) = &cli.command {
-        return sweep::main(args);
+    match &cli.command {
+        Some(Command::Sweep(args)) => return sweep::main(args),
+        Some(Command::Sensitivity(args)) => return sensitivity::main(args),
+        None => {}
     }
     let wall = Instant::now();
     let (settings, dir, ckpt) = match &cli.resume {
