@@ -179,7 +179,11 @@ fn batchnorm_statistics_train_and_are_exported() {
     let model = fixture("fashion_resnet_scripted.pt");
     let out = scratch("bn-scripted");
     let mut args = tiny(&model, &out, &[]);
-    for (flag, v) in [("--limit-train", "300"), ("--limit-test", "100"), ("--rounds", "1")] {
+    for (flag, v) in [
+        ("--limit-train", "300"),
+        ("--limit-test", "100"),
+        ("--rounds", "1"),
+    ] {
         let at = args.iter().position(|a| a == flag).unwrap();
         args[at + 1] = v.into();
     }
@@ -197,7 +201,11 @@ fn batchnorm_statistics_train_and_are_exported() {
         vars.iter().all(|(_, v)| v.iter().any(|&x| x != 1.0)),
         "the running statistics did not train"
     );
-    assert!(file.passthrough.keys().any(|k| k.ends_with("num_batches_tracked")));
+    assert!(
+        file.passthrough
+            .keys()
+            .any(|k| k.ends_with("num_batches_tracked"))
+    );
     // Resumed after the dense epoch (statistics trained, in the checkpoint's module): the
     // same end, bit for bit.
     let part = scratch("bn-scripted-stopped");
@@ -208,7 +216,10 @@ fn batchnorm_statistics_train_and_are_exported() {
     fails_with(&stopped, "stopped after");
     succeeds(&["--resume", part.to_str().unwrap()]);
     let read = |d: &Path| std::fs::read(d.join("compressed.safetensors")).unwrap();
-    assert!(read(&out) == read(&part), "a resumed BatchNorm run ended elsewhere");
+    assert!(
+        read(&out) == read(&part),
+        "a resumed BatchNorm run ended elsewhere"
+    );
 }
 
 /// A traced network with BatchNorm and a residual add: its buffers are exported beside the
