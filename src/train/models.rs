@@ -5,7 +5,7 @@
 //! model is built from the same declaration.
 
 use crate::train::network::{LayerFilter, LayerInfo, ModelInfo};
-use crate::train::script::torch_message;
+use crate::train::script::{saved_bytes, torch_message};
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
@@ -289,11 +289,7 @@ impl Builtin {
             })
         })
         .map_err(|e| anyhow::anyhow!("tracing the network: {}", torch_message(&e)))?;
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("network.pt");
-        m.save(&path)
-            .map_err(|e| anyhow::anyhow!("saving the traced network: {}", torch_message(&e)))?;
-        Ok(std::fs::read(&path)?)
+        saved_bytes(&m)
     }
 }
 

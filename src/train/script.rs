@@ -185,18 +185,22 @@ impl Script {
         if eval {
             self.set_mode(false)?;
         }
-        let dir = tempfile::tempdir().map_err(|e| anyhow!("a temporary folder: {e}"))?;
-        let path = dir.path().join("module.pt");
-        self.module
-            .borrow()
-            .save(&path)
-            .map_err(|e| anyhow!("saving the TorchScript module: {}", torch_message(&e)))?;
-        let bytes = std::fs::read(&path).map_err(|e| anyhow!("reading the saved module: {e}"))?;
+        let bytes = saved_bytes(&self.module.borrow());
         if let Some(mode) = before {
             self.set_mode(mode)?;
         }
-        Ok(bytes)
+        bytes
     }
+}
+
+/// What `torch.jit.save` writes for `m` (tch saves only to a path, so through a temporary
+/// folder).
+pub fn saved_bytes(m: &CModule) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir().map_err(|e| anyhow!("a temporary folder: {e}"))?;
+    let path = dir.path().join("module.pt");
+    m.save(&path)
+        .map_err(|e| anyhow!("saving the TorchScript module: {}", torch_message(&e)))?;
+    std::fs::read(&path).map_err(|e| anyhow!("reading the saved module: {e}"))
 }
 
 fn is_other_float(k: Kind) -> bool {
