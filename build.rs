@@ -1,3 +1,4 @@
+// Always: reflects the WGSL kernels (build/shaders.rs) into $OUT_DIR/kernels.rs.
 // With the `train` feature:
 // - adds libtorch's directory to the rpath of binaries and test binaries (torch-sys does
 //   not), else they fail at start with "libtorch_cpu.so: cannot open shared object file";
@@ -6,11 +7,21 @@
 // DEP_TCH_LIBTORCH_LIB comes from the direct torch-sys dependency.
 use std::path::Path;
 
+#[path = "build/shaders.rs"]
+mod shaders;
+
 const BUFFERS_CPP: &str = "src/train/named_buffers.cpp";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={BUFFERS_CPP}");
+    println!("cargo:rerun-if-changed=build/shaders.rs");
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let out = std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR");
+    if let Err(message) = shaders::generate(Path::new(&manifest), Path::new(&out)) {
+        eprintln!("{message}");
+        std::process::exit(1);
+    }
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }

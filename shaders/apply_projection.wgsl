@@ -1,3 +1,4 @@
+// requires: common.wgsl chunk_pieces.wgsl
 // apply_projection: Z = Π(W + U) block by block and the fused dual update U ← U + W − Z,
 // for one chunk. The state map and the magnitudes come from pack_states.
 // Bindings: 0-2 from chunk_pieces.wgsl (chunk, layers, pieces), 3 W (read), 4 U (in

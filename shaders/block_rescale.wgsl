@@ -1,3 +1,4 @@
+// requires: common.wgsl chunk_pieces.wgsl stats_common.wgsl
 // block_rescale: the statistics of the blocks block_stats listed (largest |v| outside the
 // range its plain f32 sums can be trusted in), recomputed by scaled_block (stats_common.wgsl)
 // over one chunk; it overwrites their keys, magnitudes and sign words, and reports their

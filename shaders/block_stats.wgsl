@@ -1,3 +1,4 @@
+// requires: common.wgsl chunk_pieces.wgsl stats_common.wgsl
 // block_stats: per-block errors of docs/METHOD.md §2 over V = W + U, and the packed signs of V,
 // for one chunk.
 // Bindings: 0-2 from chunk_pieces.wgsl (chunk, layers, pieces), 3-10 from stats_common.wgsl.

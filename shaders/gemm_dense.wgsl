@@ -1,3 +1,4 @@
+// requires: gemm_params.wgsl
 // gemm_dense: Y = W·X + bias, optional ReLU; the dense, register-blocked baseline that every
 // micro-structured speedup is measured against (the tiled path, for any N; N > 8 in use).
 // Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns),

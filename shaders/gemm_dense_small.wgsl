@@ -1,3 +1,4 @@
+// requires: gemm_params.wgsl
 // gemm_dense_small: Y = W·X + bias, optional ReLU, for small batches (N ≤ 8): the dense
 // comparison point of the micro-structured small-batch path. At small N the time is the
 // bytes of W, so each invocation streams one row of W as vec4s and keeps N vec4 partial sums.

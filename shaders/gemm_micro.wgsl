@@ -1,3 +1,4 @@
+// requires: gemm_params.wgsl
 // gemm_micro: Y = W·X + bias, optional ReLU, with W micro-structured (docs/METHOD.md §1): per
 // block row only the non-pruned blocks are visited; a dense block does br·bc multiply-adds,
 // a unified block sums its inputs with their signs (±x by its sign bit) per block row and

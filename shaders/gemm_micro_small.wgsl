@@ -1,3 +1,4 @@
+// requires: gemm_params.wgsl
 // gemm_micro_small: Y = W·X + bias, optional ReLU, W micro-structured, for small batches
 // (N ≤ 8), where the weights' bytes decide the time: a unified block costs its sign words
 // (1 bit per weight, streamed as u32 words) and one magnitude instead of 32 bits per weight.

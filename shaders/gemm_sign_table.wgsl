@@ -1,3 +1,4 @@
+// requires: gemm_params.wgsl
 // gemm_sign_table: for every group of 4 consecutive inputs of every column of X, the 16
 // signed sums Σ_j ±x_j (bit j of the table index set = minus), so that gemm_micro_small
 // turns a unified tile row's 4 sign bits into one table load instead of decoding them

@@ -1,3 +1,4 @@
+// requires: common.wgsl select_groups.wgsl
 // pack_states: the block-state map, 2 bits per block (0 dense, 1 unified, 2 pruned), 16
 // blocks per word, decided from the finished prune and unify selections.
 // Also finishes the magnitudes: a = mean |v| stays for unified blocks, 0 for the others.

@@ -1,3 +1,4 @@
+// requires: common.wgsl select_groups.wgsl
 // radix_histogram: one pass of the per-group radix select over composite (key, block) keys.
 // Counts, per group, the digit `params.shift` of every candidate whose decided bits match
 // the group's prefix. Candidates: all blocks (prune selection) or the blocks not pruned

@@ -1,3 +1,4 @@
+// requires: common.wgsl
 // radix_resolve: after a histogram pass, each group picks the digit bucket that holds its
 // rem-th remaining candidate, extends its prefix and clears its histogram for the next pass.
 // When that bucket is taken whole, the selection is exact and rem becomes 0.

@@ -72,6 +72,14 @@ pub enum Error {
     /// A WGSL shader failed to parse or validate.
     #[error("shader {file}: {message}")]
     Shader { file: String, message: String },
+    /// A bind group whose fields disagree with the bindings the kernel's shader declares
+    /// (src/gpu/kernels/binding.rs): `binding` is its number and name.
+    #[error("kernel {kernel}, binding {binding}: {problem}")]
+    Binding {
+        kernel: String,
+        binding: String,
+        problem: String,
+    },
     /// A compressed file (or the tensors to write into one) is malformed or inconsistent.
     #[error("tensor {tensor:?}: {problem}")]
     Format { tensor: String, problem: String },

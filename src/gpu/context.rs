@@ -296,7 +296,7 @@ impl Gpu {
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.label()),
-                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
                 });
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -1,9 +1,10 @@
 //! A vec4 copy: the memory-bandwidth yardstick for memory-bound kernels on the same adapter.
 
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::gpu::buffers::{storage, uniform_slots};
-use crate::gpu::kernels::{self, COPY_VEC4};
-use crate::gpu::{Gpu, grid};
+use crate::gpu::kernels::copy_vec4::{self, CopyParams};
+use crate::gpu::kernels::{Bound, COPY_VEC4};
 
 /// Two buffers of the same size and the pipeline that copies one into the other.
 pub struct VecCopy {
@@ -32,41 +33,36 @@ impl VecCopy {
         gpu.scoped("allocating the copy benchmark", || {
             let src = storage(gpu, "copy src", bytes);
             let dst = storage(gpu, "copy dst", bytes);
-            let params = uniform_slots(gpu, "copy params", &[[vec4s, 0, 0, 0]], 16);
-            let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("copy_vec4"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: src.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: dst.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: params.as_entire_binding(),
-                    },
-                ],
-            });
-            Self {
+            let record = CopyParams {
+                len: vec4s,
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
+            };
+            let stride = size_of::<CopyParams>() as u64;
+            let params = uniform_slots(gpu, "copy params", &[record], stride);
+            let bind = copy_vec4::Bindings {
+                src: Bound::whole(&src),
+                dst: Bound::whole(&dst),
+                params: Bound::whole(&params),
+            }
+            .bind_group(gpu, &pipeline, COPY_VEC4.label())?;
+            Ok(Self {
                 src,
                 dst,
                 bind,
                 pipeline,
                 vec4s,
-            }
-        })
+            })
+        })?
     }
 
     /// Records one copy.
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) {
         let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
-        let (x, y) = grid(self.vec4s.div_ceil(kernels::COPY_WG), max_dim);
+        let (x, y) = copy_vec4::workgroups(self.vec4s, max_dim);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("copy_vec4"),
+            label: Some(COPY_VEC4.label()),
             timestamp_writes: None,
         });
         pass.set_pipeline(&self.pipeline);
@@ -78,7 +74,7 @@ impl VecCopy {
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         self.record(gpu, &mut encoder);
-        gpu.submit_and_wait("copy_vec4", encoder.finish())
+        gpu.submit_and_wait(COPY_VEC4.name, encoder.finish())
     }
 
     /// Bytes read plus bytes written by one copy.

@@ -4,10 +4,14 @@
 use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
-use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::kernels::gemm_params::GemmParams;
+use crate::gpu::kernels::{
+    self, Bound, Kernel, gemm_dense, gemm_dense_small, gemm_micro, gemm_micro_small,
+    gemm_sign_table,
+};
 use crate::gpu::loops::{self, GemmKernel};
-use crate::gpu::{Gpu, grid};
 
 /// Which kernel family runs the product.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,22 +24,6 @@ pub enum Path {
     /// The bandwidth-oriented kernels, `N ≤ 8`; the micro one needs block columns of
     /// 4, 8, 16 or a multiple of 32.
     SmallBatch,
-}
-
-/// The uniform block every GEMM kernel reads (`GemmParams` in the shaders).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    k4: u32,
-    n4: u32,
-    n: u32,
-    groups: u32,
-    relu: u32,
-    slice_len: u32,
-    slice: u32,
-    last: u32,
-    _pad: [u32; 3],
 }
 
 /// A GEMM ready to run: weights, bias and parameters resident, X and Y allocated.
@@ -208,6 +196,70 @@ fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
     }
 }
 
+/// The weight-side data of a product, as the kernels read it.
+enum Weights<'a> {
+    Dense {
+        w: &'a [u8],
+    },
+    Micro {
+        rows: &'a [u8],
+        entries: &'a [u8],
+        values: &'a [u8],
+        unified: &'a [u8],
+    },
+}
+
+/// The weight-side buffers on the GPU.
+enum WeightBuffers {
+    Dense {
+        w: wgpu::Buffer,
+    },
+    Micro {
+        rows: wgpu::Buffer,
+        entries: wgpu::Buffer,
+        values: wgpu::Buffer,
+        unified: wgpu::Buffer,
+    },
+}
+
+impl Weights<'_> {
+    /// Each buffer's label and contents.
+    fn parts(&self) -> Vec<(&'static str, &[u8])> {
+        match *self {
+            Self::Dense { w } => vec![("gemm W", w)],
+            Self::Micro {
+                rows,
+                entries,
+                values,
+                unified,
+            } => vec![
+                ("gemm rows", rows),
+                ("gemm entries", entries),
+                ("gemm values", values),
+                ("gemm unified", unified),
+            ],
+        }
+    }
+
+    fn upload(&self, gpu: &Gpu) -> WeightBuffers {
+        let up = |label: &str, bytes: &[u8]| storage_init::<u8>(gpu, label, bytes);
+        match *self {
+            Self::Dense { w } => WeightBuffers::Dense { w: up("gemm W", w) },
+            Self::Micro {
+                rows,
+                entries,
+                values,
+                unified,
+            } => WeightBuffers::Micro {
+                rows: up("gemm rows", rows),
+                entries: up("gemm entries", entries),
+                values: up("gemm values", values),
+                unified: up("gemm unified", unified),
+            },
+        }
+    }
+}
+
 /// Everything a constructor hands to [`Gemm::build`].
 struct Plan<'a> {
     micro: bool,
@@ -227,8 +279,7 @@ struct Plan<'a> {
     /// or the most entries of one kind in a block row).
     loops: GemmKernel,
     main_trips: usize,
-    /// Weight-side buffers, in binding order before X.
-    weights: Vec<(&'static str, &'a [u8])>,
+    weights: Weights<'a>,
     epi: &'a Epilogue<'a>,
 }
 
@@ -258,17 +309,9 @@ impl Gemm {
             wp[r * k4 * 4..r * k4 * 4 + k].copy_from_slice(&w[r * k..(r + 1) * k]);
         }
         let (kernel, constants) = if small {
-            let k = kernels::GEMM_DENSE_SMALL;
-            (
-                k,
-                vec![("SMALL_WG", kernels::SMALL_WG as f64), ("NB", n as f64)],
-            )
+            (kernels::GEMM_DENSE_SMALL, gemm_dense_small::constants(n))
         } else {
-            let k = kernels::GEMM_DENSE;
-            (
-                k,
-                vec![("GEMM_WG", kernels::GEMM_WG as f64), ("GEMM_TM", tm as f64)],
-            )
+            (kernels::GEMM_DENSE, gemm_dense::constants(tm))
         };
         Self::build(
             gpu,
@@ -290,7 +333,9 @@ impl Gemm {
                     GemmKernel::Dense { tm: tm as u64 }
                 },
                 main_trips: k4,
-                weights: vec![("gemm W", bytemuck::cast_slice(&wp))],
+                weights: Weights::Dense {
+                    w: bytemuck::cast_slice(&wp),
+                },
                 epi,
             },
         )
@@ -321,29 +366,28 @@ impl Gemm {
         values.resize(values.len().next_multiple_of(4), 0.0);
         // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
         let nv = if tm <= 4 { 4 } else { 2 };
-        let wpb = w.words_per_block() as f64;
+        let wpb = w.words_per_block();
         let (kernel, constants) = if small {
-            let k = kernels::GEMM_MICRO_SMALL;
-            let c = vec![
-                ("MICRO_WG", kernels::MICRO_WG as f64),
-                ("RL", tm as f64),
-                ("BR", br as f64),
-                ("BC", bc as f64),
-                ("WPB", wpb),
-                ("NB", n as f64),
-            ];
-            (k, c)
+            let shape = gemm_micro_small::Shape {
+                rl: tm,
+                br,
+                bc,
+                wpb,
+                nb: n,
+            };
+            (
+                kernels::GEMM_MICRO_SMALL,
+                gemm_micro_small::constants(shape),
+            )
         } else {
-            let k = kernels::GEMM_MICRO;
-            let c = vec![
-                ("GEMM_WG", kernels::GEMM_WG as f64),
-                ("GEMM_TM", tm as f64),
-                ("NV", nv as f64),
-                ("BR", br as f64),
-                ("BC", bc as f64),
-                ("WPB", wpb),
-            ];
-            (k, c)
+            let shape = gemm_micro::Shape {
+                tm,
+                nv,
+                br,
+                bc,
+                wpb,
+            };
+            (kernels::GEMM_MICRO, gemm_micro::constants(shape))
         };
         let main_trips = mb
             .rows
@@ -351,13 +395,13 @@ impl Gemm {
             .map(|r| (r[1] - r[0]).max(r[2] - r[1]) as usize)
             .max()
             .unwrap_or(0);
-        let weights: Vec<(&str, &[u8])> = vec![
-            ("gemm rows", bytemuck::cast_slice(&mb.rows)),
-            ("gemm entries", bytemuck::cast_slice(&mb.entries)),
-            ("gemm values", bytemuck::cast_slice(&values)),
-            ("gemm unified", bytemuck::cast_slice(&mb.unified)),
-        ];
-        for (what, bytes) in &weights {
+        let weights = Weights::Micro {
+            rows: bytemuck::cast_slice(&mb.rows),
+            entries: bytemuck::cast_slice(&mb.entries),
+            values: bytemuck::cast_slice(&values),
+            unified: bytemuck::cast_slice(&mb.unified),
+        };
+        for (what, bytes) in weights.parts() {
             fits(gpu, what, bytes.len() as u64)?;
         }
         Self::build(
@@ -409,45 +453,31 @@ impl Gemm {
         fits(gpu, "X", x_bytes)?;
         fits(gpu, "Y", y_bytes)?;
         let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
-        let groups = if p.small {
-            let wg = if p.micro {
-                kernels::MICRO_WG
-            } else {
-                kernels::SMALL_WG
-            };
-            (p.m_pad / p.tm).div_ceil(wg as usize)
-        } else {
-            p.m_pad / p.tm
-        };
-        let dispatch = if p.small {
-            grid(groups as u32, max_dim)
-        } else {
-            let x = (n4 / p.nv).div_ceil(kernels::GEMM_WG as usize) as u32;
-            if groups as u64 > max_dim as u64 || x > max_dim {
-                return Err(Error::TooLarge(format!(
-                    "GEMM of {}x{} times {}x{} needs {x}x{groups} workgroups; \
-                     max_compute_workgroups_per_dimension is {max_dim}",
-                    p.m, p.k, p.k, p.n
-                )));
+        let row_groups = p.m_pad / p.tm;
+        let (groups, dispatch) = match p.loops {
+            GemmKernel::DenseSmall { .. } => gemm_dense_small::workgroups(row_groups, max_dim),
+            GemmKernel::MicroSmall { .. } => gemm_micro_small::workgroups(row_groups, max_dim),
+            GemmKernel::Dense { .. } | GemmKernel::Micro { .. } => {
+                let (x, y) = gemm_dense::workgroups(n4 / p.nv, row_groups);
+                if y as u64 > max_dim as u64 || x as u64 > max_dim as u64 {
+                    return Err(Error::TooLarge(format!(
+                        "GEMM of {}x{} times {}x{} needs {x}x{y} workgroups; \
+                         max_compute_workgroups_per_dimension is {max_dim}",
+                        p.m, p.k, p.k, p.n
+                    )));
+                }
+                (y, (x as u32, y as u32))
             }
-            (x, groups as u32)
         };
-        let label = format!(
-            "{} {}x{}x{}",
-            p.kernel.label().trim_end_matches(".wgsl"),
-            p.m,
-            p.k,
-            p.n
-        );
+        let label = format!("{} {}x{}x{}", p.kernel.label(), p.m, p.k, p.n);
         let pipeline = gpu.pipeline_with(&p.kernel, &p.constants)?;
-        let with_table = p.micro && p.small;
+        let with_table = matches!(p.loops, GemmKernel::MicroSmall { .. });
         let table_pipeline = if with_table {
             Some(gpu.pipeline(&kernels::GEMM_SIGN_TABLE)?)
         } else {
             None
         };
-        // 16 signed sums per group of 4 inputs per column of X.
-        let table_bytes = (p.n * p.x_rows * 16) as u64;
+        let table_bytes = gemm_sign_table::table_bytes(p.n, p.x_rows);
         if with_table {
             fits(gpu, "signed-sum table", table_bytes)?;
         }
@@ -459,8 +489,8 @@ impl Gemm {
         // one, which writes the bias even where no entry does.
         let slice_len = loops::gemm_slice_len(p.loops).min(u32::MAX as u64) as usize;
         let slices = p.main_trips.div_ceil(slice_len).max(1);
-        let params: Vec<Params> = (0..slices)
-            .map(|i| Params {
+        let params: Vec<GemmParams> = (0..slices)
+            .map(|i| GemmParams {
                 m: p.m_pad as u32,
                 k4: (p.x_rows / 4) as u32,
                 n4: n4 as u32,
@@ -470,77 +500,100 @@ impl Gemm {
                 slice_len: slice_len as u32,
                 slice: i as u32,
                 last: u32::from(i + 1 == slices),
-                _pad: [0; 3],
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
             })
             .collect();
-        let stride = uniform_stride::<Params>(gpu);
-        let weight_bytes = p.weights.iter().map(|w| w.1.len() as u64).sum();
+        let stride = uniform_stride::<GemmParams>(gpu);
+        let weight_bytes = p.weights.parts().iter().map(|w| w.1.len() as u64).sum();
         gpu.scoped(&format!("allocating {label}"), || {
-            let mut buffers: Vec<wgpu::Buffer> = p
-                .weights
-                .iter()
-                .map(|(l, bytes)| storage_init::<u8>(gpu, l, bytes))
-                .collect();
+            let weights = p.weights.upload(gpu);
             let x = storage(gpu, "gemm X", x_bytes);
             let y = storage(gpu, "gemm Y", y_bytes);
-            buffers.push(x.clone());
             let table = with_table.then(|| storage(gpu, "gemm signed-sum table", table_bytes));
-            if let Some(t) = &table {
-                buffers.push(t.clone());
-            }
-            buffers.push(storage_init(gpu, "gemm bias", &bias));
-            buffers.push(y.clone());
+            let bias = storage_init(gpu, "gemm bias", &bias);
             let uniform = uniform_slots(gpu, "gemm params", &params, stride);
             // Slice i reads record i of the uniform buffer.
-            let record = |i: usize| {
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &uniform,
-                    offset: i as u64 * stride,
-                    size: std::num::NonZeroU64::new(std::mem::size_of::<Params>() as u64),
-                })
+            let slice_bind = |i: usize| -> Result<wgpu::BindGroup> {
+                let p_i = Bound::record::<GemmParams>(&uniform, i, stride);
+                let (x, bias, y) = (Bound::whole(&x), Bound::whole(&bias), Bound::whole(&y));
+                match (&weights, &table) {
+                    (WeightBuffers::Dense { w }, None) if p.small => gemm_dense_small::Bindings {
+                        w: Bound::whole(w),
+                        xt: x,
+                        bias,
+                        y,
+                        p: p_i,
+                    }
+                    .bind_group(gpu, &pipeline, &label),
+                    (WeightBuffers::Dense { w }, None) => gemm_dense::Bindings {
+                        w: Bound::whole(w),
+                        x,
+                        bias,
+                        y,
+                        p: p_i,
+                    }
+                    .bind_group(gpu, &pipeline, &label),
+                    (
+                        WeightBuffers::Micro {
+                            rows,
+                            entries,
+                            values,
+                            unified,
+                        },
+                        Some(table),
+                    ) => gemm_micro_small::Bindings {
+                        rows: Bound::whole(rows),
+                        entries: Bound::whole(entries),
+                        values: Bound::whole(values),
+                        unified: Bound::whole(unified),
+                        xt: x,
+                        table: Bound::whole(table),
+                        bias,
+                        y,
+                        p: p_i,
+                    }
+                    .bind_group(gpu, &pipeline, &label),
+                    (
+                        WeightBuffers::Micro {
+                            rows,
+                            entries,
+                            values,
+                            unified,
+                        },
+                        None,
+                    ) => gemm_micro::Bindings {
+                        rows: Bound::whole(rows),
+                        entries: Bound::whole(entries),
+                        values: Bound::whole(values),
+                        unified: Bound::whole(unified),
+                        x,
+                        bias,
+                        y,
+                        p: p_i,
+                    }
+                    .bind_group(gpu, &pipeline, &label),
+                    (WeightBuffers::Dense { .. }, Some(_)) => {
+                        Err(bad("a dense W has no signed-sum table pass".into()))
+                    }
+                }
             };
-            let slices: Vec<wgpu::BindGroup> = (0..slices)
-                .map(|i| {
-                    let entries: Vec<wgpu::BindGroupEntry> = buffers
-                        .iter()
-                        .map(|b| b.as_entire_binding())
-                        .chain([record(i)])
-                        .enumerate()
-                        .map(|(i, resource)| wgpu::BindGroupEntry {
-                            binding: i as u32,
-                            resource,
-                        })
-                        .collect();
-                    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some(&label),
-                        layout: &pipeline.get_bind_group_layout(0),
-                        entries: &entries,
-                    })
-                })
-                .collect();
-            let table = table_pipeline.zip(table).map(|(tp, t)| {
-                let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("gemm_sign_table"),
-                    layout: &tp.get_bind_group_layout(0),
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: x.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: t.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: record(0),
-                        },
-                    ],
-                });
-                let groups = (p.n * p.x_rows / 4).div_ceil(kernels::TABLE_WG as usize);
-                (tp, bind, grid(groups as u32, max_dim))
-            });
-            Self {
+            let slices = (0..slices).map(slice_bind).collect::<Result<Vec<_>>>()?;
+            let table = match table_pipeline.zip(table.as_ref()) {
+                None => None,
+                Some((tp, t)) => {
+                    let bind = gemm_sign_table::Bindings {
+                        xt: Bound::whole(&x),
+                        table: Bound::whole(t),
+                        p: Bound::record::<GemmParams>(&uniform, 0, stride),
+                    }
+                    .bind_group(gpu, &tp, kernels::GEMM_SIGN_TABLE.label())?;
+                    let groups = gemm_sign_table::workgroups(p.n, p.x_rows, max_dim);
+                    Some((tp, bind, groups))
+                }
+            };
+            Ok(Self {
                 m: p.m,
                 k: p.k,
                 n: p.n,
@@ -557,8 +610,8 @@ impl Gemm {
                 table,
                 weight_bytes,
                 label: label.clone(),
-            }
-        })
+            })
+        })?
     }
 
     /// Uploads X (`k×n` row-major), zero-padded (and transposed on the small-batch path).

@@ -7,95 +7,15 @@
 use crate::block::{BlockState, LayerSpec, SelectionMode};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
-use crate::gpu::kernels::{self, SELECT_BLOCKS_PER_WORKGROUP};
+use crate::gpu::kernels::block_stats::RESCALE_HEADER;
+use crate::gpu::kernels::common::{ChunkParams, Group, Layer, PassParams, Piece, SelState};
+use crate::gpu::kernels::{
+    self, Bound, SELECT_BLOCKS_PER_WORKGROUP, apply_projection, block_rescale, block_stats,
+    pack_states, radix_histogram, radix_resolve,
+};
 use crate::gpu::{Gpu, grid};
 use crate::layout::{NetworkLayout, PackLimits};
-use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
-
-/// Rust twin of WGSL `Layer` (shaders/common.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct GpuLayer {
-    rows: u32,
-    cols: u32,
-    br: u32,
-    bc: u32,
-    block_cols: u32,
-    num_blocks: u32,
-    block_start: u32,
-    sign_offset: u32,
-    words_per_block: u32,
-    normalise: u32,
-    vec4_rows: u32,
-    _pad: u32,
-}
-
-/// Rust twin of WGSL `Piece`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct GpuPiece {
-    layer: u32,
-    block_row0: u32,
-    elem_offset: u32,
-    block_begin: u32,
-    block_end: u32,
-    thread_begin: u32,
-    _pad: [u32; 2],
-}
-
-/// Rust twin of WGSL `ChunkParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct ChunkParams {
-    piece_begin: u32,
-    piece_end: u32,
-    num_threads: u32,
-    max_groups: u32,
-}
-
-/// The header of a chunk's block_rescale list (WGSL `Rescale` before its blocks): no block
-/// listed, and indirect dispatch arguments of no workgroups (block_stats raises them).
-const RESCALE_HEADER: [u32; 4] = [0, 0, 1, 1];
-/// Byte offset of block_rescale's indirect dispatch arguments in that header.
-const RESCALE_ARGS_OFFSET: u64 = 4;
-
-/// Rust twin of WGSL `Group`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct GpuGroup {
-    block_begin: u32,
-    block_end: u32,
-    prune: u32,
-    unify: u32,
-}
-
-/// Rust twin of WGSL `SelState`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct SelState {
-    k: u32,
-    rem: u32,
-    key: u32,
-    idx: u32,
-}
-
-/// Rust twin of WGSL `PassParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct PassParams {
-    which: u32,
-    on_index: u32,
-    shift: u32,
-    key_mask: u32,
-    idx_mask: u32,
-    num_groups: u32,
-    num_workgroups: u32,
-    next_args: u32,
-    grid_x: u32,
-    grid_y: u32,
-    _pad: [u32; 2],
-}
 
 /// Which of the per-chunk tensors to move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +92,11 @@ fn passes(
     let per_selection = out.len() / 2;
     for (i, p) in out.iter_mut().enumerate() {
         let last = (i + 1) % per_selection == 0;
-        p.next_args = if last { u32::MAX } else { 3 * (i as u32 + 1) };
+        p.next_args = if last {
+            u32::MAX
+        } else {
+            radix_histogram::ARGS_WORDS * (i as u32 + 1)
+        };
         (p.grid_x, p.grid_y) = grid;
     }
     out
@@ -189,31 +113,6 @@ fn rescale_list_bytes(layout: &NetworkLayout, c: usize) -> u64 {
         })
         .sum();
     std::mem::size_of_val(&RESCALE_HEADER) as u64 + 4 * real as u64
-}
-
-/// A bind group of bindings 0, 1, ... in the order of `res`, leaving out `unused` (a
-/// pipeline's automatic layout has only the bindings its kernel uses).
-fn bind_group(
-    gpu: &Gpu,
-    label: &str,
-    pipeline: &wgpu::ComputePipeline,
-    res: Vec<wgpu::BindingResource>,
-    unused: &[u32],
-) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = res
-        .into_iter()
-        .enumerate()
-        .map(|(i, resource)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource,
-        })
-        .filter(|e| !unused.contains(&e.binding))
-        .collect();
-    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(label),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
 }
 
 /// One dispatch of the projection (see [`NetworkProjection::steps`]).
@@ -272,7 +171,17 @@ pub struct NetworkProjection {
     hist_workgroups: u32,
     /// `max_compute_workgroups_per_dimension` of the device.
     max_dim: u32,
-    pipelines: [wgpu::ComputePipeline; 6],
+    pipelines: Pipelines,
+}
+
+/// The projection's compiled kernels.
+struct Pipelines {
+    block_stats: wgpu::ComputePipeline,
+    block_rescale: wgpu::ComputePipeline,
+    radix_histogram: wgpu::ComputePipeline,
+    radix_resolve: wgpu::ComputePipeline,
+    pack_states: wgpu::ComputePipeline,
+    apply_projection: wgpu::ComputePipeline,
 }
 
 impl NetworkProjection {
@@ -316,20 +225,20 @@ impl NetworkProjection {
                 )));
             }
         }
-        let pipelines = [
-            gpu.pipeline(&kernels::BLOCK_STATS)?,
-            gpu.pipeline(&kernels::RADIX_HISTOGRAM)?,
-            gpu.pipeline(&kernels::RADIX_RESOLVE)?,
-            gpu.pipeline(&kernels::PACK_STATES)?,
-            gpu.pipeline(&kernels::APPLY_PROJECTION)?,
-            gpu.pipeline(&kernels::BLOCK_RESCALE)?,
-        ];
+        let pipelines = Pipelines {
+            block_stats: gpu.pipeline(&kernels::BLOCK_STATS)?,
+            block_rescale: gpu.pipeline(&kernels::BLOCK_RESCALE)?,
+            radix_histogram: gpu.pipeline(&kernels::RADIX_HISTOGRAM)?,
+            radix_resolve: gpu.pipeline(&kernels::RADIX_RESOLVE)?,
+            pack_states: gpu.pipeline(&kernels::PACK_STATES)?,
+            apply_projection: gpu.pipeline(&kernels::APPLY_PROJECTION)?,
+        };
         let global = matches!(mode, SelectionMode::Global(_));
-        let gpu_layers: Vec<GpuLayer> = layout
+        let gpu_layers: Vec<Layer> = layout
             .layers
             .iter()
             .zip(&layout.placements)
-            .map(|(l, p)| GpuLayer {
+            .map(|(l, p)| Layer {
                 rows: l.view.rows as u32,
                 cols: l.view.cols as u32,
                 br: l.block.rows as u32,
@@ -341,38 +250,39 @@ impl NetworkProjection {
                 words_per_block: p.words_per_block as u32,
                 normalise: u32::from(global),
                 vec4_rows: u32::from(l.block.cols % 4 == 0 && l.view.cols % 4 == 0),
-                _pad: 0,
+                _pad1: 0,
             })
             .collect();
         // Each piece's slots start at a whole workgroup of its chunk's dispatches, so that
         // kernels find their piece once per workgroup.
         let mut block_slots = vec![0u32; layout.chunks.len()];
-        let gpu_pieces: Vec<GpuPiece> = layout
+        let gpu_pieces: Vec<Piece> = layout
             .pieces
             .iter()
             .map(|p| {
                 let thread_begin = block_slots[p.chunk];
                 block_slots[p.chunk] +=
                     (p.blocks.len() as u32).next_multiple_of(kernels::BLOCKS_PER_WORKGROUP);
-                GpuPiece {
+                Piece {
                     layer: p.layer as u32,
                     block_row0: p.block_rows.start as u32,
                     elem_offset: p.offset as u32,
                     block_begin: p.blocks.start as u32,
                     block_end: p.blocks.end as u32,
                     thread_begin,
-                    _pad: [0; 2],
+                    _pad0: 0,
+                    _pad1: 0,
                 }
             })
             .collect();
-        let groups: Vec<GpuGroup> = match &mode {
+        let groups: Vec<Group> = match &mode {
             SelectionMode::PerLayer(ratios) => layout
                 .placements
                 .iter()
                 .zip(ratios)
                 .map(|(p, r)| {
                     let (kp, ku) = r.counts(p.num_blocks);
-                    GpuGroup {
+                    Group {
                         block_begin: p.block_start as u32,
                         block_end: (p.block_start + p.padded_blocks) as u32,
                         prune: kp as u32,
@@ -383,7 +293,7 @@ impl NetworkProjection {
             SelectionMode::Global(r) => {
                 let real: usize = layout.placements.iter().map(|p| p.num_blocks).sum();
                 let (kp, ku) = r.counts(real);
-                vec![GpuGroup {
+                vec![Group {
                     block_begin: 0,
                     block_end: layout.total_blocks as u32,
                     prune: kp as u32,
@@ -480,20 +390,6 @@ impl NetworkProjection {
             });
         let pass_stride = uniform_stride::<PassParams>(gpu);
         let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, pass_stride);
-        fn slot(buf: &wgpu::Buffer, i: usize, size: u64, stride: u64) -> wgpu::BindingResource<'_> {
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: buf,
-                offset: i as u64 * stride,
-                size: std::num::NonZeroU64::new(size),
-            })
-        }
-        let bind =
-            |label: &str, pipeline: &wgpu::ComputePipeline, res: Vec<wgpu::BindingResource>| {
-                bind_group(gpu, label, pipeline, res, &[])
-            };
-        // block_stats leaves non-finite values to block_rescale: no first-bad binding.
-        const FIRST_BAD_BINDING: u32 = 8;
-
         let chunks: Vec<ChunkBuffers> = layout
             .chunks
             .iter()
@@ -512,45 +408,55 @@ impl NetworkProjection {
                         | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                let cp = slot(&chunk_uniform, i, 16, chunk_stride);
-                let stats_resources = || {
-                    vec![
-                        cp.clone(),
-                        layers_buf.as_entire_binding(),
-                        pieces_buf.as_entire_binding(),
-                        w.as_entire_binding(),
-                        u.as_entire_binding(),
-                        key_prune.as_entire_binding(),
-                        key_unify.as_entire_binding(),
-                        magnitude.as_entire_binding(),
-                        first_bad.as_entire_binding(),
-                        signs.as_entire_binding(),
-                        rescale.as_entire_binding(),
-                    ]
+                let chunk = Bound::record::<ChunkParams>(&chunk_uniform, i, chunk_stride);
+                let stats = block_stats::Bindings {
+                    chunk,
+                    layers: Bound::whole(&layers_buf),
+                    pieces: Bound::whole(&pieces_buf),
+                    w: Bound::whole(&w),
+                    u: Bound::whole(&u),
+                    key_prune: Bound::whole(&key_prune),
+                    key_unify: Bound::whole(&key_unify),
+                    mean_abs: Bound::whole(&magnitude),
+                    signs: Bound::whole(&signs),
+                    rescale: Bound::whole(&rescale),
                 };
-                let stats = bind_group(
+                let rescale_bind = block_rescale::Bindings {
+                    chunk,
+                    layers: stats.layers,
+                    pieces: stats.pieces,
+                    w: stats.w,
+                    u: stats.u,
+                    key_prune: stats.key_prune,
+                    key_unify: stats.key_unify,
+                    mean_abs: stats.mean_abs,
+                    first_bad: Bound::whole(&first_bad),
+                    signs: stats.signs,
+                    rescale: stats.rescale,
+                }
+                .bind_group(
                     gpu,
-                    "block_stats",
-                    &pipelines[0],
-                    stats_resources(),
-                    &[FIRST_BAD_BINDING],
-                );
-                let rescale_bind = bind("block_rescale", &pipelines[5], stats_resources());
-                let apply = bind(
-                    "apply_projection",
-                    &pipelines[4],
-                    vec![
-                        cp,
-                        layers_buf.as_entire_binding(),
-                        pieces_buf.as_entire_binding(),
-                        w.as_entire_binding(),
-                        u.as_entire_binding(),
-                        z.as_entire_binding(),
-                        state_map.as_entire_binding(),
-                        magnitude.as_entire_binding(),
-                    ],
-                );
-                ChunkBuffers {
+                    &pipelines.block_rescale,
+                    kernels::BLOCK_RESCALE.label(),
+                )?;
+                let apply = apply_projection::Bindings {
+                    chunk,
+                    layers: stats.layers,
+                    pieces: stats.pieces,
+                    w: stats.w,
+                    u: stats.u,
+                    z: Bound::whole(&z),
+                    state_map: Bound::whole(&state_map),
+                    magnitude: stats.mean_abs,
+                }
+                .bind_group(
+                    gpu,
+                    &pipelines.apply_projection,
+                    kernels::APPLY_PROJECTION.label(),
+                )?;
+                let stats =
+                    stats.bind_group(gpu, &pipelines.block_stats, kernels::BLOCK_STATS.label())?;
+                Ok(ChunkBuffers {
                     w,
                     u,
                     z,
@@ -559,51 +465,49 @@ impl NetworkProjection {
                     rescale_bind,
                     apply,
                     block_slots: chunk_params[i].num_threads,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let select = (0..pass_list.len())
             .map(|i| {
-                let p = slot(&pass_uniform, i, 48, pass_stride);
-                (
-                    bind(
-                        "radix_histogram",
-                        &pipelines[1],
-                        vec![
-                            p.clone(),
-                            groups_buf.as_entire_binding(),
-                            key_prune.as_entire_binding(),
-                            key_unify.as_entire_binding(),
-                            states.as_entire_binding(),
-                            hist.as_entire_binding(),
-                        ],
-                    ),
-                    bind(
-                        "radix_resolve",
-                        &pipelines[2],
-                        vec![
-                            p,
-                            states.as_entire_binding(),
-                            hist.as_entire_binding(),
-                            indirect.as_entire_binding(),
-                        ],
-                    ),
-                )
+                let params = Bound::record::<PassParams>(&pass_uniform, i, pass_stride);
+                let histogram = radix_histogram::Bindings {
+                    params,
+                    groups: Bound::whole(&groups_buf),
+                    key_prune: Bound::whole(&key_prune),
+                    key_unify: Bound::whole(&key_unify),
+                    states: Bound::whole(&states),
+                    hist: Bound::whole(&hist),
+                }
+                .bind_group(
+                    gpu,
+                    &pipelines.radix_histogram,
+                    kernels::RADIX_HISTOGRAM.label(),
+                )?;
+                let resolve = radix_resolve::Bindings {
+                    params,
+                    states: Bound::whole(&states),
+                    hist: Bound::whole(&hist),
+                    args: Bound::whole(&indirect),
+                }
+                .bind_group(
+                    gpu,
+                    &pipelines.radix_resolve,
+                    kernels::RADIX_RESOLVE.label(),
+                )?;
+                Ok((histogram, resolve))
             })
-            .collect();
-        let pack = bind(
-            "pack_states",
-            &pipelines[3],
-            vec![
-                slot(&pass_uniform, 0, 48, pass_stride),
-                groups_buf.as_entire_binding(),
-                key_prune.as_entire_binding(),
-                key_unify.as_entire_binding(),
-                states.as_entire_binding(),
-                state_map.as_entire_binding(),
-                magnitude.as_entire_binding(),
-            ],
-        );
+            .collect::<Result<_>>()?;
+        let pack = pack_states::Bindings {
+            params: Bound::record::<PassParams>(&pass_uniform, 0, pass_stride),
+            groups: Bound::whole(&groups_buf),
+            key_prune: Bound::whole(&key_prune),
+            key_unify: Bound::whole(&key_unify),
+            states: Bound::whole(&states),
+            state_map: Bound::whole(&state_map),
+            magnitude: Bound::whole(&magnitude),
+        }
+        .bind_group(gpu, &pipelines.pack_states, kernels::PACK_STATES.label())?;
         Ok(Self {
             layout,
             mode,
@@ -747,46 +651,41 @@ impl NetworkProjection {
     /// Records one dispatch (its pipeline and bind group included).
     fn encode(&self, pass: &mut wgpu::ComputePass, step: &Step) {
         let max_dim = self.max_dim;
-        let chunk_grid = |c: &ChunkBuffers| {
-            grid(
-                c.block_slots.div_ceil(kernels::BLOCKS_PER_WORKGROUP),
-                max_dim,
-            )
-        };
+        let p = &self.pipelines;
         match *step {
             Step::Stats(c) => {
                 let c = &self.chunks[c];
-                let (x, y) = chunk_grid(c);
-                pass.set_pipeline(&self.pipelines[0]);
+                let (x, y) = block_stats::workgroups(c.block_slots, max_dim);
+                pass.set_pipeline(&p.block_stats);
                 pass.set_bind_group(0, &c.stats, &[]);
                 pass.dispatch_workgroups(x, y, 1);
             }
             Step::Rescale(c) => {
                 let c = &self.chunks[c];
-                pass.set_pipeline(&self.pipelines[5]);
+                pass.set_pipeline(&p.block_rescale);
                 pass.set_bind_group(0, &c.rescale_bind, &[]);
-                pass.dispatch_workgroups_indirect(&c.rescale, RESCALE_ARGS_OFFSET);
+                pass.dispatch_workgroups_indirect(&c.rescale, block_rescale::ARGS_OFFSET);
             }
             Step::Histogram(i) => {
-                pass.set_pipeline(&self.pipelines[1]);
+                pass.set_pipeline(&p.radix_histogram);
                 pass.set_bind_group(0, &self.select[i].0, &[]);
-                pass.dispatch_workgroups_indirect(&self.indirect, 12 * i as u64);
+                pass.dispatch_workgroups_indirect(&self.indirect, radix_histogram::args_offset(i));
             }
             Step::Resolve(i) => {
-                pass.set_pipeline(&self.pipelines[2]);
+                pass.set_pipeline(&p.radix_resolve);
                 pass.set_bind_group(0, &self.select[i].1, &[]);
-                pass.dispatch_workgroups(self.num_groups.div_ceil(kernels::RESOLVE_WG), 1, 1);
+                pass.dispatch_workgroups(radix_resolve::workgroups(self.num_groups), 1, 1);
             }
             Step::Pack => {
-                let (x, y) = grid(self.hist_workgroups, max_dim);
-                pass.set_pipeline(&self.pipelines[3]);
+                let (x, y) = pack_states::workgroups(self.hist_workgroups, max_dim);
+                pass.set_pipeline(&p.pack_states);
                 pass.set_bind_group(0, &self.pack, &[]);
                 pass.dispatch_workgroups(x, y, 1);
             }
             Step::Apply(c) => {
                 let c = &self.chunks[c];
-                let (x, y) = chunk_grid(c);
-                pass.set_pipeline(&self.pipelines[4]);
+                let (x, y) = apply_projection::workgroups(c.block_slots, max_dim);
+                pass.set_pipeline(&p.apply_projection);
                 pass.set_bind_group(0, &c.apply, &[]);
                 pass.dispatch_workgroups(x, y, 1);
             }
