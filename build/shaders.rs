@@ -136,14 +136,18 @@ fn reflect(
     } else {
         format!("shaders/{name} (after {})", preludes.join(", "))
     };
+    let origin = |at: Option<naga::SourceLocation>| {
+        at.map(|l| where_in(&pieces, preludes, name, l.offset as usize))
+            .unwrap_or_default()
+    };
     let module = naga::front::wgsl::parse_str(&source)
-        .map_err(|e| e.emit_to_string_with_path(&source, &path))?;
+        .map_err(|e| e.emit_to_string_with_path(&source, &path) + &origin(e.location(&source)))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default(),
     )
     .validate(&module)
-    .map_err(|e| e.emit_to_string_with_path(&source, &path))?;
+    .map_err(|e| e.emit_to_string_with_path(&source, &path) + &origin(e.location(&source)))?;
     let (index, entry) = match module.entry_points.as_slice() {
         [] => {
             return Err(format!(
@@ -229,6 +233,26 @@ fn reflect(
         bindings,
         workgroup_size,
     })
+}
+
+/// Which file (and line of it) a byte offset of the composed source falls in, for a
+/// diagnostic whose line numbers count the preludes too.
+fn where_in(pieces: &[&str], preludes: &[String], kernel: &str, offset: usize) -> String {
+    let mut start = 0;
+    for (i, piece) in pieces.iter().enumerate() {
+        // Pieces are joined with one newline.
+        let end = start + piece.len() + 1;
+        if offset < end || i + 1 == pieces.len() {
+            let line = piece[..(offset - start).min(piece.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            let file = preludes.get(i).map_or(kernel, String::as_str);
+            return format!("(the error is at shaders/{file}:{line})\n");
+        }
+        start = end;
+    }
+    String::new()
 }
 
 fn render(kernels: &[Kernel], files: &BTreeMap<String, String>, preludes: &[&str]) -> String {

@@ -73,7 +73,7 @@ fn naga_shape(module: &naga::Module, block: &Block) -> Vec<Shape> {
 
 fn shader_shape(kernel: &Kernel) -> Vec<Shape> {
     let src = kernel.source();
-    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{e}"));
+    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{e}"));
     let main = module
         .entry_points
         .iter()
@@ -84,7 +84,7 @@ fn shader_shape(kernel: &Kernel) -> Vec<Shape> {
 
 /// A `const` of the shader (e.g. RADIX), as naga reads it.
 fn shader_const(kernel: &Kernel, name: &str) -> u64 {
-    let module = naga::front::wgsl::parse_str(&kernel.source()).unwrap();
+    let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
     let (_, c) = module
         .constants
         .iter()
