@@ -1,6 +1,6 @@
-// Shared declarations of the batched projection kernels (prepended to each of them).
-// Rust twins: src/gpu/projection.rs (GpuLayer, GpuPiece, ChunkParams, GpuGroup, SelState,
-// PassParams). Every struct is a multiple of 16 bytes so arrays of them have no padding.
+// Shared declarations of the batched projection kernels (each names it on its `requires` line).
+// Rust twins of the same names: src/gpu/kernels/common.rs. Every struct is a multiple of 16
+// bytes so arrays of them have no padding.
 
 struct Layer {
     rows: u32,

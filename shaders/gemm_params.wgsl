@@ -1,5 +1,5 @@
-// The uniform block shared by the GEMM kernels (Rust twin: GemmParams in src/gpu/gemm.rs).
-// Prepended to each gemm_*.wgsl; a kernel uses the fields its path needs.
+// The uniform block shared by the GEMM kernels (Rust twin: src/gpu/kernels/gemm_params.rs).
+// Required by each gemm_*.wgsl; a kernel uses the fields its path needs.
 
 // The main loop (vec4s of K, or entries of a block row) runs in slices, one dispatch each,
 // so that no invocation runs more loop iterations than CPU drivers allow one invocation
