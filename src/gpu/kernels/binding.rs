@@ -190,9 +190,10 @@ macro_rules! bindings {
 }
 pub(crate) use bindings;
 
-/// The fields of a bindings struct with every buffer of the usage its binding needs
-/// according to the struct itself: what the check sees when only the field list is wrong.
-pub fn fields_of(kernel: &Kernel, declared: &[(u32, &'static str)]) -> Vec<Field> {
+/// The fields of a bindings struct, each with the usage its reflected binding needs: what
+/// the check sees when only the field list can be wrong.
+#[cfg(test)]
+pub(crate) fn fields_of(kernel: &Kernel, declared: &[(u32, &'static str)]) -> Vec<Field> {
     declared
         .iter()
         .map(|&(binding, name)| Field {
