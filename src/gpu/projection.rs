@@ -13,6 +13,8 @@ use crate::layout::{NetworkLayout, PackLimits};
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
+pub mod stages;
+
 /// Rust twin of WGSL `Layer` (shaders/common.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -509,7 +511,8 @@ impl NetworkProjection {
                     size: listed,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::INDIRECT
-                        | wgpu::BufferUsages::COPY_DST,
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 });
                 let cp = slot(&chunk_uniform, i, 16, chunk_stride);
