@@ -7,7 +7,14 @@ use crate::block::{BlockGrid, BlockState};
 use crate::cpu::block_stats::v_of;
 
 /// Writes block `b`'s projection of `v` in `state` into `z` (`a` the unified magnitude).
-pub fn apply_block(grid: &BlockGrid, v: &[f32], b: usize, state: BlockState, a: f32, z: &mut [f32]) {
+pub fn apply_block(
+    grid: &BlockGrid,
+    v: &[f32],
+    b: usize,
+    state: BlockState,
+    a: f32,
+    z: &mut [f32],
+) {
     let ext = grid.extent(b);
     let indices = ext.indices(grid.view.cols);
     match state {

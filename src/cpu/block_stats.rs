@@ -110,8 +110,7 @@ pub fn key_value(key: u32) -> f64 {
     }
     let field = (key >> KEY_MANTISSA_BITS) as i32;
     let m = (key & ((1 << KEY_MANTISSA_BITS) - 1)) as f64;
-    (1.0 + m / (1u32 << KEY_MANTISSA_BITS) as f64)
-        * 2f64.powi(field - F32_EXP_BIAS - KEY_EXP_BIAS)
+    (1.0 + m / (1u32 << KEY_MANTISSA_BITS) as f64) * 2f64.powi(field - F32_EXP_BIAS - KEY_EXP_BIAS)
 }
 
 /// Whether block_stats lists a block with largest |v| `top` (bits) for block_rescale.
@@ -269,8 +268,14 @@ mod tests {
         assert_eq!(wgsl_const(common, "KEY_EXP_BIAS"), KEY_EXP_BIAS.to_string());
         assert_eq!(wgsl_const(common, "KEY_EXP_MAX"), KEY_EXP_MAX.to_string());
         assert_eq!(wgsl_u32(&wgsl_const(common, "KEY_EXCLUDED")), KEY_EXCLUDED);
-        assert_eq!(wgsl_u32(&wgsl_const(&stats, "SAFE_MIN_BITS")), SAFE_MIN_BITS);
-        assert_eq!(wgsl_u32(&wgsl_const(&stats, "SAFE_MAX_BITS")), SAFE_MAX_BITS);
+        assert_eq!(
+            wgsl_u32(&wgsl_const(&stats, "SAFE_MIN_BITS")),
+            SAFE_MIN_BITS
+        );
+        assert_eq!(
+            wgsl_u32(&wgsl_const(&stats, "SAFE_MAX_BITS")),
+            SAFE_MAX_BITS
+        );
         assert_eq!(f32::from_bits(SAFE_MIN_BITS), 2f32.powi(-32));
         assert_eq!(f32::from_bits(SAFE_MAX_BITS), 2f32.powi(32));
     }
@@ -292,7 +297,10 @@ mod tests {
                 let e = f as f64 * 2f64.powi(extra);
                 assert_eq!(key, wide_key_of(e), "{f} * 2^{extra}");
                 let back = key_value(key);
-                assert!(back <= e && e - back <= e * 2f64.powi(-22), "{f}: {back} vs {e}");
+                assert!(
+                    back <= e && e - back <= e * 2f64.powi(-22),
+                    "{f}: {back} vs {e}"
+                );
             }
         }
         assert_eq!(wide_key(0.0, 5), 0);

@@ -12,7 +12,13 @@ pub const BLOCKS_PER_WORD: usize = 16;
 const CODE_BITS: usize = 2;
 
 /// The state of block `b` given the finished prune and unify states of its group.
-pub fn state_of(b: usize, key_prune: u32, key_unify: u32, prune: &SelState, unify: &SelState) -> BlockState {
+pub fn state_of(
+    b: usize,
+    key_prune: u32,
+    key_unify: u32,
+    prune: &SelState,
+    unify: &SelState,
+) -> BlockState {
     if prune.is_selected(key_prune, b as u32) {
         BlockState::Pruned
     } else if unify.is_selected(key_unify, b as u32) {

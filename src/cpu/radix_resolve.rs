@@ -61,7 +61,13 @@ mod tests {
     /// The passes of one selection as the GPU orders them: four 8-bit key digits from the
     /// top, then the block-number digits.
     fn passes(selection: Selection, idx_digits: u32) -> Vec<RadixPass> {
-        let high = |below: u32| if below >= 32 { 0 } else { !((1u32 << below) - 1) };
+        let high = |below: u32| {
+            if below >= 32 {
+                0
+            } else {
+                !((1u32 << below) - 1)
+            }
+        };
         let keys = (0..4u32).map(|d| (false, 24 - 8 * d));
         let idx = (0..idx_digits).map(|d| (true, 8 * (idx_digits - 1 - d)));
         keys.chain(idx)
@@ -76,7 +82,13 @@ mod tests {
             .collect()
     }
 
-    fn select(pass_list: &[RadixPass], groups: &[Group], kp: &[u32], ku: &[u32], st: &mut [SelState]) {
+    fn select(
+        pass_list: &[RadixPass],
+        groups: &[Group],
+        kp: &[u32],
+        ku: &[u32],
+        st: &mut [SelState],
+    ) {
         for p in pass_list {
             let hist = radix_histogram(p, groups, kp, ku, st);
             radix_resolve(p, st, &hist, groups.len());
@@ -97,7 +109,12 @@ mod tests {
             for &n in &sizes {
                 let prune = rng.random_range(0..=n);
                 let unify = rng.random_range(0..=n - prune);
-                groups.push(Group { begin, end: begin + n, prune, unify });
+                groups.push(Group {
+                    begin,
+                    end: begin + n,
+                    prune,
+                    unify,
+                });
                 begin += n;
             }
             let key = |rng: &mut SmallRng| match rng.random_range(0..3) {

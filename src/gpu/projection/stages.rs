@@ -71,6 +71,9 @@ pub struct Stage {
     pub output: StageOutput,
 }
 
+/// u32 words of one dispatch's indirect arguments (x, y, z workgroups).
+const ARGS_WORDS: usize = std::mem::size_of::<wgpu::util::DispatchIndirectArgs>() / 4;
+
 fn twin_states(raw: Vec<SelState>) -> Vec<TwinState> {
     raw.into_iter()
         .map(|s| TwinState {
@@ -83,11 +86,9 @@ fn twin_states(raw: Vec<SelState>) -> Vec<TwinState> {
 }
 
 fn triples(raw: Vec<u32>) -> Vec<[u32; 3]> {
-    raw.chunks_exact(3).map(|a| [a[0], a[1], a[2]]).collect()
-}
-
-fn bytes(b: &wgpu::Buffer) -> u64 {
-    b.size()
+    raw.chunks_exact(ARGS_WORDS)
+        .map(|a| [a[0], a[1], a[2]])
+        .collect()
 }
 
 impl NetworkProjection {
@@ -105,7 +106,7 @@ impl NetworkProjection {
                 shift: p.shift,
                 key_mask: p.key_mask,
                 idx_mask: p.idx_mask,
-                arms: (p.next_args != u32::MAX).then(|| p.next_args as usize / 3),
+                arms: (p.next_args != u32::MAX).then_some(p.next_args as usize / ARGS_WORDS),
             })
             .collect()
     }
@@ -144,7 +145,7 @@ impl NetworkProjection {
 
     fn read_u32(&self, gpu: &Gpu, what: &str, bufs: &[&wgpu::Buffer]) -> Result<Vec<Vec<u32>>> {
         let parts: Vec<(&wgpu::Buffer, u64, u64)> =
-            bufs.iter().map(|b| (*b, 0, bytes(b))).collect();
+            bufs.iter().map(|b| (*b, 0, b.size())).collect();
         read_ranges(gpu, what, &parts)
     }
 
@@ -174,8 +175,10 @@ impl NetworkProjection {
     }
 
     fn read_args(&self, gpu: &Gpu, what: &str) -> Result<Vec<[u32; 3]>> {
-        let n = self.pass_list.len() as u64 * 12;
-        Ok(triples(read_ranges(gpu, what, &[(&self.indirect, 0, n)])?.remove(0)))
+        let n = (self.pass_list.len() * ARGS_WORDS * 4) as u64;
+        Ok(triples(
+            read_ranges(gpu, what, &[(&self.indirect, 0, n)])?.remove(0),
+        ))
     }
 
     fn read_states(&self, gpu: &Gpu, what: &str) -> Result<Vec<TwinState>> {
