@@ -549,6 +549,7 @@ impl Checker<'_> {
                     let blocks = pl.block_start..pl.block_start + pl.num_blocks;
                     let states: Vec<BlockState> = blocks
                         .clone()
+                        // Code 3 already failed pack_states (its twin never writes it).
                         .map(|b| {
                             BlockState::from_code(code_in(&self.state_map, b))
                                 .unwrap_or(BlockState::Dense)
