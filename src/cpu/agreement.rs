@@ -29,6 +29,15 @@ pub const NEAR: f64 = 64.0;
 /// count, a skipped row or a wrong term moves `a` by 1e-3 or more on ordinary blocks.
 pub const VALUE_REL: f32 = 4e-6;
 
+/// How far a GPU value may lie from the reference value `e` (Z, U, a magnitude): relative
+/// [`VALUE_REL`], with a floor at f32's smallest normal. Below the normal range f32 values
+/// are spaced 2^-149 apart whatever their size, so bounds stop shrinking there: the floor
+/// allows a few subnormal steps (a mean rounded twice, once in f32 and once onto the
+/// subnormal grid).
+pub fn value_tolerance(e: f64) -> f64 {
+    VALUE_REL as f64 * e.abs().max(f32::MIN_POSITIVE as f64)
+}
+
 /// Which selection of docs/METHOD.md §2 a difference is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -501,10 +510,7 @@ pub fn projection(
                 cpu,
             });
         };
-        // Below the normal range f32 values are spaced 2^-149 apart whatever their size, so
-        // bounds stop shrinking there: the floor allows a few subnormal steps (a mean
-        // rounded twice, once in f32 and once onto the subnormal grid).
-        let rel = |e: f64| VALUE_REL as f64 * e.max(f32::MIN_POSITIVE as f64);
+        let rel = value_tolerance;
         for (i, (&z, &e)) in o.z.iter().zip(&reference.z).enumerate() {
             let (e, x) = (e as f64, v[l][i] as f64);
             check("Z", i, z, e, rel(e.abs()));

@@ -1,50 +1,15 @@
 //! The reference projection of docs/METHOD.md §2: block statistics, selection, apply.
 //!
-//! Statistics are accumulated in f64 with a two-pass variance, so this is the yardstick
-//! the GPU's f32 kernels are measured against, not a mirror of their arithmetic.
+//! Statistics are accumulated in f64 with a two-pass variance (the block_stats twin,
+//! [`crate::cpu::block_stats`]), so this is the yardstick the GPU's f32 kernels are
+//! measured against, not a mirror of their arithmetic. The selection here sorts f64
+//! keys; the GPU's radix select has its own per-pass twins.
 
 use crate::block::{BlockGrid, BlockState, LayerSpec, Ratios, SelectionMode};
+use crate::cpu::apply_projection::apply_block;
 use crate::error::{Error, Result};
 
-/// Errors of one block for both states, and its unified magnitude.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BlockStats {
-    /// Pruning error `e_p = Σ v²`.
-    pub prune_err: f64,
-    /// Unification error `e_u = Σ v² − n·a²` (computed as `Σ (|v| − a)²`).
-    pub unify_err: f64,
-    /// `a = mean |v|`, the L2-optimal shared magnitude once the signs are fixed.
-    pub mean_abs: f64,
-    /// Number of weights in the block (smaller at ragged edges).
-    pub len: usize,
-}
-
-/// Statistics of every block of a layer, in block order.
-pub fn block_stats(grid: &BlockGrid, data: &[f32]) -> Vec<BlockStats> {
-    (0..grid.num_blocks())
-        .map(|b| {
-            let ext = grid.extent(b);
-            let n = ext.len();
-            let (mut sum_abs, mut sum_sq) = (0.0f64, 0.0f64);
-            for i in ext.indices(grid.view.cols) {
-                let x = data[i].abs() as f64;
-                sum_abs += x;
-                sum_sq += x * x;
-            }
-            let mean_abs = sum_abs / n as f64;
-            let unify_err = ext
-                .indices(grid.view.cols)
-                .map(|i| (data[i].abs() as f64 - mean_abs).powi(2))
-                .sum();
-            BlockStats {
-                prune_err: sum_sq,
-                unify_err,
-                mean_abs,
-                len: n,
-            }
-        })
-        .collect()
-}
+pub use crate::cpu::block_stats::{BlockStats, block_stats, sign_words};
 
 /// Fails on the first NaN or infinity, naming the layer, flat index, row and column.
 pub fn check_finite(layer: &LayerSpec, data: &[f32]) -> Result<()> {
@@ -184,18 +149,11 @@ pub fn apply(
     let mut z = vec![0.0f32; data.len()];
     let mut magnitudes = vec![0.0f32; states.len()];
     for (b, &state) in states.iter().enumerate() {
-        let ext = grid.extent(b);
-        match state {
-            BlockState::Dense => ext.indices(grid.view.cols).for_each(|i| z[i] = data[i]),
-            BlockState::Pruned => {}
-            BlockState::Unified => {
-                let a = stats[b].mean_abs as f32;
-                magnitudes[b] = a;
-                // Sign of 0 is +1 (docs/METHOD.md §2, our choice).
-                ext.indices(grid.view.cols)
-                    .for_each(|i| z[i] = if data[i] < 0.0 { -a } else { a });
-            }
+        let a = stats[b].mean_abs as f32;
+        if state == BlockState::Unified {
+            magnitudes[b] = a;
         }
+        apply_block(grid, data, b, state, a, &mut z);
     }
     LayerProjection {
         states: states.to_vec(),
@@ -246,22 +204,6 @@ pub fn project(
             apply(&l.grid(), d, s, &states)
         })
         .collect())
-}
-
-/// Sign bits of every block, `ceil(br·bc / 32)` words per block: bit `i` is set when the
-/// block's `i`-th weight (row-major within the block) is negative. Unified blocks are the
-/// ones that need them; computing them for all keeps them a by-product of one pass.
-pub fn sign_words(grid: &BlockGrid, data: &[f32]) -> Vec<u32> {
-    let wpb = grid.block.len().div_ceil(32);
-    let mut words = vec![0u32; grid.num_blocks() * wpb];
-    for b in 0..grid.num_blocks() {
-        for (bit, i) in grid.extent(b).indices(grid.view.cols).enumerate() {
-            if data[i] < 0.0 {
-                words[b * wpb + bit / 32] |= 1 << (bit % 32);
-            }
-        }
-    }
-    words
 }
 
 /// Convenience: per-layer ratios for a network, validated and named.

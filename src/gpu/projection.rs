@@ -17,6 +17,8 @@ use crate::gpu::{Gpu, grid};
 use crate::layout::{NetworkLayout, PackLimits};
 use wgpu::util::DeviceExt;
 
+pub mod stages;
+
 /// Which of the per-chunk tensors to move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tensor {
@@ -405,7 +407,8 @@ impl NetworkProjection {
                     size: listed,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::INDIRECT
-                        | wgpu::BufferUsages::COPY_DST,
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 });
                 let chunk = Bound::record::<ChunkParams>(&chunk_uniform, i, chunk_stride);
