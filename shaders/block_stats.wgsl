@@ -111,7 +111,8 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                 r2 += d * d;
                 rq += x * x;
                 top4 = max(top4, bitcast<vec4<u32>>(x));
-                // `bit` stays a multiple of 4, so 4 sign bits never straddle a word.
+                // `bit` stays a multiple of 4 (so does the gap past a ragged edge: bc and wd
+                // are multiples of 4 here), so 4 sign bits never straddle a word.
                 let nb = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v < vec4<f32>(0.0));
                 word |= (nb.x | nb.y | nb.z | nb.w) << bit;
                 bit += 4u;
@@ -122,6 +123,7 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                     bit = 0u;
                 }
             }
+            skip_tile_padding(sign_base, layer.bc - wd, &word, &bit, &widx);
             s0 += (r0.x + r0.y) + (r0.z + r0.w);
             s1 += (r1.x + r1.y) + (r1.z + r1.w);
             s2 += (r2.x + r2.y) + (r2.z + r2.w);
@@ -154,6 +156,7 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                     bit = 0u;
                 }
             }
+            skip_tile_padding(sign_base, layer.bc - wd, &word, &bit, &widx);
             s0 += r0;
             s1 += r1;
             s2 += r2;

@@ -248,16 +248,23 @@ pub fn project(
         .collect())
 }
 
-/// Sign bits of every block, `ceil(br·bc / 32)` words per block: bit `i` is set when the
-/// block's `i`-th weight (row-major within the block) is negative. Unified blocks are the
-/// ones that need them; computing them for all keeps them a by-product of one pass.
+/// Sign bits of every block, `ceil(br·bc / 32)` words per block: bit `r·bc + c` (the
+/// full-tile numbering of [`crate::compressed::CompressedMatrix`], also at ragged edges,
+/// where the bits outside the block stay clear) is set when the block's weight `(r, c)`
+/// is negative. Unified blocks are the ones that need them; computing them for all keeps
+/// them a by-product of one pass.
 pub fn sign_words(grid: &BlockGrid, data: &[f32]) -> Vec<u32> {
     let wpb = grid.block.len().div_ceil(32);
+    let bc = grid.block.cols;
     let mut words = vec![0u32; grid.num_blocks() * wpb];
     for b in 0..grid.num_blocks() {
-        for (bit, i) in grid.extent(b).indices(grid.view.cols).enumerate() {
-            if data[i] < 0.0 {
-                words[b * wpb + bit / 32] |= 1 << (bit % 32);
+        let ext = grid.extent(b);
+        for r in 0..ext.rows {
+            for c in 0..ext.cols {
+                let bit = r * bc + c;
+                if data[(ext.row0 + r) * grid.view.cols + ext.col0 + c] < 0.0 {
+                    words[b * wpb + bit / 32] |= 1 << (bit % 32);
+                }
             }
         }
     }
