@@ -1039,7 +1039,7 @@ fn version_1_file(f: &CompressedFile) -> Vec<u8> {
             mu("row_ptr"),
             Dtype::U32,
             vec![m.row_ptr().len()],
-            le32(&m.row_ptr()),
+            le32(m.row_ptr()),
         ));
         t.push((
             mu("entries"),
@@ -1047,10 +1047,10 @@ fn version_1_file(f: &CompressedFile) -> Vec<u8> {
             vec![m.entries().len(), 2],
             le32(&entries),
         ));
-        t.push((mu("values"), Dtype::F32, vec![d, br, bc], lef(&m.values())));
-        t.push((mu("magnitudes"), Dtype::F32, vec![u], lef(&m.magnitudes())));
+        t.push((mu("values"), Dtype::F32, vec![d, br, bc], lef(m.values())));
+        t.push((mu("magnitudes"), Dtype::F32, vec![u], lef(m.magnitudes())));
         let wpb = m.words_per_block();
-        t.push((mu("signs"), Dtype::U32, vec![u, wpb], le32(&m.signs())));
+        t.push((mu("signs"), Dtype::U32, vec![u, wpb], le32(m.signs())));
         metas.push(serde_json::json!({
             "name": l.name, "shape": l.shape, "block": [br, bc], "layout": l.layout,
             "view": [m.view().rows, m.view().cols], "counts": m.counts(),

@@ -492,6 +492,9 @@ mod tests {
         }
     }
 
+    /// One way to break a matrix's parts.
+    type Breakage = Box<dyn FnOnce(&mut Parts)>;
+
     /// What `new` says about the ragged example with `change` applied to its parts.
     fn refused(change: impl FnOnce(&mut Parts)) -> String {
         let (m, _) = ragged_example();
@@ -532,7 +535,7 @@ mod tests {
         // The example: block row 0 = [unified (0,0), dense (0,1)], block row 1 = [pruned,
         // unified 1x2 edge block]; entries [[0, U|0], [1, 0], [1, U|1]], row_ptr [0, 2, 3].
         let u = UNIFIED_FLAG;
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Parts)>)> = vec![
+        let cases: Vec<(&str, Breakage)> = vec![
             (
                 "3 block states",
                 Box::new(|p| {
@@ -563,7 +566,7 @@ mod tests {
             ),
             (
                 "a Unified entry for a Dense block",
-                Box::new(|p| p.entries[1][1] = u | 1),
+                Box::new(move |p| p.entries[1][1] = u | 1),
             ),
             ("payload 0 where", Box::new(move |p| p.entries[2][1] = u)),
             ("payload 16 where", Box::new(|p| p.entries[1][1] = 16)),

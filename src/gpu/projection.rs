@@ -419,7 +419,8 @@ impl NetworkProjection {
         let key_prune = storage(gpu, "prune keys", blocks * 4);
         let key_unify = storage(gpu, "unify keys", blocks * 4);
         let magnitude = storage(gpu, "magnitudes", blocks * 4);
-        let state_map = storage(gpu, "block-state map", blocks / 16 * 4);
+        let map_words = StateMap::word_len(layout.total_blocks) as u64;
+        let state_map = storage(gpu, "block-state map", map_words * 4);
         let signs = storage(gpu, "sign words", layout.total_sign_words as u64 * 4);
         let first_bad = storage(
             gpu,
@@ -936,7 +937,12 @@ impl NetworkProjection {
             gpu,
             &what,
             &[
-                (&self.state_map, b0 / 16 * 4, words),
+                // A layer starts at a multiple of BLOCK_PAD, so at a whole word of the map.
+                (
+                    &self.state_map,
+                    StateMap::word_len(b0 as usize) as u64 * 4,
+                    words,
+                ),
                 (&self.magnitude, b0 * 4, n * 4),
                 (
                     &self.signs,
