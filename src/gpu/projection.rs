@@ -118,7 +118,8 @@ pub struct ProjectedLayer {
     /// `a` of unified blocks, 0 elsewhere.
     pub magnitudes: Vec<f32>,
     /// Signs of `W + U`, `words_per_block` words per block, for every block (only unified
-    /// blocks need them; see [`crate::cpu::projection::sign_words`]).
+    /// blocks need them; see [`crate::cpu::projection::sign_words`]), bit `r·bc + c` for
+    /// weight `(r, c)` of the block's tile, the numbering the compressed matrix keeps.
     pub signs: Vec<u32>,
 }
 
