@@ -2,11 +2,11 @@
 //! disk against the bits docs/METHOD.md §1 counts, decompression back to the original
 //! names, shapes and dtypes, and every kind of corrupted or inconsistent file refused with
 //! an error naming the tensor and the problem, never a panic. The GPU test checks
-//! `CompressedMatrix::from_projection` against `from_dense`.
+//! `ProjectedLayer::compress` against `CompressedMatrix::from_dense`.
 
 mod common;
 
-use microunify::block::{BlockGrid, ConvLayout, LayerSpec, to_gemm};
+use microunify::block::{BlockGrid, ConvLayout, LayerSpec, StateMap, to_gemm};
 use microunify::compressed::CompressedMatrix;
 use microunify::cpu::projection as cpu;
 use microunify::format::input::{ProjectInput, Selection};
@@ -115,14 +115,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn expected_compact(l: &CompressedLayer) -> [(Dtype, Vec<usize>, Vec<u8>); 4] {
     let m = &l.matrix;
     let gemm = to_gemm(&l.dense(), &l.shape, l.layout);
-    let grid = BlockGrid::new(m.view, m.block);
-    let mut states = vec![0u8; m.states.len().div_ceil(4)];
+    let grid = BlockGrid::new(m.view(), m.block());
+    let mut states = vec![0u8; m.states().len().div_ceil(4)];
     let (mut values, mut magnitudes, mut signs) = (Vec::new(), Vec::new(), Vec::<bool>::new());
-    for (b, s) in m.states.iter().enumerate() {
+    for (b, s) in m.states().iter().enumerate() {
         states[b / 4] |= (*s as u8) << (2 * (b % 4));
         let w: Vec<f32> = grid
             .extent(b)
-            .indices(m.view.cols)
+            .indices(m.view().cols)
             .map(|i| gemm[i])
             .collect();
         match s {
@@ -384,10 +384,24 @@ fn files_are_written_atomically() {
     // A layer the reader would refuse is refused on writing, the old file left as it was.
     let before = std::fs::read(&path).unwrap();
     let mut bad = f.clone();
-    bad.layers[0].matrix.magnitudes[0] = f32::NAN;
+    let m = &bad.layers[0].matrix;
+    let mut magnitudes = m.magnitudes().to_vec();
+    magnitudes[0] = 1e30;
+    bad.layers[0].matrix = CompressedMatrix::new(
+        m.view(),
+        m.block(),
+        m.states().to_vec(),
+        m.row_ptr().to_vec(),
+        m.entries().to_vec(),
+        m.values().to_vec(),
+        magnitudes,
+        m.signs().to_vec(),
+    )
+    .unwrap();
+    bad.layers[0].dtype = Dtype::F16;
     let e = bad.write(&path).unwrap_err().to_string();
     assert!(
-        e.contains("\"fc.mu.magnitudes\"") && e.contains("NaN"),
+        e.contains("\"fc.mu.magnitudes\"") && e.contains("does not fit"),
         "{e}"
     );
     let mut clash = f.clone();
@@ -632,7 +646,7 @@ fn each_inconsistency_is_named() {
     );
     let nd: usize = {
         let g = fc.matrix.grid();
-        (fc.matrix.states.iter().enumerate())
+        (fc.matrix.states().iter().enumerate())
             .filter(|(_, s)| **s == BlockState::Dense)
             .map(|(b, _)| g.extent(b).len())
             .sum()
@@ -846,7 +860,7 @@ fn gpu_projection_builds_the_same_matrix_as_from_dense() {
         let mut file = CompressedFile::default();
         for (l, (spec, (_, shape, _))) in specs.iter().zip(&shapes).enumerate() {
             let p = net.read_layer(&gpu, l).unwrap();
-            let a = CompressedMatrix::from_projection(spec, &p).unwrap();
+            let a = p.compress(spec).unwrap();
             let b = CompressedMatrix::from_dense(spec.view, spec.block, &p.z, &p.states).unwrap();
             assert_eq!(a, b, "layer {} ({prune}, {unify})", spec.name);
             assert_eq!(a.to_dense(), p.z, "layer {}", spec.name);
@@ -1015,31 +1029,31 @@ fn version_1_file(f: &CompressedFile) -> Vec<u8> {
     for l in &f.layers {
         let m = &l.matrix;
         let [d, u, _] = m.counts();
-        let (br, bc) = (m.block.rows, m.block.cols);
+        let (br, bc) = (m.block().rows, m.block().cols);
         let mu = |s: &str| format!("{}.mu.{s}", l.name);
-        let entries: Vec<u32> = m.entries.iter().flatten().copied().collect();
+        let entries: Vec<u32> = m.entries().iter().flatten().copied().collect();
         t.push((l.name.clone(), Dtype::F32, l.shape.clone(), lef(&l.dense())));
-        let states = microunify::format::pack_states(&m.states);
+        let states = StateMap::from_states(m.states()).as_bytes().to_vec();
         t.push((mu("states"), Dtype::U8, vec![states.len()], states));
         t.push((
             mu("row_ptr"),
             Dtype::U32,
-            vec![m.row_ptr.len()],
-            le32(&m.row_ptr),
+            vec![m.row_ptr().len()],
+            le32(m.row_ptr()),
         ));
         t.push((
             mu("entries"),
             Dtype::U32,
-            vec![m.entries.len(), 2],
+            vec![m.entries().len(), 2],
             le32(&entries),
         ));
-        t.push((mu("values"), Dtype::F32, vec![d, br, bc], lef(&m.values)));
-        t.push((mu("magnitudes"), Dtype::F32, vec![u], lef(&m.magnitudes)));
+        t.push((mu("values"), Dtype::F32, vec![d, br, bc], lef(m.values())));
+        t.push((mu("magnitudes"), Dtype::F32, vec![u], lef(m.magnitudes())));
         let wpb = m.words_per_block();
-        t.push((mu("signs"), Dtype::U32, vec![u, wpb], le32(&m.signs)));
+        t.push((mu("signs"), Dtype::U32, vec![u, wpb], le32(m.signs())));
         metas.push(serde_json::json!({
             "name": l.name, "shape": l.shape, "block": [br, bc], "layout": l.layout,
-            "view": [m.view.rows, m.view.cols], "counts": m.counts(),
+            "view": [m.view().rows, m.view().cols], "counts": m.counts(),
         }));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = (t.iter())

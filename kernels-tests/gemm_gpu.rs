@@ -52,7 +52,7 @@ fn random_epilogue(rng: &mut SmallRng, m: usize) -> (Option<Vec<f32>>, bool) {
 /// Micro GEMM on `cm` through every path that takes it, checked against the dense reference
 /// on `to_dense()` (and the compressed reference against it, on the CPU).
 fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut SmallRng) {
-    let (m, k) = (cm.view.rows, cm.view.cols);
+    let (m, k) = (cm.view().rows, cm.view().cols);
     let dense = cm.to_dense();
     let (bias, relu) = random_epilogue(rng, m);
     let epi = Epilogue {
@@ -65,7 +65,7 @@ fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut
     let scale = abs_sums(m, k, n, &dense, &x, &epi).unwrap();
     compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
     let mut paths = vec![Path::Tiled];
-    if small_batch_takes(n, Some(cm.block.cols)) {
+    if small_batch_takes(n, Some(cm.block().cols)) {
         paths.push(Path::SmallBatch);
     }
     for path in paths {
@@ -199,12 +199,25 @@ fn bad_inputs_are_errors_not_panics() {
     let cm = random_compressed(1, 10, 10, BlockShape::new(3, 5).unwrap(), 0.0, 0.5).unwrap();
     shape(Gemm::micro(&gpu, &cm, 2, &with_bias, Path::Auto));
     shape(Gemm::micro(&gpu, &cm, 2, &epi, Path::SmallBatch));
-    let mut broken = cm.clone();
-    broken.entries[0][0] = 99;
-    shape(Gemm::micro(&gpu, &broken, 2, &epi, Path::Auto));
-    let mut broken = cm.clone();
-    broken.row_ptr.pop();
-    shape(Gemm::micro(&gpu, &broken, 2, &epi, Path::Auto));
+    // A malformed matrix never reaches a kernel: its one constructor refuses it.
+    let parts = |row_ptr: Vec<u32>, entries: Vec<[u32; 2]>| {
+        CompressedMatrix::new(
+            cm.view(),
+            cm.block(),
+            cm.states().to_vec(),
+            row_ptr,
+            entries,
+            cm.values().to_vec(),
+            cm.magnitudes().to_vec(),
+            cm.signs().to_vec(),
+        )
+    };
+    let mut entries = cm.entries().to_vec();
+    entries[0][0] = 99;
+    assert!(parts(cm.row_ptr().to_vec(), entries).is_err());
+    let mut row_ptr = cm.row_ptr().to_vec();
+    row_ptr.pop();
+    assert!(parts(row_ptr, cm.entries().to_vec()).is_err());
     let g = Gemm::micro(&gpu, &cm, 2, &epi, Path::Auto).unwrap();
     assert!(matches!(
         g.write_x(&gpu, &[0.0; 19]),

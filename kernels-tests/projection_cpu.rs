@@ -464,19 +464,19 @@ fn check_blocks_l2(net: &Net, out: &[LayerProjection]) -> TestResult {
                 blk.eu
             );
             let w = &words[b * wpb..(b + 1) * wpb];
-            // Sign words cover every block: bit k is set exactly when weight k is negative.
+            // Sign words cover every block in full-tile numbering, also at ragged edges: the
+            // block's k-th weight (row-major over its extent) is (r, c) = (k / cols, k % cols)
+            // of the tile, bit r·bc + c, set exactly when it is negative; no other bit is set.
+            let (ext_cols, bc) = (grid.extent(b).cols, grid.block.cols);
+            let mut want = vec![0u32; wpb];
             for (k, &vi) in blk.v.iter().enumerate() {
-                let bit = w[k / 32] >> (k % 32) & 1 == 1;
-                prop_assert!(
-                    bit == (vi < 0.0),
-                    "layer {name} block {b} weight {k}: sign bit actual {bit}, expected {} (v = {vi})",
-                    vi < 0.0
-                );
+                let p = (k / ext_cols) * bc + k % ext_cols;
+                want[p / 32] |= u32::from(vi < 0.0) << (p % 32);
             }
-            let used = blk.v.len().div_ceil(32);
             prop_assert!(
-                w[used..].iter().all(|&x| x == 0),
-                "layer {name} block {b}: unused sign words {w:?} must be 0"
+                w == want,
+                "layer {name} block {b}: sign words actual {w:?}, expected {want:?} (v = {:?})",
+                blk.v
             );
             match st {
                 BlockState::Pruned | BlockState::Dense => {

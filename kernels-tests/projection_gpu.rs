@@ -4,9 +4,10 @@
 
 mod common;
 
-use microunify::block::{BlockShape, BlockState, LayerSpec, Ratios, SelectionMode};
+use microunify::block::{BlockShape, BlockState, ConvLayout, LayerSpec, Ratios, SelectionMode};
 use microunify::cpu::agreement;
 use microunify::cpu::projection as cpu;
+use microunify::format::{CompressedFile, CompressedLayer};
 use microunify::gpu::buffers::POISON;
 use microunify::gpu::projection::{NetworkProjection, Tensor};
 use microunify::gpu::{Gpu, ProjectedLayer};
@@ -742,4 +743,76 @@ fn a_chunk_of_millions_of_blocks_allocates_and_runs() {
         .filter(|s| **s == BlockState::Pruned)
         .count();
     assert_eq!(pruned, blocks / 2);
+}
+
+/// Sign words are numbered over the full tile (bit r·bc + c) at ragged edges too, in both
+/// of block_stats' row layouts and in block_rescale: the GPU's words are the CPU
+/// reference's, and the compressed matrix (and so the file and the GEMM) takes them as
+/// they are, with nothing renumbered between.
+#[test]
+fn ragged_edge_signs_use_full_tile_numbering() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(11);
+    // (rows, cols, block, scale): vec4 rows (cols and block columns multiples of 4) and
+    // scalar rows, each with ragged right and bottom edges, and values far above and below
+    // the plain sums' range, which block_rescale sums again.
+    let shapes = [
+        (13, 22, (4, 4), 1.0),
+        (13, 20, (4, 8), 1.0),
+        (7, 13, (3, 5), 1.0),
+        (9, 17, (8, 8), 1.0),
+        (33, 70, (32, 32), 1.0),
+        (35, 37, (32, 31), 1.0),
+        (7, 13, (3, 5), 1e20),
+        (13, 20, (4, 8), 1e-30),
+    ];
+    let layers: Vec<LayerSpec> = (shapes.iter().enumerate())
+        .map(|(i, &(r, c, (br, bc), _))| {
+            LayerSpec::new(format!("l{i}"), &[r, c], BlockShape::new(br, bc).unwrap()).unwrap()
+        })
+        .collect();
+    let w: Vec<Vec<f32>> = (layers.iter().zip(&shapes))
+        .map(|(l, s)| {
+            let w = common::weights(&mut rng, l.view.len());
+            w.iter().map(|x| x * s.3).collect()
+        })
+        .collect();
+    let u = layers.iter().map(|l| vec![0.0; l.view.len()]).collect();
+    let mode = cpu::per_layer(&layers, 0.2, 0.6).unwrap();
+    let case = Case { layers, mode, w, u };
+    let out = project(&gpu, &case, None);
+    for ((spec, o), w) in case.layers.iter().zip(&out).zip(&case.w) {
+        let name = &spec.name;
+        assert_eq!(
+            o.signs,
+            cpu::sign_words(&spec.grid(), w),
+            "{name}: GPU vs CPU"
+        );
+        let m = o.compress(spec).unwrap();
+        let wpb = m.words_per_block();
+        let unified: Vec<u32> = (o.states.iter().enumerate())
+            .filter(|(_, s)| **s == BlockState::Unified)
+            .flat_map(|(b, _)| o.signs[b * wpb..(b + 1) * wpb].to_vec())
+            .collect();
+        assert!(!unified.is_empty(), "{name}: no unified block");
+        assert_eq!(m.signs(), unified, "{name}: compressed vs GPU");
+        assert_eq!(m.to_dense(), o.z, "{name}: the signs reconstruct Z");
+        let layer = CompressedLayer::new(
+            name,
+            &[spec.view.rows, spec.view.cols],
+            ConvLayout::ChannelMajor,
+            m.clone(),
+        )
+        .unwrap();
+        let file = CompressedFile {
+            layers: vec![layer],
+            ..Default::default()
+        };
+        let back = CompressedFile::from_bytes(&file.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            back.layers[0].matrix.signs(),
+            m.signs(),
+            "{name}: file vs GPU"
+        );
+    }
 }

@@ -7,10 +7,12 @@
 
 mod common;
 
-use microunify::block::{BlockShape, BlockState, LayerSpec, MAX_BLOCK_SIDE, SelectionMode};
+use microunify::block::{
+    BlockShape, BlockState, LayerSpec, MAX_BLOCK_SIDE, SelectionMode, StateMap,
+};
 use microunify::cpu::apply_projection::apply_projection;
 use microunify::cpu::block_stats::{self as bs, KEY_EXCLUDED, StatsTwin};
-use microunify::cpu::pack_states::{code_in, pack_states};
+use microunify::cpu::pack_states::pack_states;
 use microunify::cpu::projection::Group;
 use microunify::cpu::radix_histogram::{RadixPass, SelState, radix_histogram, start_states};
 use microunify::cpu::radix_resolve::radix_resolve;
@@ -504,7 +506,10 @@ impl Checker<'_> {
                     &s.magnitudes,
                 );
                 for b in 0..map.len() * 16 {
-                    let (g, t) = (code_in(&state_map, b), code_in(&map, b));
+                    let (g, t) = (
+                        StateMap::raw_code(&state_map, b),
+                        StateMap::raw_code(&map, b),
+                    );
                     let (l, lb) = self.place(b);
                     let place = lb.map_or(format!("padding block {b}"), |lb| self.at(l, lb));
                     if g != t {
@@ -521,7 +526,7 @@ impl Checker<'_> {
                 for (gi, g) in self.groups.iter().enumerate() {
                     let count = |code| {
                         (g.begin..g.end)
-                            .filter(|&b| code_in(&state_map, b) == code)
+                            .filter(|&b| StateMap::raw_code(&state_map, b) == code)
                             .count()
                     };
                     let (p, u) = (
@@ -551,7 +556,7 @@ impl Checker<'_> {
                         .clone()
                         // Code 3 already failed pack_states (its twin never writes it).
                         .map(|b| {
-                            BlockState::from_code(code_in(&self.state_map, b))
+                            BlockState::from_code(StateMap::raw_code(&self.state_map, b))
                                 .unwrap_or(BlockState::Dense)
                         })
                         .collect();

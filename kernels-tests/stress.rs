@@ -14,6 +14,7 @@ use microunify::cpu::agreement;
 use microunify::cpu::gemm::{Epilogue, abs_sums, compare, gemm};
 use microunify::gpu::buffers::POISON;
 use microunify::gpu::gemm::{Gemm, Path, small_batch_takes};
+use microunify::gpu::packing::BLOCK_PAD;
 use microunify::gpu::projection::{NetworkProjection, Tensor};
 use microunify::gpu::{Gpu, ProjectedLayer};
 use microunify::layout::{NetworkLayout, PackLimits};
@@ -125,7 +126,7 @@ fn projection_case(rng: &mut SmallRng) -> ProjectionCase {
             max_binding_bytes: rng.random_range(16u64..256) << 10,
             offset_alignment: [32, 64, 256][rng.random_range(0..3)],
         };
-        while NetworkLayout::new(layers.clone(), l).is_err() {
+        while NetworkLayout::new(layers.clone(), l, BLOCK_PAD).is_err() {
             l.max_binding_bytes *= 2;
         }
         l

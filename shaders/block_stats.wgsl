@@ -27,7 +27,7 @@ override STATS_WG: u32;
 override STATS_ITEMS: u32;
 
 // The chunk's list for block_rescale. Twins: `Listed` in block_rescale.wgsl (the same
-// layout, read only) and RESCALE_HEADER in src/gpu/projection.rs (the reset values).
+// layout, read only) and RESCALE_HEADER in src/gpu/kernels/block_stats.rs (the reset values).
 struct Rescale {
     count: atomic<u32>,
     groups_x: atomic<u32>,  // indirect dispatch arguments of block_rescale
@@ -112,7 +112,8 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                 r2 += d * d;
                 rq += x * x;
                 top4 = max(top4, bitcast<vec4<u32>>(x));
-                // `bit` stays a multiple of 4, so 4 sign bits never straddle a word.
+                // `bit` stays a multiple of 4 (so does the gap past a ragged edge: bc and wd
+                // are multiples of 4 here), so 4 sign bits never straddle a word.
                 let nb = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v < vec4<f32>(0.0));
                 word |= (nb.x | nb.y | nb.z | nb.w) << bit;
                 bit += 4u;
@@ -123,6 +124,7 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                     bit = 0u;
                 }
             }
+            skip_tile_padding(sign_base, layer.bc - wd, &word, &bit, &widx);
             s0 += (r0.x + r0.y) + (r0.z + r0.w);
             s1 += (r1.x + r1.y) + (r1.z + r1.w);
             s2 += (r2.x + r2.y) + (r2.z + r2.w);
@@ -155,6 +157,7 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                     bit = 0u;
                 }
             }
+            skip_tile_padding(sign_base, layer.bc - wd, &word, &bit, &widx);
             s0 += r0;
             s1 += r1;
             s2 += r2;

@@ -2,8 +2,10 @@
 // to a block: where it lies, its values, and its statistics in a scaled domain. Prepended
 // after common.wgsl and chunk_pieces.wgsl.
 // Bindings: 3 W, 4 U (read), 5 prune keys, 6 unify keys, 7 mean |v| per block, 8 first bad
-// (non-finite) index per layer (atomic min), 9 sign words (words_per_block per block; bit i
-// set when the block's i-th weight, in row-major order inside the block, is negative),
+// (non-finite) index per layer (atomic min), 9 sign words (words_per_block per block; bit
+// r·bc + c set when weight (r, c) of the block is negative: the full-tile numbering of the
+// compressed matrix, the file and the GEMM, also at ragged edges, whose missing weights
+// leave their bits clear),
 // and 10, declared by each kernel: the chunk's list of blocks for block_rescale (a count,
 // the indirect dispatch arguments of block_rescale, then the listed block numbers),
 // written by block_stats and only read by block_rescale, whose dispatch arguments it also
@@ -121,6 +123,20 @@ fn exact_ldexp(x: f32, e: i32) -> f32 {
     return bitcast<f32>(k);
 }
 
+// After a block row of `wd` weights, moves the sign bit position past the `gap` = bc - wd
+// tile positions the row lacks at a ragged right edge (bit r·bc + c is weight (r, c)),
+// storing the word if that fills it. `bit` < 32 and `gap` < 32, so at most one word fills.
+fn skip_tile_padding(sign_base: u32, gap: u32, word: ptr<function, u32>, bit: ptr<function, u32>,
+                     widx: ptr<function, u32>) {
+    *bit += gap;
+    if (*bit >= 32u) {
+        signs[sign_base + *widx] = *word;
+        *widx += 1u;
+        *word = 0u;
+        *bit -= 32u;
+    }
+}
+
 // The statistics of a block outside the plain sums' range, over |v|·2^K with K chosen from
 // block_stats' largest |v| (`top`) so that the largest value lands in [1/4, 2): the same
 // shifted sums, the signs of the exact V, and the first non-finite index. On an adapter that flushes subnormals
@@ -173,6 +189,7 @@ fn scaled_block(b: u32, ext: Extent, piece: Piece, layer: Layer, sign_base: u32,
                 bit = 0u;
             }
         }
+        skip_tile_padding(sign_base, layer.bc - wd, &word, &bit, &widx);
         s0 += r0;
         s1 += r1;
         s2 += r2;

@@ -376,7 +376,7 @@ pub fn gemm_case(
     ratios: (f64, f64),
     runs: usize,
 ) -> Result<GemmCase> {
-    let (m, k) = (cm.view.rows, cm.view.cols);
+    let (m, k) = (cm.view().rows, cm.view().cols);
     let epi = Epilogue::default();
     let w = cm.to_dense();
     let dense = Gemm::dense(gpu, m, k, &w, n, &epi, Path::Auto)?;
@@ -394,7 +394,7 @@ pub fn gemm_case(
         m,
         k,
         n,
-        block: [cm.block.rows, cm.block.cols],
+        block: [cm.block().rows, cm.block().cols],
         prune: ratios.0,
         unify: ratios.1,
         dense_ms,

@@ -245,6 +245,21 @@ impl BlockGrid {
         }
     }
 
+    /// Block `b` of the row-major matrix `data` as a full `br × bc` tile, row-major, zero
+    /// where the block's (ragged) extent ends: the form dense blocks are stored in.
+    pub fn tile<'a>(&self, data: &'a [f32], b: usize) -> impl Iterator<Item = f32> + 'a {
+        let ext = self.extent(b);
+        let (bc, cols) = (self.block.cols, self.view.cols);
+        (0..self.block.len()).map(move |p| {
+            let (r, c) = (p / bc, p % bc);
+            if r < ext.rows && c < ext.cols {
+                data[(ext.row0 + r) * cols + ext.col0 + c]
+            } else {
+                0.0
+            }
+        })
+    }
+
     /// The block holding matrix element `(row, col)`.
     pub fn block_of(&self, row: usize, col: usize) -> usize {
         (row / self.block.rows) * self.block_cols() + col / self.block.cols
@@ -335,6 +350,148 @@ impl BlockState {
     }
 }
 
+/// The block-state map of docs/METHOD.md §1: 2 bits per block, block `b` at bits
+/// `2·(b % 4)` of byte `b / 4` (LSB first). Read as little-endian `u32` words these are the
+/// same bits, 16 blocks a word, block `b` at bits `2·(b % 16)` of word `b / 16`: the file
+/// stores the bytes, the GPU writes the words. Bits past the last block are zero and no
+/// block has code 3 (every constructor checks both).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StateMap {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl StateMap {
+    const PER_BYTE: usize = 4;
+    const PER_WORD: usize = 16;
+
+    /// Bytes a map of `len` blocks takes.
+    pub fn byte_len(len: usize) -> usize {
+        len.div_ceil(Self::PER_BYTE)
+    }
+
+    /// Words a map of `len` blocks takes.
+    pub fn word_len(len: usize) -> usize {
+        len.div_ceil(Self::PER_WORD)
+    }
+
+    /// The map of these states.
+    pub fn from_states(states: &[BlockState]) -> Self {
+        let mut bytes = vec![0u8; Self::byte_len(states.len())];
+        for (b, s) in states.iter().enumerate() {
+            bytes[b / Self::PER_BYTE] |= (*s as u8) << Self::shift(b);
+        }
+        Self {
+            bytes,
+            len: states.len(),
+        }
+    }
+
+    /// The map of `len` blocks packed in `bytes`, which must be exactly
+    /// [`byte_len`](Self::byte_len) long, hold no code 3 and have zero padding bits; the
+    /// error says which of these fails (and for code 3, at which block).
+    pub fn from_bytes(bytes: &[u8], len: usize) -> std::result::Result<Self, String> {
+        if bytes.len() != Self::byte_len(len) {
+            return Err(format!(
+                "{} bytes for a map of {len} blocks, which takes {}",
+                bytes.len(),
+                Self::byte_len(len)
+            ));
+        }
+        let map = Self {
+            bytes: bytes.to_vec(),
+            len,
+        };
+        if let Some(b) = (0..len).find(|&b| map.code(b) == 3) {
+            return Err(format!("block {b} has state code 3"));
+        }
+        let used = len % Self::PER_BYTE;
+        if used != 0 && bytes[len / Self::PER_BYTE] >> Self::shift(len) != 0 {
+            return Err("padding bits after the last block are not zero".into());
+        }
+        Ok(map)
+    }
+
+    /// The map of `len` blocks packed in `words` (16 blocks a word), which must be exactly
+    /// [`word_len`](Self::word_len) long; checked as [`from_bytes`](Self::from_bytes) is,
+    /// whole words past the last block's byte included.
+    pub fn from_words(words: &[u32], len: usize) -> std::result::Result<Self, String> {
+        if words.len() != Self::word_len(len) {
+            return Err(format!(
+                "{} words for a map of {len} blocks, which takes {}",
+                words.len(),
+                Self::word_len(len)
+            ));
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let (used, spare) = bytes.split_at(Self::byte_len(len));
+        if spare.iter().any(|&b| b != 0) {
+            return Err("padding bits after the last block are not zero".into());
+        }
+        Self::from_bytes(used, len)
+    }
+
+    fn shift(b: usize) -> usize {
+        2 * (b % Self::PER_BYTE)
+    }
+
+    /// The code (0-3) of block `b` in packed words that may not form a valid map: for
+    /// checks that report what a kernel wrote, code 3 included.
+    pub fn raw_code(words: &[u32], b: usize) -> u32 {
+        (words[b / Self::PER_WORD] >> (2 * (b % Self::PER_WORD))) & 3
+    }
+
+    fn code(&self, b: usize) -> u8 {
+        (self.bytes[b / Self::PER_BYTE] >> Self::shift(b)) & 3
+    }
+
+    /// State of block `b`; panics past [`len`](Self::len), as slice indexing does.
+    pub fn get(&self, b: usize) -> BlockState {
+        assert!(b < self.len, "block {b} of a map of {} blocks", self.len);
+        BlockState::from_code(self.code(b).into()).expect("constructors refuse code 3")
+    }
+
+    /// The states in block order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = BlockState> + '_ {
+        (0..self.len).map(|b| self.get(b))
+    }
+
+    /// The states as a vector.
+    pub fn to_vec(&self) -> Vec<BlockState> {
+        self.iter().collect()
+    }
+
+    /// The packed bytes, 4 blocks a byte.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The packed words, 16 blocks a word (the bytes, zero-padded to whole words).
+    pub fn words(&self) -> Vec<u32> {
+        let mut words = vec![0u32; Self::word_len(self.len)];
+        for (i, b) in self.bytes.iter().enumerate() {
+            words[i / 4] |= u32::from(*b) << (8 * (i % 4));
+        }
+        words
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Block counts `[dense, unified, pruned]`.
+    pub fn counts(&self) -> [usize; 3] {
+        let mut c = [0; 3];
+        self.iter().for_each(|s| c[s as usize] += 1);
+        c
+    }
+}
+
 /// Per-layer ratios, or one pair ranked across the whole network (docs/METHOD.md §2, global mode).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SelectionMode {
@@ -400,6 +557,56 @@ mod tests {
             compression_ratio(&g, &[BlockState::Pruned; 2]),
             32.0 * 24.0 / 4.0
         );
+    }
+
+    #[test]
+    fn state_maps_pack_two_bits_per_block_lsb_first() {
+        use BlockState::{Dense as D, Pruned as P, Unified as U};
+        let states = [U, P, D, U, P, U];
+        let m = StateMap::from_states(&states);
+        // Block b at bits 2·(b % 4) of byte b / 4.
+        assert_eq!(m.as_bytes(), [0b01_00_10_01, 0b01_10]);
+        // The same bits as one little-endian word, 16 blocks a word.
+        assert_eq!(m.words(), [0b01_10_01_00_10_01]);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m.to_vec(), states);
+        assert_eq!(m.get(1), P);
+        assert_eq!(m.counts(), [1, 3, 2]);
+        assert_eq!(StateMap::from_bytes(m.as_bytes(), 6).unwrap(), m);
+        assert_eq!(StateMap::from_words(&m.words(), 6).unwrap(), m);
+        let many: Vec<BlockState> = (0..37).map(|i| [D, U, P][i % 3]).collect();
+        let m = StateMap::from_states(&many);
+        assert_eq!(StateMap::from_words(&m.words(), 37).unwrap().to_vec(), many);
+    }
+
+    #[test]
+    fn bad_state_maps_are_refused() {
+        let e = StateMap::from_bytes(&[0b11 << 4], 3).unwrap_err();
+        assert!(e.contains("block 2 has state code 3"), "{e}");
+        let e = StateMap::from_bytes(&[0b01 << 6], 3).unwrap_err();
+        assert!(e.contains("padding bits"), "{e}");
+        let e = StateMap::from_bytes(&[0, 0], 3).unwrap_err();
+        assert!(e.contains("2 bytes") && e.contains("takes 1"), "{e}");
+        // Words: padding past the last block's byte counts too.
+        let e = StateMap::from_words(&[1 << 16], 5).unwrap_err();
+        assert!(e.contains("padding bits"), "{e}");
+        let e = StateMap::from_words(&[0b11 << 30], 16).unwrap_err();
+        assert!(e.contains("block 15 has state code 3"), "{e}");
+        let e = StateMap::from_words(&[0, 0], 16).unwrap_err();
+        assert!(e.contains("2 words"), "{e}");
+        assert!(StateMap::from_words(&[], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tiles_are_zero_padded_at_ragged_edges() {
+        let g = BlockGrid::new(
+            GemmView { rows: 3, cols: 3 },
+            BlockShape::new(2, 2).unwrap(),
+        );
+        let d: Vec<f32> = (1..=9).map(|i| i as f32).collect();
+        assert_eq!(g.tile(&d, 0).collect::<Vec<_>>(), [1.0, 2.0, 4.0, 5.0]);
+        assert_eq!(g.tile(&d, 1).collect::<Vec<_>>(), [3.0, 0.0, 6.0, 0.0]);
+        assert_eq!(g.tile(&d, 3).collect::<Vec<_>>(), [9.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

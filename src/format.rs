@@ -50,7 +50,6 @@ pub use read::reseal;
 use crate::block::{BlockShape, ConvLayout, GemmView, from_gemm};
 use crate::compressed::CompressedMatrix;
 use crate::error::{Error, Result};
-pub use compact::pack_states;
 use safetensors::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -115,12 +114,15 @@ impl CompressedLayer {
     ) -> Result<Self> {
         let name = name.into();
         let view = GemmView::of_shape(&name, shape)?;
-        if view != matrix.view {
+        if view != matrix.view() {
             return Err(Error::Shape {
                 layer: name,
                 why: format!(
                     "shape {shape:?} has GEMM view {}x{}, the matrix is {}x{}",
-                    view.rows, view.cols, matrix.view.rows, matrix.view.cols
+                    view.rows,
+                    view.cols,
+                    matrix.view().rows,
+                    matrix.view().cols
                 ),
             });
         }
@@ -159,9 +161,9 @@ impl CompressedLayer {
             name: self.name.clone(),
             shape: self.shape.clone(),
             dtype: self.dtype,
-            block: [m.block.rows, m.block.cols],
+            block: [m.block().rows, m.block().cols],
             layout: self.layout,
-            view: [m.view.rows, m.view.cols],
+            view: [m.view().rows, m.view().cols],
             counts: m.counts(),
             sha256: String::new(),
         }
@@ -312,14 +314,14 @@ pub(crate) fn check_names<'a>(
 
 impl CompressedFile {
     /// Serialises to safetensors bytes. Names must not collide (a pass-through tensor named
-    /// like a layer or one of its compact tensors is an error), and every layer's matrix
-    /// must be the consistent form its state map implies.
+    /// like a layer or one of its compact tensors is an error); every layer's matrix is
+    /// consistent, as every [`CompressedMatrix`] is.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.check_names()?;
         let mut out: Vec<(String, Out<'_>)> = Vec::new();
         let mut metas = Vec::new();
         for l in &self.layers {
-            let c = compact::encode(&l.matrix).map_err(|p| format_err(l.name.as_str(), p))?;
+            let c = compact::encode(&l.matrix);
             let (values, magnitudes) = (le_f32(&c.values), le_f32(&c.magnitudes));
             let tensors = [
                 (Dtype::U8, c.states),

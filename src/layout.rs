@@ -5,11 +5,8 @@ use crate::block::LayerSpec;
 use crate::error::{Error, Result};
 use std::ops::Range;
 
-/// Blocks of each layer are numbered from a multiple of this, so that a selection workgroup
-/// (which covers this many blocks) never straddles two layers. Set by the selection kernels.
-pub const BLOCK_PAD: usize = crate::gpu::kernels::SELECT_BLOCKS_PER_WORKGROUP as usize;
-
-/// What the adapter allows: the largest storage binding and the offset alignment.
+/// What the adapter allows, as plain numbers (`crate::gpu::packing` reads them from a
+/// device): the largest storage binding and the offset alignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackLimits {
     /// Largest storage binding (and buffer) in bytes.
@@ -19,16 +16,6 @@ pub struct PackLimits {
 }
 
 impl PackLimits {
-    /// The limits of a device.
-    pub fn of(limits: &wgpu::Limits) -> Self {
-        Self {
-            max_binding_bytes: limits
-                .max_storage_buffer_binding_size
-                .min(limits.max_buffer_size),
-            offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
-        }
-    }
-
     /// Offsets are aligned to this many f32 elements (at least 4, for vec4 access).
     pub fn align_elems(&self) -> usize {
         ((self.offset_alignment / 4) as usize).max(4)
@@ -44,10 +31,11 @@ impl PackLimits {
 /// Where a layer's blocks sit in the network-wide numbering and its sign words.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
-    /// First block's index in the padded network numbering (a multiple of [`BLOCK_PAD`]).
+    /// First block's index in the padded network numbering (a multiple of the layout's
+    /// block pad).
     pub block_start: usize,
     pub num_blocks: usize,
-    /// `num_blocks` rounded up to [`BLOCK_PAD`].
+    /// `num_blocks` rounded up to the block pad.
     pub padded_blocks: usize,
     /// First sign word of the layer; each block owns `words_per_block` words.
     pub sign_offset: usize,
@@ -101,15 +89,25 @@ pub struct NetworkLayout {
     pub pieces: Vec<Piece>,
     pub chunks: Vec<Chunk>,
     pub limits: PackLimits,
+    /// Every layer's blocks are numbered from a multiple of this.
+    pub block_pad: usize,
     /// Size of the padded block numbering.
     pub total_blocks: usize,
     pub total_sign_words: usize,
 }
 
 impl NetworkLayout {
-    /// Packs `layers` in order. A layer larger than a chunk is split at block-row boundaries;
-    /// only a single block row larger than one binding is refused.
-    pub fn new(layers: Vec<LayerSpec>, limits: PackLimits) -> Result<Self> {
+    /// Packs `layers` in order, each layer's blocks numbered from a multiple of `block_pad`
+    /// (the selection kernels' workgroup, which must not straddle two layers). A layer
+    /// larger than a chunk is split at block-row boundaries; only a single block row
+    /// larger than one binding is refused.
+    pub fn new(layers: Vec<LayerSpec>, limits: PackLimits, block_pad: usize) -> Result<Self> {
+        if block_pad == 0 {
+            return Err(Error::Shape {
+                layer: "<network>".into(),
+                why: "a block pad of 0 (layers must start at a multiple of at least 1)".into(),
+            });
+        }
         if layers.is_empty() {
             return Err(Error::Shape {
                 layer: "<network>".into(),
@@ -126,7 +124,7 @@ impl NetworkLayout {
         for (l, layer) in layers.iter().enumerate() {
             let grid = layer.grid();
             let n = grid.num_blocks();
-            let padded = n.div_ceil(BLOCK_PAD) * BLOCK_PAD;
+            let padded = n.div_ceil(block_pad) * block_pad;
             let wpb = layer.block.len().div_ceil(32);
             placements.push(Placement {
                 block_start,
@@ -199,6 +197,7 @@ impl NetworkLayout {
             pieces,
             chunks,
             limits,
+            block_pad,
             total_blocks: block_start,
             total_sign_words: sign_offset,
         })
@@ -235,6 +234,9 @@ mod tests {
     use super::*;
     use crate::block::BlockShape;
 
+    /// Any pad works here; the GPU's own is `crate::gpu::packing::BLOCK_PAD`.
+    const BLOCK_PAD: usize = 64;
+
     fn layer(name: &str, rows: usize, cols: usize, b: usize) -> LayerSpec {
         LayerSpec::new(name, &[rows, cols], BlockShape::new(b, b).unwrap()).unwrap()
     }
@@ -245,7 +247,12 @@ mod tests {
             max_binding_bytes: 1 << 20,
             offset_alignment: 256,
         };
-        let l = NetworkLayout::new(vec![layer("a", 5, 7, 4), layer("b", 3, 3, 2)], limits).unwrap();
+        let l = NetworkLayout::new(
+            vec![layer("a", 5, 7, 4), layer("b", 3, 3, 2)],
+            limits,
+            BLOCK_PAD,
+        )
+        .unwrap();
         assert_eq!(l.chunks.len(), 1);
         assert_eq!(l.pieces[1].offset, 64);
         assert_eq!(l.placements[1].block_start, BLOCK_PAD);
@@ -260,7 +267,7 @@ mod tests {
             offset_alignment: 256,
         };
         // 100 x 30 weights, 4x4 blocks: a block row is 120 weights, a chunk 1024.
-        let l = NetworkLayout::new(vec![layer("big", 100, 30, 4)], limits).unwrap();
+        let l = NetworkLayout::new(vec![layer("big", 100, 30, 4)], limits, BLOCK_PAD).unwrap();
         assert!(l.chunks.len() >= 3);
         let covered: usize = l.pieces.iter().map(|p| p.source(&l.layers[0]).len()).sum();
         assert_eq!(covered, 3000);
@@ -282,7 +289,7 @@ mod tests {
             max_binding_bytes: 1024,
             offset_alignment: 256,
         };
-        let e = NetworkLayout::new(vec![layer("wide", 8, 300, 4)], limits).unwrap_err();
+        let e = NetworkLayout::new(vec![layer("wide", 8, 300, 4)], limits, BLOCK_PAD).unwrap_err();
         assert!(e.to_string().contains("wide"), "{e}");
     }
 }

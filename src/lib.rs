@@ -21,3 +21,6 @@ pub use block::{
     BlockGrid, BlockShape, BlockState, ConvLayout, GemmView, LayerSpec, Ratios, SelectionMode,
 };
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod layering;

@@ -401,7 +401,7 @@ mod compress {
             twice
                 .layers
                 .iter()
-                .all(|l| l.matrix.block.to_string() == "2x8")
+                .all(|l| l.matrix.block().to_string() == "2x8")
         );
         // fc1: 20x30 in 2x8 blocks is 10 x 4 = 40 blocks -> 8 pruned, 20 unified.
         assert_eq!(twice.layers[0].matrix.counts(), [12, 20, 8]);
@@ -427,7 +427,7 @@ mod compress {
         );
         assert_eq!(part.layer("conv.weight"), twice.layer("conv.weight"));
         assert_eq!(
-            part.layer("fc1.weight").unwrap().matrix.block.to_string(),
+            part.layer("fc1.weight").unwrap().matrix.block().to_string(),
             "8x8"
         );
         assert_eq!(part.passthrough, twice.passthrough);
@@ -472,9 +472,9 @@ mod compress {
                 format!("{:.2}x", m.compression_ratio()),
             ];
             assert_eq!(tok[5..10], want, "{line}");
-            assert_eq!(tok[3], m.block.to_string(), "{line}");
+            assert_eq!(tok[3], m.block().to_string(), "{line}");
             bits += m.bits();
-            weights += m.view.len() as u64;
+            weights += m.view().len() as u64;
         }
         let total = stdout
             .lines()

@@ -130,7 +130,7 @@ fn project_prunes_the_smallest_block_at_any_magnitude() {
         let f = CompressedFile::read(&output).unwrap();
         let m = &f.layer("w.weight").expect("w.weight compressed").matrix;
         use BlockState::{Dense, Pruned};
-        assert_eq!(m.states, [Dense, Pruned, Dense, Dense], "c = {c:e}");
+        assert_eq!(m.states(), [Dense, Pruned, Dense, Dense], "c = {c:e}");
         let dense = m.to_dense();
         let kept: Vec<f32> = (0..64)
             .map(|i| {

@@ -151,7 +151,7 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
     assert_eq!(back.layers.len(), 3);
     assert!(back.passthrough.contains_key("fc1.bias"));
     for (l, states) in back.layers.iter().zip(&out.states) {
-        assert_eq!(&l.matrix.states, states);
+        assert_eq!(&l.matrix.states(), states);
     }
 }
 

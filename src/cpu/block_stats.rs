@@ -8,7 +8,7 @@
 //! are computed in f64 with a two-pass variance, with a rounding bound for the GPU's f32
 //! sums next to each value.
 
-use crate::block::{BlockExtent, BlockGrid, BlockShape};
+use crate::block::{BlockGrid, BlockShape};
 use crate::cpu::agreement::{NEAR, value_tolerance};
 
 /// WGSL `KEY_EXP_BIAS` (common.wgsl): added to the binary exponent of a key.
@@ -128,12 +128,11 @@ pub fn rescale_exponent(top: u32) -> i32 {
     }
 }
 
-/// The sign bit of the weight at row `r`, column `c` of a block: numbered row-major
-/// within the block's actual extent, as block_stats.wgsl writes it today. The full-tile
-/// numbering is `r * tile.cols + c`.
-pub fn sign_bit(r: usize, c: usize, ext: &BlockExtent, tile: &BlockShape) -> usize {
-    let _ = tile;
-    r * ext.cols + c
+/// The sign bit of the weight at row `r`, column `c` of a block: numbered row-major over
+/// the full tile, also at ragged edges (where the bits outside the block stay clear), as
+/// block_stats.wgsl writes it and the file and the GEMM read it.
+pub fn sign_bit(r: usize, c: usize, tile: &BlockShape) -> usize {
+    r * tile.cols + c
 }
 
 /// Sign bits of every block, `ceil(br·bc / 32)` words per block, bit [`sign_bit`] set when
@@ -148,7 +147,7 @@ pub fn sign_words(grid: &BlockGrid, data: &[f32]) -> Vec<u32> {
         for r in 0..ext.rows {
             for c in 0..ext.cols {
                 if data[(ext.row0 + r) * grid.view.cols + ext.col0 + c] < 0.0 {
-                    let bit = sign_bit(r, c, &ext, &grid.block);
+                    let bit = sign_bit(r, c, &grid.block);
                     words[b * wpb + bit / 32] |= 1 << (bit % 32);
                 }
             }
@@ -324,14 +323,14 @@ mod tests {
     }
 
     #[test]
-    fn sign_words_number_bits_within_the_block() {
+    fn sign_words_number_bits_over_the_full_tile() {
         use crate::block::GemmView;
-        // 3x3 matrix, 2x2 blocks: block 1 is the 2x1 right edge, its bits 0 and 1.
+        // 3x3 matrix, 2x2 blocks: block 1 is the 2x1 right edge, its bits 0 and 2.
         let grid = BlockGrid::new(
             GemmView { rows: 3, cols: 3 },
             BlockShape::new(2, 2).unwrap(),
         );
         let v = [1.0, -1.0, -2.0, -0.0, 1.0, -3.0, 1.0, 1.0, -1.0];
-        assert_eq!(sign_words(&grid, &v), vec![0b0010, 0b11, 0b00, 0b1]);
+        assert_eq!(sign_words(&grid, &v), vec![0b0010, 0b101, 0b00, 0b1]);
     }
 }

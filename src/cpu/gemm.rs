@@ -192,29 +192,22 @@ pub fn gemm_compressed(
     n: usize,
     epi: &Epilogue,
 ) -> Result<Vec<f32>> {
-    let (m, k) = (w.view.rows, w.view.cols);
+    let (m, k) = (w.view().rows, w.view().cols);
     check_shapes(m, k, n, None, Some(x.len()), epi)?;
     let grid = w.grid();
-    let (br, bc) = (w.block.rows, w.block.cols);
+    let (br, bc) = (w.block().rows, w.block().cols);
     let wpb = w.words_per_block();
-    if w.row_ptr.len() != grid.block_rows() + 1 {
-        return Err(shape_error(format!(
-            "row_ptr has {} offsets for {} block rows",
-            w.row_ptr.len(),
-            grid.block_rows()
-        )));
-    }
+    let (row_ptr, entries) = (w.row_ptr(), w.entries());
     let mut acc = vec![0.0f64; m * n];
     let mut sum = vec![0.0f64; n];
     for brow in 0..grid.block_rows() {
-        for e in w.row_ptr[brow] as usize..w.row_ptr[brow + 1] as usize {
-            let [col, payload] = w.entries[e];
+        for &[col, payload] in &entries[row_ptr[brow] as usize..row_ptr[brow + 1] as usize] {
             let ext = grid.extent(brow * grid.block_cols() + col as usize);
             for r in 0..ext.rows {
                 let out = &mut acc[(ext.row0 + r) * n..(ext.row0 + r + 1) * n];
                 if payload & UNIFIED_FLAG == 0 {
                     for c in 0..ext.cols {
-                        let wv = w.values[payload as usize + r * bc + c] as f64;
+                        let wv = w.values()[payload as usize + r * bc + c] as f64;
                         let xrow = &x[(ext.col0 + c) * n..(ext.col0 + c + 1) * n];
                         for (a, &xv) in out.iter_mut().zip(xrow) {
                             *a += wv * xv as f64;
@@ -225,13 +218,13 @@ pub fn gemm_compressed(
                     sum.iter_mut().for_each(|s| *s = 0.0);
                     for c in 0..ext.cols {
                         let bit = r * bc + c;
-                        let neg = w.signs[u * wpb + bit / 32] >> (bit % 32) & 1 == 1;
+                        let neg = w.signs()[u * wpb + bit / 32] >> (bit % 32) & 1 == 1;
                         let xrow = &x[(ext.col0 + c) * n..(ext.col0 + c + 1) * n];
                         for (s, &xv) in sum.iter_mut().zip(xrow) {
                             *s += if neg { -(xv as f64) } else { xv as f64 };
                         }
                     }
-                    let a = w.magnitudes[u] as f64;
+                    let a = w.magnitudes()[u] as f64;
                     for (o, s) in out.iter_mut().zip(&sum) {
                         *o += a * s;
                     }

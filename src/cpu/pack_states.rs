@@ -2,14 +2,9 @@
 //! in the padded network numbering) from the finished selections, and the magnitudes
 //! kept for unified blocks only.
 
-use crate::block::BlockState;
+use crate::block::{BlockState, StateMap};
 use crate::cpu::projection::Group;
 use crate::cpu::radix_histogram::{SelState, Selection, state_index};
-
-/// Blocks per word of the state map.
-pub const BLOCKS_PER_WORD: usize = 16;
-/// Bits of one block's state code.
-const CODE_BITS: usize = 2;
 
 /// The state of block `b` given the finished prune and unify states of its group.
 pub fn state_of(
@@ -28,11 +23,6 @@ pub fn state_of(
     }
 }
 
-/// The state of block `b` read from a state map.
-pub fn code_in(map: &[u32], b: usize) -> u32 {
-    (map[b / BLOCKS_PER_WORD] >> (CODE_BITS * (b % BLOCKS_PER_WORD))) & 3
-}
-
 /// The state map and the finished magnitudes (`magnitudes` as block_stats left them).
 /// `groups` in the padded numbering, covering it in order.
 pub fn pack_states(
@@ -43,7 +33,7 @@ pub fn pack_states(
     magnitudes: &[f32],
 ) -> (Vec<u32>, Vec<f32>) {
     let total = groups.last().map_or(0, |g| g.end);
-    let mut map = vec![0u32; total.div_ceil(BLOCKS_PER_WORD)];
+    let mut map = vec![BlockState::Dense; total];
     let mut mags = magnitudes.to_vec();
     let n = groups.len();
     for (g, group) in groups.iter().enumerate() {
@@ -51,11 +41,11 @@ pub fn pack_states(
         let unify = &states[state_index(Selection::Unify, g, n)];
         for b in group.begin..group.end {
             let state = state_of(b, key_prune[b], key_unify[b], prune, unify);
-            map[b / BLOCKS_PER_WORD] |= (state as u32) << (CODE_BITS * (b % BLOCKS_PER_WORD));
+            map[b] = state;
             if state != BlockState::Unified {
                 mags[b] = 0.0;
             }
         }
     }
-    (map, mags)
+    (StateMap::from_states(&map).words(), mags)
 }

@@ -3,7 +3,7 @@
 //! layers are reconstructed and cast back to their dtype; pass-through tensors and the
 //! user's own metadata come back as they were; the format's own metadata is dropped.
 
-use super::{CompressedFile, CompressedLayer, Out, compact, dtype, format_err, serialize};
+use super::{CompressedFile, CompressedLayer, Out, dtype, serialize};
 use crate::error::Result;
 use std::borrow::Cow;
 
@@ -15,7 +15,7 @@ impl CompressedLayer {
 
     /// Bytes of the dense tensor this layer stands for.
     pub fn dense_size(&self) -> u64 {
-        self.matrix.view.len() as u64 * (self.dtype.bitsize() / 8) as u64
+        self.matrix.view().len() as u64 * (self.dtype.bitsize() / 8) as u64
     }
 }
 
@@ -25,8 +25,6 @@ impl CompressedFile {
         self.check_names()?;
         let mut out: Vec<(String, Out<'_>)> = Vec::new();
         for l in &self.layers {
-            // A matrix whose index disagrees with its state map would reconstruct wrongly.
-            compact::encode(&l.matrix).map_err(|p| format_err(l.name.as_str(), p))?;
             let t = Out {
                 dtype: l.dtype,
                 shape: l.shape.clone(),

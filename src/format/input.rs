@@ -353,7 +353,7 @@ mod tests {
         assert!(
             back.layers
                 .iter()
-                .all(|l| l.matrix.block.to_string() == "2x8")
+                .all(|l| l.matrix.block().to_string() == "2x8")
         );
         assert_eq!(back.passthrough, once.passthrough);
         assert_eq!(back.metadata, once.metadata);
@@ -371,7 +371,7 @@ mod tests {
         let back = CompressedFile::from_bytes(&mixed.to_bytes().unwrap()).unwrap();
         assert_eq!(back.layer("conv.weight"), once.layer("conv.weight"));
         assert_eq!(
-            back.layer("fc.weight").unwrap().matrix.block.to_string(),
+            back.layer("fc.weight").unwrap().matrix.block().to_string(),
             "8x8"
         );
         // Layers stay in the order the input lists them.

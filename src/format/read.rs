@@ -16,7 +16,7 @@ use super::{
     RawTensor, VERSION_KEY, compact_name, dtype, float_text, format_err, reserved_layer_name,
     reserved_name,
 };
-use crate::block::{BlockGrid, BlockState, GemmView};
+use crate::block::{BlockGrid, BlockState, GemmView, StateMap};
 use crate::error::Result;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashSet};
@@ -200,7 +200,7 @@ fn layer(st: &Container<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
         st,
         &mu("states"),
         Dtype::U8,
-        &[grid.num_blocks().div_ceil(4)],
+        &[StateMap::byte_len(grid.num_blocks())],
         &format!("{} blocks, 4 a byte", grid.num_blocks()),
     )?;
     let states = read_states(&mu("states"), states_bytes, grid.num_blocks(), m.counts)?;
@@ -307,7 +307,8 @@ fn layer(st: &Container<'_>, m: &LayerMeta) -> Result<CompressedLayer> {
         shape: m.shape.clone(),
         dtype: m.dtype,
         layout: m.layout,
-        matrix: compact::decode(view, block, states, &values, magnitudes, signs),
+        matrix: compact::decode(view, block, states, &values, magnitudes, signs)
+            .map_err(|p| format_err(name, p))?,
     })
 }
 
@@ -318,21 +319,8 @@ fn read_states(
     nb: usize,
     meta_counts: [usize; 3],
 ) -> Result<Vec<BlockState>> {
-    let states = (0..nb)
-        .map(|b| {
-            let code = (packed[b / 4] >> (2 * (b % 4))) & 3;
-            BlockState::from_code(code.into())
-                .ok_or_else(|| format_err(sname, format!("block {b} has state code 3")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if !nb.is_multiple_of(4) && packed[nb / 4] >> (2 * (nb % 4)) != 0 {
-        return Err(format_err(
-            sname,
-            "padding bits after the last block are not zero",
-        ));
-    }
-    let mut counts = [0usize; 3];
-    states.iter().for_each(|s| counts[*s as usize] += 1);
+    let map = StateMap::from_bytes(packed, nb).map_err(|p| format_err(sname, p))?;
+    let counts = map.counts();
     if counts != meta_counts {
         return Err(format_err(
             sname,
@@ -341,7 +329,7 @@ fn read_states(
             ),
         ));
     }
-    Ok(states)
+    Ok(map.to_vec())
 }
 
 /// `bytes` with every listed layer's checksum recomputed over whatever its metadata entry

@@ -69,68 +69,28 @@ fn bad(why: String) -> Error {
     }
 }
 
-/// Checks every index of `w` (so a malformed matrix can never make a kernel read out of
-/// bounds) and builds the kernels' layout.
-fn micro_buffers(w: &CompressedMatrix, vec4_tiles: bool) -> Result<MicroBuffers> {
-    let grid = w.grid();
-    let (brs, bcs) = (grid.block_rows(), grid.block_cols());
-    let tile = w.block.len();
+/// The kernels' layout of `w`. Every index in it is in range because
+/// [`CompressedMatrix::new`] checked `w`; dense tiles start at multiples of `br·bc`, so
+/// at multiples of 4 wherever the small-batch path (block columns a multiple of 4) reads
+/// them as vec4s.
+fn micro_buffers(w: &CompressedMatrix) -> MicroBuffers {
+    let brs = w.grid().block_rows();
     let wpb = w.words_per_block();
-    if w.row_ptr.len() != brs + 1 || w.row_ptr[0] != 0 {
-        return Err(bad(format!(
-            "row_ptr has {} offsets for {brs} block rows",
-            w.row_ptr.len()
-        )));
-    }
-    if w.row_ptr[brs] as usize != w.entries.len() || w.row_ptr.windows(2).any(|p| p[0] > p[1]) {
-        return Err(bad(format!(
-            "row_ptr is not a non-decreasing index of {} entries",
-            w.entries.len()
-        )));
-    }
-    if w.signs.len() != w.magnitudes.len() * wpb {
-        return Err(bad(format!(
-            "{} sign words for {} unified blocks of {wpb} words",
-            w.signs.len(),
-            w.magnitudes.len()
-        )));
-    }
+    let (row_ptr, entries) = (w.row_ptr(), w.entries());
     let mut out = MicroBuffers {
         rows: Vec::with_capacity(brs),
-        entries: Vec::with_capacity(w.entries.len()),
-        unified: Vec::with_capacity(w.magnitudes.len() * (wpb + 1)),
+        entries: Vec::with_capacity(entries.len() + 1),
+        unified: Vec::with_capacity(w.magnitudes().len() * (wpb + 1)),
     };
     let mut uni = Vec::new();
     for r in 0..brs {
         let start = out.entries.len() as u32;
         uni.clear();
-        for (e, &[col, payload]) in w.entries[w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize]
-            .iter()
-            .enumerate()
-        {
-            if col as usize >= bcs {
-                return Err(bad(format!(
-                    "entry {e} of block row {r}: block column {col} of {bcs}"
-                )));
-            }
+        for &[col, payload] in &entries[row_ptr[r] as usize..row_ptr[r + 1] as usize] {
             if payload & UNIFIED_FLAG == 0 {
-                let off = payload as usize;
-                if off + tile > w.values.len() || (vec4_tiles && !off.is_multiple_of(4)) {
-                    return Err(bad(format!(
-                        "entry {e} of block row {r}: tile offset {off} with {} values",
-                        w.values.len()
-                    )));
-                }
                 out.entries.push([col, payload]);
             } else {
-                let u = payload & !UNIFIED_FLAG;
-                if u as usize >= w.magnitudes.len() {
-                    return Err(bad(format!(
-                        "entry {e} of block row {r}: unified block {u} of {}",
-                        w.magnitudes.len()
-                    )));
-                }
-                uni.push([col, u]);
+                uni.push([col, payload & !UNIFIED_FLAG]);
             }
         }
         let split = out.entries.len() as u32;
@@ -139,12 +99,12 @@ fn micro_buffers(w: &CompressedMatrix, vec4_tiles: bool) -> Result<MicroBuffers>
     }
     // A spare entry: gemm_micro loads the next entry one iteration ahead.
     out.entries.push([0, 0]);
-    for (u, a) in w.magnitudes.iter().enumerate() {
+    for (u, a) in w.magnitudes().iter().enumerate() {
         out.unified.push(a.to_bits());
         out.unified
-            .extend_from_slice(&w.signs[u * wpb..(u + 1) * wpb]);
+            .extend_from_slice(&w.signs()[u * wpb..(u + 1) * wpb]);
     }
-    Ok(out)
+    out
 }
 
 /// The largest divisor of `br` that is at most `cap` (rows a workgroup owns in a block row).
@@ -349,11 +309,11 @@ impl Gemm {
         epi: &Epilogue,
         path: Path,
     ) -> Result<Self> {
-        let (m, k) = (w.view.rows, w.view.cols);
+        let (m, k) = (w.view().rows, w.view().cols);
         check_shapes(m, k, n, None, None, epi)?;
-        let (br, bc) = (w.block.rows, w.block.cols);
+        let (br, bc) = (w.block().rows, w.block().cols);
         let small = choose_small(path, n, Some(bc))?;
-        let mb = micro_buffers(w, small)?;
+        let mb = micro_buffers(w);
         let grid = w.grid();
         // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
         // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
@@ -362,7 +322,7 @@ impl Gemm {
         } else {
             rows_per_group(br, kernels::GEMM_TM as usize)
         };
-        let mut values = w.values.clone();
+        let mut values = w.values().to_vec();
         values.resize(values.len().next_multiple_of(4), 0.0);
         // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
         let nv = if tm <= 4 { 4 } else { 2 };

@@ -1,11 +1,13 @@
 //! Everything that touches wgpu: the context, the kernels and their hosts.
 
 pub mod buffers;
+pub mod compress;
 pub mod context;
 pub mod copy;
 pub mod gemm;
 pub mod kernels;
 pub mod loops;
+pub mod packing;
 pub mod projection;
 
 pub use context::{BackendChoice, Gpu, GpuOptions};

@@ -4,7 +4,7 @@
 //! dispatches depends on the number of chunks (network size over the binding limit),
 //! never on the number of layers.
 
-use crate::block::{BlockState, LayerSpec, SelectionMode};
+use crate::block::{BlockState, LayerSpec, SelectionMode, StateMap};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
 use crate::gpu::kernels::block_stats::RESCALE_HEADER;
@@ -13,6 +13,7 @@ use crate::gpu::kernels::{
     self, Bound, SELECT_BLOCKS_PER_WORKGROUP, apply_projection, block_rescale, block_stats,
     pack_states, radix_histogram, radix_resolve,
 };
+use crate::gpu::packing::{BLOCK_PAD, pack_limits};
 use crate::gpu::{Gpu, grid};
 use crate::layout::{NetworkLayout, PackLimits};
 use wgpu::util::DeviceExt;
@@ -39,7 +40,8 @@ pub struct ProjectedLayer {
     /// `a` of unified blocks, 0 elsewhere.
     pub magnitudes: Vec<f32>,
     /// Signs of `W + U`, `words_per_block` words per block, for every block (only unified
-    /// blocks need them; see [`crate::cpu::projection::sign_words`]).
+    /// blocks need them; see [`crate::cpu::projection::sign_words`]), bit `r·bc + c` for
+    /// weight `(r, c)` of the block's tile, the numbering the compressed matrix keeps.
     pub signs: Vec<u32>,
 }
 
@@ -189,7 +191,7 @@ struct Pipelines {
 impl NetworkProjection {
     /// Allocates a network on the GPU with the device's own binding limits.
     pub fn new(gpu: &Gpu, layers: Vec<LayerSpec>, mode: SelectionMode) -> Result<Self> {
-        let limits = PackLimits::of(&gpu.limits());
+        let limits = pack_limits(&gpu.limits());
         Self::with_limits(gpu, layers, mode, limits)
     }
 
@@ -201,14 +203,14 @@ impl NetworkProjection {
         limits: PackLimits,
     ) -> Result<Self> {
         mode.check(&layers)?;
-        let device_limits = PackLimits::of(&gpu.limits());
+        let device_limits = pack_limits(&gpu.limits());
         let limits = PackLimits {
             max_binding_bytes: limits
                 .max_binding_bytes
                 .min(device_limits.max_binding_bytes),
             offset_alignment: limits.offset_alignment.max(device_limits.offset_alignment),
         };
-        let layout = NetworkLayout::new(layers, limits)?;
+        let layout = NetworkLayout::new(layers, limits, BLOCK_PAD)?;
         gpu.scoped("allocating the projection", || {
             Self::allocate(gpu, layout, mode)
         })?
@@ -330,7 +332,8 @@ impl NetworkProjection {
         let key_prune = storage(gpu, "prune keys", blocks * 4);
         let key_unify = storage(gpu, "unify keys", blocks * 4);
         let magnitude = storage(gpu, "magnitudes", blocks * 4);
-        let state_map = storage(gpu, "block-state map", blocks / 16 * 4);
+        let map_words = StateMap::word_len(layout.total_blocks) as u64;
+        let state_map = storage(gpu, "block-state map", map_words * 4);
         let signs = storage(gpu, "sign words", layout.total_sign_words as u64 * 4);
         let first_bad = storage(
             gpu,
@@ -830,16 +833,19 @@ impl NetworkProjection {
         let u = self.read(gpu, Tensor::U, layer)?;
         let p = &self.layout.placements[layer];
         let (b0, n) = (p.block_start as u64, p.num_blocks as u64);
-        let words = n.div_ceil(16) * 4;
-        let what = format!(
-            "states, magnitudes and signs of layer {:?}",
-            self.layout.layers[layer].name
-        );
+        let words = StateMap::word_len(n as usize) as u64 * 4;
+        let name = &self.layout.layers[layer].name;
+        let what = format!("states, magnitudes and signs of layer {name:?}");
         let mut raw: Vec<Vec<u32>> = read_ranges(
             gpu,
             &what,
             &[
-                (&self.state_map, b0 / 16 * 4, words),
+                // A layer starts at a multiple of BLOCK_PAD, so at a whole word of the map.
+                (
+                    &self.state_map,
+                    StateMap::word_len(b0 as usize) as u64 * 4,
+                    words,
+                ),
                 (&self.magnitude, b0 * 4, n * 4),
                 (
                     &self.signs,
@@ -851,17 +857,9 @@ impl NetworkProjection {
         let signs = raw.pop().unwrap_or_default();
         let magnitudes: Vec<f32> = bytemuck::cast_slice(&raw.pop().unwrap_or_default()).to_vec();
         let map = raw.pop().unwrap_or_default();
-        let states = (0..n as usize)
-            .map(|i| {
-                let code = (map[i / 16] >> (2 * (i % 16))) & 3;
-                BlockState::from_code(code).ok_or_else(|| {
-                    Error::Readback(format!(
-                        "layer {:?}: block {i} has state code 3",
-                        self.layout.layers[layer].name
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let states = StateMap::from_words(&map, n as usize)
+            .map_err(|e| Error::Readback(format!("layer {name:?}: state map: {e}")))?
+            .to_vec();
         Ok(ProjectedLayer {
             z,
             u,
@@ -873,24 +871,22 @@ impl NetworkProjection {
 
     /// Block states of every layer, read from the state map.
     pub fn states(&self, gpu: &Gpu) -> Result<Vec<Vec<BlockState>>> {
-        let words = self.layout.total_blocks as u64 / 16 * 4;
-        let map: Vec<u32> =
+        let total = self.layout.total_blocks;
+        let words = StateMap::word_len(total) as u64 * 4;
+        let raw: Vec<u32> =
             read_ranges(gpu, "the block-state map", &[(&self.state_map, 0, words)])?.remove(0);
-        self.layout
+        let map = StateMap::from_words(&raw, total)
+            .map_err(|e| Error::Readback(format!("the block-state map: {e}")))?;
+        Ok(self
+            .layout
             .placements
             .iter()
-            .zip(&self.layout.layers)
-            .map(|(p, l)| {
+            .map(|p| {
                 (p.block_start..p.block_start + p.num_blocks)
-                    .map(|b| {
-                        let code = (map[b / 16] >> (2 * (b % 16))) & 3;
-                        BlockState::from_code(code).ok_or_else(|| {
-                            Error::Readback(format!("layer {:?}: block state code 3", l.name))
-                        })
-                    })
+                    .map(|b| map.get(b))
                     .collect()
             })
-            .collect()
+            .collect())
     }
 
     /// Bytes a projection must move: read W and U, write Z and U, plus the compact outputs

@@ -3,7 +3,7 @@
 //! tensor of the model's state (parameters and buffers) as it is, so that the decompressed
 //! file is the model's whole state dict.
 
-use crate::block::{BlockState, ConvLayout, LayerSpec};
+use crate::block::{BlockState, ConvLayout, LayerSpec, StateMap, compression_ratio, storage_bits};
 use crate::compressed::CompressedMatrix;
 use crate::format::{CompressedFile, CompressedLayer, RawTensor};
 use crate::train::config::AdmmConfig;
@@ -77,22 +77,22 @@ pub fn export(
             CompressedMatrix::from_dense(spec.view, spec.block, &v, &states[l])
                 .with_context(|| format!("compressing layer {}", spec.name))?
         } else {
-            // Still report the layer; its compact form is not valid (callers refuse to
-            // write the file when there are violations).
-            let mut p = CompressedMatrix::from_dense(
+            // The layer is still reported, from its states; the file holds an all-pruned
+            // stand-in for it (callers refuse to write the file when there are violations).
+            CompressedMatrix::from_dense(
                 spec.view,
                 spec.block,
                 &vec![0.0; v.len()],
                 &vec![BlockState::Pruned; states[l].len()],
-            )?;
-            p.states = states[l].clone();
-            p
+            )?
         };
-        let [d, un, pr] = m.counts();
+        let grid = spec.grid();
+        let [d, un, pr] = StateMap::from_states(&states[l]).counts();
+        let layer_bits = storage_bits(&grid, &states[l]);
         blocks.dense += d;
         blocks.unified += un;
         blocks.pruned += pr;
-        bits += m.bits();
+        bits += layer_bits;
         params += spec.view.len() as u64;
         layers.push(LayerReport {
             name: spec.name.clone(),
@@ -101,8 +101,8 @@ pub fn export(
             dense: d,
             unified: un,
             pruned: pr,
-            bits: m.bits(),
-            ratio: m.compression_ratio(),
+            bits: layer_bits,
+            ratio: compression_ratio(&grid, &states[l]),
         });
         file.layers.push(CompressedLayer::new(
             &model.info.layers[l].param,

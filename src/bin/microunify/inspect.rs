@@ -77,8 +77,8 @@ pub fn print_layers(f: &CompressedFile) {
             "{:<28} {:>14} {:>11} {:>6} {:>15} {:>8} {:>8} {:>8} {:>12} {:>8.2}x",
             l.name,
             shape.join("x"),
-            format!("{}x{}", m.view.rows, m.view.cols),
-            m.block.to_string(),
+            format!("{}x{}", m.view().rows, m.view().cols),
+            m.block().to_string(),
             serde_json::to_value(l.layout)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -90,7 +90,7 @@ pub fn print_layers(f: &CompressedFile) {
             m.compression_ratio()
         );
         bits += m.bits();
-        weights += m.view.len() as u64;
+        weights += m.view().len() as u64;
         for (t, x) in counts.iter_mut().zip(c) {
             *t += x;
         }

@@ -8,7 +8,6 @@
 
 use anyhow::{Context, Result, bail};
 use microunify::block::ConvLayout;
-use microunify::compressed::CompressedMatrix;
 use microunify::format::dtype::layer_dtypes_text;
 use microunify::format::input::{ProjectInput, Selection};
 use microunify::fsio;
@@ -108,12 +107,7 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     net.zero_dual(&gpu);
     net.run(&gpu)?;
     let matrices = (specs.iter().enumerate())
-        .map(|(l, spec)| {
-            Ok(CompressedMatrix::from_projection(
-                spec,
-                &net.read_layer(&gpu, l)?,
-            )?)
-        })
+        .map(|(l, spec)| Ok(net.read_layer(&gpu, l)?.compress(spec)?))
         .collect::<Result<Vec<_>>>()?;
     let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
     let (compressed, recompressed, kept) = (
