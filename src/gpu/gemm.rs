@@ -1,6 +1,7 @@
 //! The GEMM host: `Y = W·X (+ bias) (ReLU)` on the GPU with W dense or micro-structured.
 //! Weights are uploaded once; X is written and Y computed as many times as wanted.
 
+use crate::block::{BlockShape, MAX_BLOCK_SIDE};
 use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
@@ -208,6 +209,132 @@ fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
     }
 }
 
+/// One specialisation of a GEMM kernel: what the host compiles for a product.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub kernel: Kernel,
+    /// The override constants the pipeline is built with.
+    pub constants: Vec<(&'static str, f64)>,
+    /// The kernel's loops (src/gpu/loops.rs), for the main-loop slice length.
+    pub loops: GemmKernel,
+    /// Rows per workgroup (tiled path) or per invocation (micro small-batch path).
+    pub tm: usize,
+    /// vec4 columns of Y per invocation on the tiled path.
+    pub nv: usize,
+}
+
+/// Two variants are the same pipeline when kernel file and constants agree.
+impl PartialEq for Variant {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel.file == other.kernel.file && self.constants == other.constants
+    }
+}
+
+/// The dense kernel the host builds for `n` columns of X on the small-batch path or not.
+pub fn dense_variant(n: usize, small: bool) -> Variant {
+    if small {
+        Variant {
+            kernel: kernels::GEMM_DENSE_SMALL,
+            constants: vec![("SMALL_WG", kernels::SMALL_WG as f64), ("NB", n as f64)],
+            loops: GemmKernel::DenseSmall { nb: n as u64 },
+            tm: 1,
+            nv: 2,
+        }
+    } else {
+        let tm = kernels::GEMM_TM as usize;
+        Variant {
+            kernel: kernels::GEMM_DENSE,
+            constants: vec![("GEMM_WG", kernels::GEMM_WG as f64), ("GEMM_TM", tm as f64)],
+            loops: GemmKernel::Dense { tm: tm as u64 },
+            tm,
+            nv: 2,
+        }
+    }
+}
+
+/// The micro-structured kernel the host builds for blocks `block` and `n` columns of X.
+pub fn micro_variant(block: BlockShape, n: usize, small: bool) -> Variant {
+    let (br, bc) = (block.rows, block.cols);
+    // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
+    // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
+    let tm = if small {
+        rows_per_group(br, (8 / n).min(4))
+    } else {
+        rows_per_group(br, kernels::GEMM_TM as usize)
+    };
+    // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
+    let nv = if tm <= 4 { 4 } else { 2 };
+    let wpb = block.len().div_ceil(32) as f64;
+    if small {
+        Variant {
+            kernel: kernels::GEMM_MICRO_SMALL,
+            constants: vec![
+                ("MICRO_WG", kernels::MICRO_WG as f64),
+                ("RL", tm as f64),
+                ("BR", br as f64),
+                ("BC", bc as f64),
+                ("WPB", wpb),
+                ("NB", n as f64),
+            ],
+            loops: GemmKernel::MicroSmall {
+                rl: tm as u64,
+                bc: bc as u64,
+                nb: n as u64,
+            },
+            tm,
+            nv,
+        }
+    } else {
+        Variant {
+            kernel: kernels::GEMM_MICRO,
+            constants: vec![
+                ("GEMM_WG", kernels::GEMM_WG as f64),
+                ("GEMM_TM", tm as f64),
+                ("NV", nv as f64),
+                ("BR", br as f64),
+                ("BC", bc as f64),
+                ("WPB", wpb),
+            ],
+            loops: GemmKernel::Micro {
+                tm: tm as u64,
+                nv: nv as u64,
+                bc: bc as u64,
+            },
+            tm,
+            nv,
+        }
+    }
+}
+
+/// Every distinct GEMM specialisation the host can build: each path, each N whose
+/// variant differs (the tiled kernels do not depend on N), each block shape up to
+/// [`MAX_BLOCK_SIDE`] on each side, through the host's own choices.
+pub fn all_variants() -> Vec<Variant> {
+    let mut out: Vec<Variant> = Vec::new();
+    let mut add = |v: Variant| {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    let ns = 1..=kernels::SMALL_MAX_N + 1;
+    for path in [Path::Tiled, Path::SmallBatch] {
+        for n in ns.clone() {
+            if let Ok(small) = choose_small(path, n, None) {
+                add(dense_variant(n, small));
+            }
+            for br in 1..=MAX_BLOCK_SIDE {
+                for bc in 1..=MAX_BLOCK_SIDE {
+                    let block = BlockShape { rows: br, cols: bc };
+                    if let Ok(small) = choose_small(path, n, Some(bc)) {
+                        add(micro_variant(block, n, small));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Everything a constructor hands to [`Gemm::build`].
 struct Plan<'a> {
     micro: bool,
@@ -246,30 +373,13 @@ impl Gemm {
         check_shapes(m, k, n, Some(w.len()), None, epi)?;
         let small = choose_small(path, n, None)?;
         let k4 = k.div_ceil(4);
-        let (tm, m_pad) = if small {
-            (1, m)
-        } else {
-            let tm = kernels::GEMM_TM as usize;
-            (tm, m.next_multiple_of(tm))
-        };
+        let v = dense_variant(n, small);
+        let m_pad = m.next_multiple_of(v.tm);
         fits(gpu, "W", (m_pad * k4 * 16) as u64)?;
         let mut wp = vec![0.0f32; m_pad * k4 * 4];
         for r in 0..m {
             wp[r * k4 * 4..r * k4 * 4 + k].copy_from_slice(&w[r * k..(r + 1) * k]);
         }
-        let (kernel, constants) = if small {
-            let k = kernels::GEMM_DENSE_SMALL;
-            (
-                k,
-                vec![("SMALL_WG", kernels::SMALL_WG as f64), ("NB", n as f64)],
-            )
-        } else {
-            let k = kernels::GEMM_DENSE;
-            (
-                k,
-                vec![("GEMM_WG", kernels::GEMM_WG as f64), ("GEMM_TM", tm as f64)],
-            )
-        };
         Self::build(
             gpu,
             Plan {
@@ -280,15 +390,11 @@ impl Gemm {
                 n,
                 x_rows: k4 * 4,
                 m_pad,
-                tm,
-                nv: 2,
-                kernel,
-                constants,
-                loops: if small {
-                    GemmKernel::DenseSmall { nb: n as u64 }
-                } else {
-                    GemmKernel::Dense { tm: tm as u64 }
-                },
+                tm: v.tm,
+                nv: v.nv,
+                kernel: v.kernel,
+                constants: v.constants,
+                loops: v.loops,
                 main_trips: k4,
                 weights: vec![("gemm W", bytemuck::cast_slice(&wp))],
                 epi,
@@ -310,41 +416,9 @@ impl Gemm {
         let small = choose_small(path, n, Some(bc))?;
         let mb = micro_buffers(w, small)?;
         let grid = w.grid();
-        // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
-        // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
-        let tm = if small {
-            rows_per_group(br, (8 / n).min(4))
-        } else {
-            rows_per_group(br, kernels::GEMM_TM as usize)
-        };
+        let v = micro_variant(w.block, n, small);
         let mut values = w.values.clone();
         values.resize(values.len().next_multiple_of(4), 0.0);
-        // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
-        let nv = if tm <= 4 { 4 } else { 2 };
-        let wpb = w.words_per_block() as f64;
-        let (kernel, constants) = if small {
-            let k = kernels::GEMM_MICRO_SMALL;
-            let c = vec![
-                ("MICRO_WG", kernels::MICRO_WG as f64),
-                ("RL", tm as f64),
-                ("BR", br as f64),
-                ("BC", bc as f64),
-                ("WPB", wpb),
-                ("NB", n as f64),
-            ];
-            (k, c)
-        } else {
-            let k = kernels::GEMM_MICRO;
-            let c = vec![
-                ("GEMM_WG", kernels::GEMM_WG as f64),
-                ("GEMM_TM", tm as f64),
-                ("NV", nv as f64),
-                ("BR", br as f64),
-                ("BC", bc as f64),
-                ("WPB", wpb),
-            ];
-            (k, c)
-        };
         let main_trips = mb
             .rows
             .iter()
@@ -370,23 +444,11 @@ impl Gemm {
                 n,
                 x_rows: grid.block_cols() * bc,
                 m_pad: grid.block_rows() * br,
-                tm,
-                nv,
-                kernel,
-                constants,
-                loops: if small {
-                    GemmKernel::MicroSmall {
-                        rl: tm as u64,
-                        bc: bc as u64,
-                        nb: n as u64,
-                    }
-                } else {
-                    GemmKernel::Micro {
-                        tm: tm as u64,
-                        nv: nv as u64,
-                        bc: bc as u64,
-                    }
-                },
+                tm: v.tm,
+                nv: v.nv,
+                kernel: v.kernel,
+                constants: v.constants,
+                loops: v.loops,
                 main_trips,
                 weights,
                 epi,
