@@ -335,6 +335,14 @@ pub fn all_variants() -> Vec<Variant> {
     out
 }
 
+/// The main loop of `main_trips` iterations in slices that each keep within CPU drivers'
+/// loop budget: (iterations per slice, slices); at least one slice, which writes the
+/// bias even where no entry does. Slice `i` runs `slice_range` of gemm_params.wgsl.
+pub fn slicing(kernel: GemmKernel, main_trips: usize) -> (usize, usize) {
+    let slice_len = loops::gemm_slice_len(kernel).min(u32::MAX as u64) as usize;
+    (slice_len, main_trips.div_ceil(slice_len).max(1))
+}
+
 /// Everything a constructor hands to [`Gemm::build`].
 struct Plan<'a> {
     micro: bool,
@@ -517,10 +525,7 @@ impl Gemm {
         if let Some(b) = p.epi.bias {
             bias[..p.m].copy_from_slice(b);
         }
-        // The main loop in slices that each keep within CPU drivers' loop budget; at least
-        // one, which writes the bias even where no entry does.
-        let slice_len = loops::gemm_slice_len(p.loops).min(u32::MAX as u64) as usize;
-        let slices = p.main_trips.div_ceil(slice_len).max(1);
+        let (slice_len, slices) = slicing(p.loops, p.main_trips);
         let params: Vec<Params> = (0..slices)
             .map(|i| Params {
                 m: p.m_pad as u32,
