@@ -393,7 +393,9 @@ fn read_raw(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<u32> {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
     gpu.queue.submit([encoder.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
     gpu.device
         .poll(wgpu::PollType::Wait {
             submission_index: None,
@@ -496,7 +498,10 @@ fn a_wait_that_runs_out_is_an_error_naming_the_step() {
         "{submit:?}"
     );
     let msg = submit.to_string();
-    assert!(msg.contains("spin kernel") && msg.contains("more work"), "{msg}");
+    assert!(
+        msg.contains("spin kernel") && msg.contains("more work"),
+        "{msg}"
+    );
     assert!(
         refused.elapsed() < Duration::from_millis(500),
         "refusing took {:?}",

@@ -30,7 +30,11 @@ struct Variant {
 
 impl Variant {
     fn name(&self) -> String {
-        let c: Vec<String> = self.constants.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let c: Vec<String> = self
+            .constants
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
         format!("{} [{}]", self.kernel.file, c.join(" "))
     }
 }
@@ -149,17 +153,13 @@ fn to_glsl(module: &Module, info: &ModuleInfo, version: glsl::Version, name: &st
 /// Vector `select`s on integers or booleans: naga writes them as GLSL `mix`, which takes
 /// such operands only from desktop GL 4.5 on (or with GL_EXT_shader_integer_mix).
 fn integer_vector_selects(module: &Module, info: &ModuleInfo) -> usize {
-    let functions = module
-        .functions
-        .iter()
-        .map(|(h, f)| (f, &info[h]))
-        .chain(
-            module
-                .entry_points
-                .iter()
-                .zip(0..)
-                .map(|(ep, i)| (&ep.function, info.get_entry_point(i))),
-        );
+    let functions = module.functions.iter().map(|(h, f)| (f, &info[h])).chain(
+        module
+            .entry_points
+            .iter()
+            .zip(0..)
+            .map(|(ep, i)| (&ep.function, info.get_entry_point(i))),
+    );
     let mut n = 0;
     for (f, fi) in functions {
         for (_, e) in f.expressions.iter() {

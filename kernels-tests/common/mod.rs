@@ -109,7 +109,10 @@ pub fn gpu() -> Option<GpuGuard> {
 pub fn skip_on_gl(gpu: &Gpu, why: &str) -> bool {
     let gl = gpu.info.backend == wgpu::Backend::Gl;
     if gl {
-        let test = std::thread::current().name().unwrap_or("<unnamed test>").to_string();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed test>")
+            .to_string();
         eprintln!("\n*** SKIPPING {test} on GL: {why} ***\n");
     }
     gl
