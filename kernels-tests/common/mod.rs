@@ -113,7 +113,11 @@ pub fn skip_on_gl(gpu: &Gpu, why: &str) -> bool {
             .name()
             .unwrap_or("<unnamed test>")
             .to_string();
-        eprintln!("\n*** SKIPPING {test} on GL: {why} ***\n");
+        // Straight to stderr, so that the skip shows in a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPING {test} on GL: {why} ***\n"
+        );
     }
     gl
 }

@@ -324,8 +324,9 @@ pub fn all_variants() -> Vec<Variant> {
             }
             for br in 1..=MAX_BLOCK_SIDE {
                 for bc in 1..=MAX_BLOCK_SIDE {
-                    let block = BlockShape { rows: br, cols: bc };
-                    if let Ok(small) = choose_small(path, n, Some(bc)) {
+                    if let Ok(block) = BlockShape::new(br, bc)
+                        && let Ok(small) = choose_small(path, n, Some(bc))
+                    {
                         add(micro_variant(block, n, small));
                     }
                 }
