@@ -5,7 +5,8 @@
 //! each kernel's loop structure back from its WGSL with naga and compares it with the
 //! model, so a loop added, removed or moved in a shader fails until the model follows.
 //! `projection_kernels_stay_within_the_share` bounds what each projection kernel can spend
-//! at MAX_BLOCK_SIDE; the GEMM host slices its main loop to the share by construction.
+//! at MAX_BLOCK_SIDE; `every_host_gemm_variant_runs_its_main_loop_within_the_share` checks
+//! the GEMM host's slicing of every variant it builds, at the edges of a slice and of K.
 
 mod common;
 
@@ -189,6 +190,73 @@ fn gemm_slices_keep_within_the_share() {
         assert!(active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE);
     }
     assert!(active(&loops::gemm_sign_table()) <= SHARE);
+}
+
+/// `slice_range` of gemm_params.wgsl: slice `i`'s part of a main loop over `[0, trips)`.
+fn slice_range(i: usize, len: usize, trips: usize) -> (usize, usize) {
+    let lo = (i * len).min(trips);
+    (lo, (lo + len).min(trips))
+}
+
+/// Main-loop lengths at the edges of one slice and of the dense kernels' K: a loop of
+/// one slice, one more, two and one more; K = 262,140 ± 4 as vec4s of K (around lavapipe's
+/// 65,535) and as entries of one block row of 1-column blocks.
+fn edge_trips(slice_len: usize) -> Vec<usize> {
+    let mut t = vec![
+        0,
+        1,
+        slice_len - 1,
+        slice_len,
+        slice_len + 1,
+        2 * slice_len + 1,
+    ];
+    t.extend((262_136..=262_144).map(|k: usize| k.div_ceil(4)));
+    t.extend(262_136..=262_144);
+    t
+}
+
+#[test]
+fn every_host_gemm_variant_runs_its_main_loop_within_the_share() {
+    let variants = microunify::gpu::gemm::all_variants();
+    for v in &variants {
+        let (len, slices_at_one) = microunify::gpu::gemm::slicing(v.loops, 1);
+        assert_eq!(slices_at_one, 1);
+        let spent = active(&loops::gemm(v.loops, len as u64));
+        assert!(
+            spent <= SHARE,
+            "{:?} ({}): one slice of {len} spends {spent} of {BUDGET}",
+            v.loops,
+            v.kernel.file
+        );
+        for trips in edge_trips(len) {
+            let (len, slices) = microunify::gpu::gemm::slicing(v.loops, trips);
+            // The slices cover the loop exactly, in order, none longer than the model's.
+            let mut next = 0;
+            for i in 0..slices {
+                let (lo, hi) = slice_range(i, len, trips);
+                assert!(
+                    lo == next && hi - lo <= len,
+                    "{:?}: slice {i} of {trips}",
+                    v.loops
+                );
+                next = hi;
+            }
+            assert_eq!(
+                next, trips,
+                "{:?}: {slices} slices of {len} miss some of {trips}",
+                v.loops
+            );
+            assert!(
+                slices == 1 || slice_range(slices - 1, len, trips).0 < trips,
+                "{:?}: an empty last slice for {trips}",
+                v.loops
+            );
+        }
+    }
+    eprintln!(
+        "{} GEMM variants slice within {SHARE} of {BUDGET}",
+        variants.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

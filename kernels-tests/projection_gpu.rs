@@ -334,44 +334,109 @@ fn projections_recorded_together_each_start_afresh() {
     }
 }
 
-/// A kernel that runs for a while, far longer than the 5 ms bound of the test: 2^24
-/// dependent steps per invocation (about a tenth of a second on a large GPU), and many
-/// invocations, because lavapipe (Mesa's gallivm) silently ends an invocation's loops once
-/// they have run 65,535 iterations in all (kernels-tests/loop_budget.rs; 4096 invocations
-/// then take about half a second there).
+/// One slice of a long computation: each invocation advances its own state by `steps`
+/// dependent steps of a recurrence and stores it back, so that many dispatches in one
+/// submission run as long as the test needs while every dispatch keeps within the loop
+/// budget of CPU drivers (src/gpu/loops.rs), which would silently cut a longer loop.
 const SPIN: &str = r#"
-@group(0) @binding(0) var<storage, read_write> out: array<u32>;
-@group(0) @binding(1) var<storage, read> iters: array<u32>;
+@group(0) @binding(0) var<storage, read_write> state: array<u32>;
+@group(0) @binding(1) var<storage, read> steps: array<u32>;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    var x = gid.x ^ 0x9e3779b9u;
-    for (var i = 0u; i < iters[0]; i++) {
+    var x = state[gid.x];
+    for (var i = 0u; i < steps[0]; i++) {
         x = x * 1664525u + 1013904223u;
         x ^= x >> 15u;
     }
-    out[gid.x] = x;
+    state[gid.x] = x;
 }
 "#;
 const SPIN_WORKGROUPS: u32 = 64;
+const SPIN_INVOCATIONS: u32 = SPIN_WORKGROUPS * 64;
+
+/// The recurrence of [`SPIN`] on the CPU.
+fn spin_step(x: u32) -> u32 {
+    let x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+    x ^ (x >> 15)
+}
+
+fn spin_start(invocation: u32) -> u32 {
+    invocation ^ 0x9e37_79b9
+}
+
+/// Steps per dispatch: the longest loop the budget's share allows.
+fn spin_steps_per_dispatch() -> u32 {
+    use microunify::gpu::loops::{SHARE, active, lp};
+    let steps = SHARE - 1;
+    assert!(active(&[lp("spin steps", steps, vec![])]) <= SHARE);
+    steps as u32
+}
+
+/// Dispatches in the one submission: about 2^24 steps per invocation (a tenth of a second
+/// on a large GPU, far above the test's 5 ms bound); on a CPU adapter, where the 4096
+/// invocations share a few cores, a handful (about a second on lavapipe).
+fn spin_dispatches(device: wgpu::DeviceType) -> u32 {
+    match device {
+        wgpu::DeviceType::Cpu => 12,
+        _ => (1 << 24) / spin_steps_per_dispatch() + 1,
+    }
+}
+
+/// Reads a storage buffer with the raw device (the `Gpu`'s own waits refuse once it is
+/// lost), waiting without the `Gpu`'s bound.
+fn read_raw(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<u32> {
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("spin readback"),
+        size: buf.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+    gpu.queue.submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    gpu.device
+        .poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(std::time::Duration::from_secs(120)),
+        })
+        .unwrap();
+    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+    staging.unmap();
+    v
+}
 
 #[test]
 fn a_wait_that_runs_out_is_an_error_naming_the_step() {
-    let Some(gpu) = common::gpu() else { return };
+    let Some(shared) = common::gpu() else { return };
+    if common::skip_on_gl(
+        &shared,
+        "GL's submit blocks until the work is done, so no wait can run out",
+    ) {
+        return;
+    }
     use microunify::Error;
     use std::time::{Duration, Instant};
     use wgpu::util::DeviceExt;
+    // A device of its own: this one is lost at the end, the binary's shared one stays usable.
+    let gpu = Gpu::from_adapter(shared.adapter.clone()).unwrap();
     let pipeline = common::raw_pipeline(&gpu, "spin", SPIN);
-    let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("spin out"),
-        size: SPIN_WORKGROUPS as u64 * 64 * 4,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let iters = gpu
+    let start_state: Vec<u32> = (0..SPIN_INVOCATIONS).map(spin_start).collect();
+    let state = gpu
         .device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("spin iterations"),
-            contents: bytemuck::cast_slice(&[1u32 << 24]),
+            label: Some("spin state"),
+            contents: bytemuck::cast_slice(&start_state),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+    let steps = spin_steps_per_dispatch();
+    let steps_buf = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("spin steps"),
+            contents: bytemuck::cast_slice(&[steps]),
             usage: wgpu::BufferUsages::STORAGE,
         });
     let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -380,16 +445,17 @@ fn a_wait_that_runs_out_is_an_error_naming_the_step() {
         entries: &[
             wgpu::BindGroupEntry {
                 binding: 0,
-                resource: out.as_entire_binding(),
+                resource: state.as_entire_binding(),
             },
             wgpu::BindGroupEntry {
                 binding: 1,
-                resource: iters.as_entire_binding(),
+                resource: steps_buf.as_entire_binding(),
             },
         ],
     });
+    let dispatches = spin_dispatches(gpu.info.device_type);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    {
+    for _ in 0..dispatches {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
@@ -417,11 +483,47 @@ fn a_wait_that_runs_out_is_an_error_naming_the_step() {
         "the bounded wait took {waited:?}"
     );
     eprintln!("timed out after {waited:?}");
-    // The work finishes after all; the device stays usable.
-    gpu.wait_timeout("spin kernel", Some(index), Duration::from_secs(120))
-        .unwrap();
-    gpu.wait("after the spin kernel").unwrap();
-    eprintln!("the spin kernel finished after {:?}", start.elapsed());
+
+    // The device is lost now: later waits and submissions fail at once, naming the stall.
+    assert_eq!(gpu.lost().as_deref(), Some("spin kernel"));
+    let refused = Instant::now();
+    let later = gpu.wait("a later step").unwrap_err();
+    assert!(
+        matches!(&later, Error::GpuLost { step, now } if step == "spin kernel" && now.contains("a later step")),
+        "{later:?}"
+    );
+    let empty = gpu.device.create_command_encoder(&Default::default());
+    let submit = gpu.submit("more work", empty.finish()).unwrap_err();
+    assert!(
+        matches!(&submit, Error::GpuLost { step, now } if step == "spin kernel" && now.contains("more work")),
+        "{submit:?}"
+    );
+    let msg = submit.to_string();
+    assert!(
+        msg.contains("spin kernel") && msg.contains("more work"),
+        "{msg}"
+    );
+    assert!(
+        refused.elapsed() < Duration::from_millis(500),
+        "refusing took {:?}",
+        refused.elapsed()
+    );
+    assert!(shared.lost().is_none(), "the binary's own device was lost");
+
+    // The work itself finishes, in full: a loop cut short leaves other states.
+    let end = read_raw(&gpu, &state);
+    eprintln!(
+        "{dispatches} dispatches of {steps} steps finished after {:?}",
+        start.elapsed()
+    );
+    let total = u64::from(dispatches) * u64::from(steps);
+    for i in (0..SPIN_INVOCATIONS).step_by(SPIN_INVOCATIONS as usize / 8 - 1) {
+        let want = (0..total).fold(spin_start(i), |x, _| spin_step(x));
+        assert_eq!(
+            end[i as usize], want,
+            "invocation {i}: the GPU's state differs from {total} steps on the CPU (a loop cut short?)"
+        );
+    }
 }
 
 /// An 8×8 weight whose four 4×4 blocks (row-major) hold the constants `c`.

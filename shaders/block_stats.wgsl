@@ -114,7 +114,8 @@ fn one_block(b: u32, piece: Piece, layer: Layer) {
                 top4 = max(top4, bitcast<vec4<u32>>(x));
                 // `bit` stays a multiple of 4 (so does the gap past a ragged edge: bc and wd
                 // are multiples of 4 here), so 4 sign bits never straddle a word.
-                let nb = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v < vec4<f32>(0.0));
+                // Not `select` on integer vectors: GLSL below 4.5 has no integer `mix`.
+                let nb = vec4<u32>(v < vec4<f32>(0.0)) * vec4<u32>(1u, 2u, 4u, 8u);
                 word |= (nb.x | nb.y | nb.z | nb.w) << bit;
                 bit += 4u;
                 if (bit == 32u) {

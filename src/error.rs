@@ -55,6 +55,13 @@ pub enum Error {
         "GPU work did not finish within {seconds} s: {step} (the GPU may be hung; set MICROUNIFY_GPU_TIMEOUT_S to wait longer)"
     )]
     GpuTimeout { step: String, seconds: f64 },
+    /// An earlier wait on this device ran out ([`Error::GpuTimeout`]): its work may still be
+    /// running forever, so every later submission or wait fails at once instead of
+    /// stalling again. `step` names the work that stalled first; `now` what was refused.
+    #[error(
+        "GPU device lost: {now} refused, because an earlier wait for {step} did not finish (open a new device or restart the process)"
+    )]
+    GpuLost { step: String, now: String },
     /// A GPU result that differs from the CPU reference by more than rounding (a kernel
     /// bug, or a driver that ends work early): `what` names the computation.
     #[error("{what}: the GPU result differs from the CPU reference: {detail}")]

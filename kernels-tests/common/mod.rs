@@ -104,6 +104,24 @@ pub fn gpu() -> Option<GpuGuard> {
     }
 }
 
+/// Whether `gpu` runs on wgpu's GL backend, where the calling test's premise cannot hold
+/// (`why`); then prints a loud skip notice naming the test. Elsewhere the test runs.
+pub fn skip_on_gl(gpu: &Gpu, why: &str) -> bool {
+    let gl = gpu.info.backend == wgpu::Backend::Gl;
+    if gl {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed test>")
+            .to_string();
+        // Straight to stderr, so that the skip shows in a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPING {test} on GL: {why} ***\n"
+        );
+    }
+    gl
+}
+
 pub fn rng(seed: u64) -> SmallRng {
     SmallRng::seed_from_u64(seed)
 }

@@ -5,7 +5,6 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernel;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Environment variable bounding every wait for GPU work, in seconds (fractions allowed).
@@ -227,9 +226,10 @@ pub struct Gpu {
     timeout: Duration,
     /// One submission per projection kernel dispatch ([`GPU_SYNC_ENV`]).
     stepwise: bool,
-    /// Set when a wait ran out and no later wait succeeded: the GPU may still be busy
-    /// forever, and dropping the queue would block in wgpu's wait-for-idle.
-    hung: AtomicBool,
+    /// The step whose wait ran out first, once one has: the GPU may still be busy forever,
+    /// so later submissions and waits are refused ([`Error::GpuLost`]), and dropping the
+    /// queue would block in wgpu's wait-for-idle. Never cleared.
+    lost: Mutex<Option<String>>,
 }
 
 impl Gpu {
@@ -262,7 +262,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             timeout,
             stepwise: sync_from_env(),
-            hung: AtomicBool::new(false),
+            lost: Mutex::new(None),
         })
     }
 
@@ -353,12 +353,30 @@ impl Gpu {
         self.stepwise = on;
     }
 
+    /// The step whose bounded wait ran out first, if one has: the device is then lost.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `Err(GpuLost)` naming the first stalled step, if a wait has run out.
+    fn alive(&self, now: &str) -> Result<()> {
+        match self.lost() {
+            None => Ok(()),
+            Some(step) => Err(Error::GpuLost {
+                step,
+                now: now.to_string(),
+            }),
+        }
+    }
+
     /// Submits one command buffer, turning validation errors into an `Err` naming `step`.
+    /// Refused at once on a lost device.
     pub fn submit(
         &self,
         step: &str,
         commands: wgpu::CommandBuffer,
     ) -> Result<wgpu::SubmissionIndex> {
+        self.alive(&format!("submitting {step}"))?;
         self.scoped(step, || self.queue.submit([commands]))
     }
 
@@ -376,24 +394,26 @@ impl Gpu {
     /// Waits for `submission` (or everything submitted, when `None`) at most `timeout`.
     /// A wait that runs out is [`Error::GpuTimeout`] naming `step`: a hung kernel shows up
     /// as an error instead of a process that blocks forever. The work itself is not
-    /// cancelled (wgpu cannot); the device is best dropped afterwards.
+    /// cancelled (wgpu cannot), so the device is lost from then on: every later wait or
+    /// submission is [`Error::GpuLost`] at once, naming this step.
     pub fn wait_timeout(
         &self,
         step: &str,
         submission: Option<wgpu::SubmissionIndex>,
         timeout: Duration,
     ) -> Result<()> {
+        self.alive(&format!("waiting for {step}"))?;
         let poll = wgpu::PollType::Wait {
             submission_index: submission,
             timeout: Some(timeout),
         };
         match self.device.poll(poll) {
-            Ok(_) => {
-                self.hung.store(false, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(wgpu::PollError::Timeout) => {
-                self.hung.store(true, Ordering::Relaxed);
+                self.lost
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| step.to_string());
                 Err(Error::GpuTimeout {
                     step: step.to_string(),
                     seconds: timeout.as_secs_f64(),
@@ -411,11 +431,11 @@ impl Gpu {
 }
 
 impl Drop for Gpu {
-    /// After a wait that ran out, the device and queue are leaked instead of dropped:
-    /// wgpu's queue drop waits for the GPU to go idle without a bound, which would turn
-    /// the reported [`Error::GpuTimeout`] back into a silent hang at exit.
+    /// A lost device and its queue are leaked instead of dropped: wgpu's queue drop waits
+    /// for the GPU to go idle without a bound, which would turn the reported
+    /// [`Error::GpuTimeout`] back into a silent hang at exit.
     fn drop(&mut self) {
-        if *self.hung.get_mut() {
+        if self.lost().is_some() {
             std::mem::forget(self.queue.clone());
             std::mem::forget(self.device.clone());
         }

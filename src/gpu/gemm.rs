@@ -1,6 +1,7 @@
 //! The GEMM host: `Y = W·X (+ bias) (ReLU)` on the GPU with W dense or micro-structured.
 //! Weights are uploaded once; X is written and Y computed as many times as wanted.
 
+use crate::block::{BlockShape, MAX_BLOCK_SIDE};
 use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
@@ -220,6 +221,139 @@ impl Weights<'_> {
     }
 }
 
+/// One specialisation of a GEMM kernel: what the host compiles for a product.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub kernel: Kernel,
+    /// The override constants the pipeline is built with.
+    pub constants: Vec<(&'static str, f64)>,
+    /// The kernel's loops (src/gpu/loops.rs), for the main-loop slice length.
+    pub loops: GemmKernel,
+    /// Rows per workgroup (tiled path) or per invocation (micro small-batch path).
+    pub tm: usize,
+    /// vec4 columns of Y per invocation on the tiled path.
+    pub nv: usize,
+}
+
+/// Two variants are the same pipeline when kernel file and constants agree.
+impl PartialEq for Variant {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel.file == other.kernel.file && self.constants == other.constants
+    }
+}
+
+/// The dense kernel the host builds for `n` columns of X on the small-batch path or not.
+pub fn dense_variant(n: usize, small: bool) -> Variant {
+    if small {
+        Variant {
+            kernel: kernels::GEMM_DENSE_SMALL,
+            constants: gemm_dense_small::constants(n),
+            loops: GemmKernel::DenseSmall { nb: n as u64 },
+            tm: 1,
+            nv: 2,
+        }
+    } else {
+        let tm = kernels::GEMM_TM as usize;
+        Variant {
+            kernel: kernels::GEMM_DENSE,
+            constants: gemm_dense::constants(tm),
+            loops: GemmKernel::Dense { tm: tm as u64 },
+            tm,
+            nv: 2,
+        }
+    }
+}
+
+/// The micro-structured kernel the host builds for blocks `block` and `n` columns of X.
+pub fn micro_variant(block: BlockShape, n: usize, small: bool) -> Variant {
+    let (br, bc) = (block.rows, block.cols);
+    // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
+    // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
+    let tm = if small {
+        rows_per_group(br, (8 / n).min(4))
+    } else {
+        rows_per_group(br, kernels::GEMM_TM as usize)
+    };
+    // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
+    let nv = if tm <= 4 { 4 } else { 2 };
+    let wpb = block.len().div_ceil(32);
+    if small {
+        Variant {
+            kernel: kernels::GEMM_MICRO_SMALL,
+            constants: gemm_micro_small::constants(gemm_micro_small::Shape {
+                rl: tm,
+                br,
+                bc,
+                wpb,
+                nb: n,
+            }),
+            loops: GemmKernel::MicroSmall {
+                rl: tm as u64,
+                bc: bc as u64,
+                nb: n as u64,
+            },
+            tm,
+            nv,
+        }
+    } else {
+        Variant {
+            kernel: kernels::GEMM_MICRO,
+            constants: gemm_micro::constants(gemm_micro::Shape {
+                tm,
+                nv,
+                br,
+                bc,
+                wpb,
+            }),
+            loops: GemmKernel::Micro {
+                tm: tm as u64,
+                nv: nv as u64,
+                bc: bc as u64,
+            },
+            tm,
+            nv,
+        }
+    }
+}
+
+/// Every distinct GEMM specialisation the host can build: each path, each N whose
+/// variant differs (the tiled kernels do not depend on N), each block shape up to
+/// [`MAX_BLOCK_SIDE`] on each side, through the host's own choices.
+pub fn all_variants() -> Vec<Variant> {
+    let mut out: Vec<Variant> = Vec::new();
+    let mut add = |v: Variant| {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    let ns = 1..=kernels::SMALL_MAX_N + 1;
+    for path in [Path::Tiled, Path::SmallBatch] {
+        for n in ns.clone() {
+            if let Ok(small) = choose_small(path, n, None) {
+                add(dense_variant(n, small));
+            }
+            for br in 1..=MAX_BLOCK_SIDE {
+                for bc in 1..=MAX_BLOCK_SIDE {
+                    if let Ok(block) = BlockShape::new(br, bc)
+                        && let Ok(small) = choose_small(path, n, Some(bc))
+                    {
+                        add(micro_variant(block, n, small));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The main loop of `main_trips` iterations in slices that each keep within CPU drivers'
+/// loop budget: (iterations per slice, slices); at least one slice, which writes the
+/// bias even where no entry does. Slice `i` runs `slice_range` of gemm_params.wgsl.
+pub fn slicing(kernel: GemmKernel, main_trips: usize) -> (usize, usize) {
+    let slice_len = loops::gemm_slice_len(kernel).min(u32::MAX as u64) as usize;
+    (slice_len, main_trips.div_ceil(slice_len).max(1))
+}
+
 /// Everything a constructor hands to [`Gemm::build`].
 struct Plan<'a> {
     micro: bool,
@@ -257,22 +391,13 @@ impl Gemm {
         check_shapes(m, k, n, Some(w.len()), None, epi)?;
         let small = choose_small(path, n, None)?;
         let k4 = k.div_ceil(4);
-        let (tm, m_pad) = if small {
-            (1, m)
-        } else {
-            let tm = kernels::GEMM_TM as usize;
-            (tm, m.next_multiple_of(tm))
-        };
+        let v = dense_variant(n, small);
+        let m_pad = m.next_multiple_of(v.tm);
         fits(gpu, "W", (m_pad * k4 * 16) as u64)?;
         let mut wp = vec![0.0f32; m_pad * k4 * 4];
         for r in 0..m {
             wp[r * k4 * 4..r * k4 * 4 + k].copy_from_slice(&w[r * k..(r + 1) * k]);
         }
-        let (kernel, constants) = if small {
-            (kernels::GEMM_DENSE_SMALL, gemm_dense_small::constants(n))
-        } else {
-            (kernels::GEMM_DENSE, gemm_dense::constants(tm))
-        };
         Self::build(
             gpu,
             Plan {
@@ -283,15 +408,11 @@ impl Gemm {
                 n,
                 x_rows: k4 * 4,
                 m_pad,
-                tm,
-                nv: 2,
-                kernel,
-                constants,
-                loops: if small {
-                    GemmKernel::DenseSmall { nb: n as u64 }
-                } else {
-                    GemmKernel::Dense { tm: tm as u64 }
-                },
+                tm: v.tm,
+                nv: v.nv,
+                kernel: v.kernel,
+                constants: v.constants,
+                loops: v.loops,
                 main_trips: k4,
                 weights: Weights::Dense {
                     w: bytemuck::cast_slice(&wp),
@@ -315,40 +436,9 @@ impl Gemm {
         let small = choose_small(path, n, Some(bc))?;
         let mb = micro_buffers(w);
         let grid = w.grid();
-        // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
-        // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
-        let tm = if small {
-            rows_per_group(br, (8 / n).min(4))
-        } else {
-            rows_per_group(br, kernels::GEMM_TM as usize)
-        };
+        let v = micro_variant(w.block(), n, small);
         let mut values = w.values().to_vec();
         values.resize(values.len().next_multiple_of(4), 0.0);
-        // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
-        let nv = if tm <= 4 { 4 } else { 2 };
-        let wpb = w.words_per_block();
-        let (kernel, constants) = if small {
-            let shape = gemm_micro_small::Shape {
-                rl: tm,
-                br,
-                bc,
-                wpb,
-                nb: n,
-            };
-            (
-                kernels::GEMM_MICRO_SMALL,
-                gemm_micro_small::constants(shape),
-            )
-        } else {
-            let shape = gemm_micro::Shape {
-                tm,
-                nv,
-                br,
-                bc,
-                wpb,
-            };
-            (kernels::GEMM_MICRO, gemm_micro::constants(shape))
-        };
         let main_trips = mb
             .rows
             .iter()
@@ -374,23 +464,11 @@ impl Gemm {
                 n,
                 x_rows: grid.block_cols() * bc,
                 m_pad: grid.block_rows() * br,
-                tm,
-                nv,
-                kernel,
-                constants,
-                loops: if small {
-                    GemmKernel::MicroSmall {
-                        rl: tm as u64,
-                        bc: bc as u64,
-                        nb: n as u64,
-                    }
-                } else {
-                    GemmKernel::Micro {
-                        tm: tm as u64,
-                        nv: nv as u64,
-                        bc: bc as u64,
-                    }
-                },
+                tm: v.tm,
+                nv: v.nv,
+                kernel: v.kernel,
+                constants: v.constants,
+                loops: v.loops,
                 main_trips,
                 weights,
                 epi,
@@ -445,10 +523,7 @@ impl Gemm {
         if let Some(b) = p.epi.bias {
             bias[..p.m].copy_from_slice(b);
         }
-        // The main loop in slices that each keep within CPU drivers' loop budget; at least
-        // one, which writes the bias even where no entry does.
-        let slice_len = loops::gemm_slice_len(p.loops).min(u32::MAX as u64) as usize;
-        let slices = p.main_trips.div_ceil(slice_len).max(1);
+        let (slice_len, slices) = slicing(p.loops, p.main_trips);
         let params: Vec<GemmParams> = (0..slices)
             .map(|i| GemmParams {
                 m: p.m_pad as u32,
