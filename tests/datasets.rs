@@ -372,7 +372,8 @@ fn idx_folders_of_any_image_shape_load() {
             dir.join("train-images-idx4-ubyte").display()
         )
     );
-    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    // Only this test's own folder: the scratch root is shared with tests still running.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
