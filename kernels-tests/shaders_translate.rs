@@ -68,8 +68,8 @@ fn validate(module: &Module, what: &str) -> ModuleInfo {
 fn specialise(variant: &Variant) -> (Module, ModuleInfo) {
     let name = variant.name();
     let src = variant.kernel.source();
-    let module = naga::front::wgsl::parse_str(&src)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     let info = validate(&module, &name);
     let constants: naga::back::PipelineConstants = variant
         .constants
