@@ -302,6 +302,10 @@ pub struct GemmCase {
     pub dense_err: f64,
     /// The same for the micro-structured kernel.
     pub micro_err: f64,
+    /// The kernel variant that ran each product ([`Path::name`]): the autotuner's winner
+    /// for this adapter and shape class, or the static choice with `MICROUNIFY_AUTOTUNE=off`.
+    pub dense_kernel: String,
+    pub micro_kernel: String,
 }
 
 /// Median ms per product of `g`, `reps` products per submission.
@@ -406,5 +410,7 @@ pub fn gemm_case(
         reps,
         dense_err,
         micro_err,
+        dense_kernel: dense.path.name(),
+        micro_kernel: micro.path.name(),
     })
 }

@@ -69,7 +69,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
     let runs = if args.quick { 3 } else { 7 };
     microunify::outln!("adapter: {}", gpu.info.name);
     microunify::outln!(
-        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>6}",
+        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>6}  {}",
         "M",
         "K",
         "N",
@@ -81,7 +81,8 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         "speedup",
         "GFLOP/s",
         "GB/s µ",
-        "ratio"
+        "ratio",
+        "kernels (dense / micro)"
     );
     let mut cases = Vec::new();
     // One untimed case first: the first product of a process runs slower (thread pool and
@@ -111,7 +112,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                         )
                     })?;
                     microunify::outln!(
-                        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x",
+                        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x  {} / {}",
                         c.m,
                         c.k,
                         c.n,
@@ -123,7 +124,9 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                         c.speedup,
                         c.gflops_dense,
                         c.gbps_micro,
-                        c.compression_ratio
+                        c.compression_ratio,
+                        c.dense_kernel,
+                        c.micro_kernel
                     );
                     cases.push(c);
                 }
