@@ -8,9 +8,10 @@ use crate::cpu::gemm::{self as cpu_gemm, Epilogue};
 use crate::cpu::projection as cpu;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::autotune;
 use crate::gpu::buffers::POISON;
 use crate::gpu::copy::VecCopy;
-use crate::gpu::gemm::{Gemm, Path};
+use crate::gpu::gemm::{Gemm, Path, candidates};
 use crate::gpu::projection::{NetworkProjection, Tensor};
 use crate::nets::NetShapes;
 use rand::rngs::SmallRng;
@@ -306,6 +307,10 @@ pub struct GemmCase {
     /// for this adapter and shape class, or the static choice with `MICROUNIFY_AUTOTUNE=off`.
     pub dense_kernel: String,
     pub micro_kernel: String,
+    /// With `bench gemm --variants`: milliseconds per product of every candidate kernel
+    /// (`gemm::candidates`), as the autotuner times them; empty otherwise.
+    pub dense_variants: Vec<(String, f64)>,
+    pub micro_variants: Vec<(String, f64)>,
 }
 
 /// Median ms per product of `g`, `reps` products per submission.
@@ -379,6 +384,7 @@ pub fn gemm_case(
     n: usize,
     ratios: (f64, f64),
     runs: usize,
+    variants: bool,
 ) -> Result<GemmCase> {
     let (m, k) = (cm.view.rows, cm.view.cols);
     let epi = Epilogue::default();
@@ -394,6 +400,18 @@ pub fn gemm_case(
     let reps = gemm_reps(gpu, &dense, 20.0)?;
     let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
     let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    let named = |times: Vec<(Path, f64)>| times.into_iter().map(|(p, t)| (p.name(), t)).collect();
+    let (dense_variants, micro_variants) = if variants {
+        let d = autotune::tune(gpu, &candidates(n, None), |p| {
+            Gemm::dense(gpu, m, k, &w, n, &epi, p)
+        })?;
+        let u = autotune::tune(gpu, &candidates(n, Some(cm.block.cols)), |p| {
+            Gemm::micro(gpu, cm, n, &epi, p)
+        })?;
+        (named(d.1), named(u.1))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(GemmCase {
         m,
         k,
@@ -412,5 +430,7 @@ pub fn gemm_case(
         micro_err,
         dense_kernel: dense.path.name(),
         micro_kernel: micro.path.name(),
+        dense_variants,
+        micro_variants,
     })
 }
