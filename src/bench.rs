@@ -274,7 +274,8 @@ pub fn random_compressed(
 }
 
 /// One case of `microunify bench gemm`: the dense and the micro-structured kernel on the
-/// same projected weights, same X, same adapter. On `n ≤ 8` both use their small-batch path.
+/// same projected weights, same X, same adapter, each through `Path::Auto` (the autotuner's
+/// pick, or with `MICROUNIFY_AUTOTUNE=off` the small-batch path on `n ≤ 8`).
 #[derive(Clone, Debug, Serialize)]
 pub struct GemmCase {
     pub m: usize,

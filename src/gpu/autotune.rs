@@ -197,15 +197,18 @@ impl Cache {
     }
 }
 
-/// The process's view of the cache file: loaded once per path, warned about once.
+/// The process's view of the cache file: loaded once per path, warned about once; the
+/// keys tuned in this process (which `refresh` does not tune twice).
 struct State {
     loaded: Option<(PathBuf, Cache)>,
     warned: Vec<PathBuf>,
+    tuned: Vec<String>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     loaded: None,
     warned: Vec::new(),
+    tuned: Vec::new(),
 });
 
 impl State {
@@ -304,22 +307,24 @@ pub fn choose(
     let key = key(&gpu.info, family, m, k, n);
     let file = cache_path();
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh = state.tuned.contains(&key);
     let memory = PathBuf::new();
     let cache = state.cache(file.as_deref().unwrap_or(&memory));
-    if mode == Mode::On
+    if (mode == Mode::On || fresh)
         && let Some(name) = cache.winners.get(&key)
         && let Some(&p) = paths.iter().find(|p| p.name() == *name)
     {
         return Ok(p);
     }
     let (best, _) = tune(gpu, &paths, build)?;
-    cache.winners.insert(key, best.name());
+    cache.winners.insert(key.clone(), best.name());
     if let Some(file) = &file
         && let Err(e) = cache.save(file)
     {
         // The winner still holds for this process.
         crate::errln!("warning: not saving the GEMM autotune cache: {e}");
     }
+    state.tuned.push(key);
     Ok(best)
 }
 
@@ -417,6 +422,7 @@ mod tests {
         let mut state = State {
             loaded: None,
             warned: Vec::new(),
+            tuned: Vec::new(),
         };
         assert!(state.cache(&path).winners.is_empty());
         state
