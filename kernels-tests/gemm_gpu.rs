@@ -13,7 +13,8 @@ use microunify::compressed::CompressedMatrix;
 use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
 use microunify::gpu::buffers::POISON;
-use microunify::gpu::gemm::{Gemm, Path, small_batch_takes};
+use microunify::gpu::gemm::{Gemm, Path, candidates};
+use microunify::gpu::kernels::gemm_dense_tiled::TILES;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -64,12 +65,9 @@ fn check_micro(gpu: &Gpu, what: &str, cm: &CompressedMatrix, n: usize, rng: &mut
     let b = gemm_compressed(cm, &x, n, &epi).unwrap();
     let scale = abs_sums(m, k, n, &dense, &x, &epi).unwrap();
     compare(&format!("{what} cpu compressed"), &b, &a, &scale, n);
-    let mut paths = vec![Path::Tiled];
-    if small_batch_takes(n, Some(cm.block().cols)) {
-        paths.push(Path::SmallBatch);
-    }
-    for path in paths {
+    for path in candidates(n, Some(cm.block().cols)) {
         let g = Gemm::micro(gpu, cm, n, &epi, path).unwrap();
+        assert_eq!(g.path, path);
         let what = format!("{what} {path:?} bias={} relu={relu}", bias.is_some());
         check_run(gpu, &what, &g, &dense, &epi, rng);
     }
@@ -149,13 +147,10 @@ fn dense_kernels_match_reference() {
             bias: bias.as_deref(),
             relu,
         };
-        let mut paths = vec![Path::Tiled];
-        if small_batch_takes(n, None) {
-            paths.push(Path::SmallBatch);
-        }
-        for path in paths {
+        for path in candidates(n, None) {
             let g = Gemm::dense(&gpu, m, k, &w, n, &epi, path).unwrap();
             assert_eq!(g.small, path == Path::SmallBatch);
+            assert_eq!(g.path, path);
             let what = format!("dense {path:?} M={m} K={k} N={n} relu={relu}");
             check_run(&gpu, &what, &g, &w, &epi, &mut rng);
         }
@@ -241,7 +236,12 @@ fn long_k_runs_in_slices() {
     let mut rng = common::rng(35);
     // (block shape, or None for a dense W; M, K, N; path)
     type Case = (Option<(usize, usize)>, usize, usize, usize, Path);
-    let cases: [Case; 7] = [
+    let workgroup = Path::Workgroup(TILES[0]);
+    let cases: [Case; 11] = [
+        (None, 8, 300_000, 16, workgroup),
+        (Some((3, 5)), 9, 50_000, 16, workgroup),
+        (Some((8, 8)), 8, 200_000, 16, Path::Workgroup(TILES[3])),
+        (Some((32, 32)), 32, 8_000, 2, workgroup),
         (None, 8, 300_000, 16, Path::Tiled),
         (None, 8, 300_000, 1, Path::SmallBatch),
         (Some((3, 3)), 9, 50_000, 16, Path::Tiled),
@@ -276,5 +276,82 @@ fn long_k_runs_in_slices() {
         assert!(g.slices() > 1, "{what}: {} slice", g.slices());
         eprintln!("{what}: {} slices", g.slices());
         check_run(&gpu, &what, &g, &w, &epi, &mut rng);
+    }
+}
+
+/// The GPU-style kernels at their tile edges: M, K and N one short of, at and one past
+/// the output and K tiles, primes, 1×1, N = 1; every tile configuration.
+#[test]
+fn workgroup_dense_tile_edges() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(36);
+    let cases = [
+        (1, 1, 1),
+        (63, 15, 65),
+        (64, 16, 64),
+        (65, 17, 63),
+        (127, 33, 1),
+        (129, 47, 129),
+        (131, 97, 127),
+        (2, 131, 7),
+    ];
+    for t in TILES {
+        for &(m, k, n) in &cases {
+            let w = random_x(&mut rng, m * k);
+            let (bias, relu) = random_epilogue(&mut rng, m);
+            let epi = Epilogue {
+                bias: bias.as_deref(),
+                relu,
+            };
+            let path = Path::Workgroup(t);
+            let g = Gemm::dense(&gpu, m, k, &w, n, &epi, path).unwrap();
+            let what = format!("dense {} M={m} K={k} N={n} relu={relu}", path.name());
+            check_run(&gpu, &what, &g, &w, &epi, &mut rng);
+        }
+    }
+}
+
+/// gemm_micro_tiled for every block side 1..=32 (as rows and as columns, paired with a
+/// spread of the other side), ragged edges, N on both sides of the column tiles, all-dense
+/// and all-unified blocks.
+#[test]
+fn workgroup_micro_every_block_side() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(37);
+    let side = microunify::block::MAX_BLOCK_SIDE;
+    // br ↦ 7·br mod 32 + 1 is a permutation: every side once as rows, once as columns.
+    let shapes: Vec<(usize, usize)> = (1..=side).map(|br| (br, (br * 7) % side + 1)).collect();
+    let ns = [1usize, 5, 17, 64, 65];
+    for (i, &(br, bc)) in shapes.iter().enumerate() {
+        let block = BlockShape::new(br, bc).unwrap();
+        let m = 2 * br + 1 + i % 3;
+        let k = 3 * bc - 1 + i % 5;
+        let n = ns[i % ns.len()];
+        let (prune, unify) = [(0.2, 0.4), (0.0, 0.0), (0.0, 1.0), (0.5, 0.3)][i % 4];
+        let cm = random_compressed(400 + i as u64, m, k, block, prune, unify).unwrap();
+        let dense = cm.to_dense();
+        let (bias, relu) = random_epilogue(&mut rng, m);
+        let epi = Epilogue {
+            bias: bias.as_deref(),
+            relu,
+        };
+        let tiled: Vec<Path> = candidates(n, Some(bc))
+            .into_iter()
+            .filter(|p| matches!(p, Path::Workgroup(_)))
+            .collect();
+        // Every register tile on every fourth shape, one in turn on the others.
+        let picked = if i % 4 == 0 {
+            tiled
+        } else {
+            vec![tiled[i % tiled.len()]]
+        };
+        for path in picked {
+            let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
+            let what = format!(
+                "{br}x{bc} {} M={m} K={k} N={n} prune={prune} unify={unify}",
+                path.name()
+            );
+            check_run(&gpu, &what, &g, &dense, &epi, &mut rng);
+        }
     }
 }

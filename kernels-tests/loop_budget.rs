@@ -11,7 +11,8 @@
 mod common;
 
 use microunify::gpu::Gpu;
-use microunify::gpu::kernels::{self, Kernel};
+use microunify::gpu::kernels::gemm_dense_tiled::TILES;
+use microunify::gpu::kernels::{self, Kernel, gemm_micro_tiled};
 use microunify::gpu::loops::{self, BUDGET, GemmKernel, Node, SHARE, active, lp, masked, outline};
 use naga::{Block, Statement};
 
@@ -130,6 +131,8 @@ fn every_kernel_model_matches_its_shader() {
             bc: 8,
             nb: 4,
         },
+        GemmKernel::DenseTiled(TILES[1]),
+        GemmKernel::MicroTiled(gemm_micro_tiled::Shape::new(TILES[0], 5, 13, 3, 40)),
     ] {
         check_shape(&k.kernel(), &loops::gemm(k, 7));
     }
@@ -140,7 +143,7 @@ fn every_kernel_model_matches_its_shader() {
         kernels::RADIX as u64
     );
     // Every kernel the library dispatches is modelled.
-    let modelled = loops::projection_at_limit().len() + 5;
+    let modelled = loops::projection_at_limit().len() + 7;
     assert_eq!(modelled, kernels::ALL.len());
 }
 
@@ -175,6 +178,18 @@ fn gemm_slices_keep_within_the_share() {
                 "{k:?}"
             );
         }
+        for br in [1, 3, 8, 17, 32] {
+            for t in TILES {
+                for n in [1, 1000] {
+                    let s = gemm_micro_tiled::Shape::new(t, br, bc as usize, 32, n);
+                    let k = GemmKernel::MicroTiled(s);
+                    assert!(
+                        active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE,
+                        "{k:?}"
+                    );
+                }
+            }
+        }
         for (rl, nb) in [(1, 8), (4, 2), (4, 1)] {
             let k = GemmKernel::MicroSmall { rl, bc, nb };
             assert!(
@@ -183,10 +198,14 @@ fn gemm_slices_keep_within_the_share() {
             );
         }
     }
+    let tiled = TILES.map(GemmKernel::DenseTiled);
     for k in [
         GemmKernel::Dense { tm: 8 },
         GemmKernel::DenseSmall { nb: 8 },
-    ] {
+    ]
+    .into_iter()
+    .chain(tiled)
+    {
         assert!(active(&loops::gemm(k, loops::gemm_slice_len(k))) <= SHARE);
     }
     assert!(active(&loops::gemm_sign_table()) <= SHARE);

@@ -8,9 +8,10 @@ use crate::cpu::gemm::{self as cpu_gemm, Epilogue};
 use crate::cpu::projection as cpu;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::autotune;
 use crate::gpu::buffers::POISON;
 use crate::gpu::copy::VecCopy;
-use crate::gpu::gemm::{Gemm, Path};
+use crate::gpu::gemm::{Gemm, Path, candidates};
 use crate::gpu::projection::{NetworkProjection, Tensor};
 use crate::nets::NetShapes;
 use rand::rngs::SmallRng;
@@ -273,7 +274,8 @@ pub fn random_compressed(
 }
 
 /// One case of `microunify bench gemm`: the dense and the micro-structured kernel on the
-/// same projected weights, same X, same adapter. On `n ≤ 8` both use their small-batch path.
+/// same projected weights, same X, same adapter, each through `Path::Auto` (the autotuner's
+/// pick, or with `MICROUNIFY_AUTOTUNE=off` the small-batch path on `n ≤ 8`).
 #[derive(Clone, Debug, Serialize)]
 pub struct GemmCase {
     pub m: usize,
@@ -302,6 +304,14 @@ pub struct GemmCase {
     pub dense_err: f64,
     /// The same for the micro-structured kernel.
     pub micro_err: f64,
+    /// The kernel variant that ran each product ([`Path::name`]): the autotuner's winner
+    /// for this adapter and shape class, or the static choice with `MICROUNIFY_AUTOTUNE=off`.
+    pub dense_kernel: String,
+    pub micro_kernel: String,
+    /// With `bench gemm --variants`: milliseconds per product of every candidate kernel
+    /// (`gemm::candidates`), as the autotuner times them; empty otherwise.
+    pub dense_variants: Vec<(String, f64)>,
+    pub micro_variants: Vec<(String, f64)>,
 }
 
 /// Median ms per product of `g`, `reps` products per submission.
@@ -375,6 +385,7 @@ pub fn gemm_case(
     n: usize,
     ratios: (f64, f64),
     runs: usize,
+    variants: bool,
 ) -> Result<GemmCase> {
     let (m, k) = (cm.view().rows, cm.view().cols);
     let epi = Epilogue::default();
@@ -390,6 +401,18 @@ pub fn gemm_case(
     let reps = gemm_reps(gpu, &dense, 20.0)?;
     let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
     let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    let named = |times: Vec<(Path, f64)>| times.into_iter().map(|(p, t)| (p.name(), t)).collect();
+    let (dense_variants, micro_variants) = if variants {
+        let d = autotune::tune(gpu, &candidates(n, None), |p| {
+            Gemm::dense(gpu, m, k, &w, n, &epi, p)
+        })?;
+        let u = autotune::tune(gpu, &candidates(n, Some(cm.block().cols)), |p| {
+            Gemm::micro(gpu, cm, n, &epi, p)
+        })?;
+        (named(d.1), named(u.1))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(GemmCase {
         m,
         k,
@@ -406,5 +429,9 @@ pub fn gemm_case(
         reps,
         dense_err,
         micro_err,
+        dense_kernel: dense.path.name(),
+        micro_kernel: micro.path.name(),
+        dense_variants,
+        micro_variants,
     })
 }

@@ -172,6 +172,61 @@ fn bench_gemm_checks_every_case_against_the_reference() {
     );
 }
 
+/// `bench gemm` with the autotuner on: the winners go to `$XDG_CACHE_HOME`'s cache file
+/// (named in the output), and a corrupt cache file costs one warning and is rewritten.
+#[test]
+fn bench_gemm_autotunes_into_the_cache_folder() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let file = cache.path().join("microunify").join("autotune.json");
+    let bench = |mode: &str| {
+        std::process::Command::new(EXE)
+            .args(["bench", "gemm", "--quick", "--sizes", "40", "--n", "3"])
+            .args(["--blocks", "4x4", "--ratios", "0.5:0.4"])
+            .env("MICROUNIFY_AUTOTUNE", mode)
+            .env("XDG_CACHE_HOME", cache.path())
+            .output()
+            .unwrap()
+    };
+    let out = bench("on");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let winners = json["winners"].as_object().unwrap();
+    // The dense and the 4x4 micro family, of the one shape class.
+    assert_eq!(winners.len(), 2, "{text}");
+    assert!(winners.keys().any(|k| k.contains("| dense |")), "{text}");
+    assert!(
+        winners.keys().any(|k| k.contains("| micro-4x4 |")),
+        "{text}"
+    );
+    for name in winners.values() {
+        assert!(stdout.contains(name.as_str().unwrap()), "{stdout}");
+    }
+    std::fs::write(&file, "{ corrupt").unwrap();
+    let out = bench("on");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("ignoring the GEMM autotune cache").count(),
+        1,
+        "{err}"
+    );
+    let rewritten: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(rewritten["winners"].as_object().unwrap().len(), 2);
+    let out = bench("sometimes");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("MICROUNIFY_AUTOTUNE"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// The limit holds only if every block shape is made by `BlockShape::new` (or its parsers):
 /// no code outside tests may build the struct literally.
 #[test]

@@ -84,6 +84,8 @@ impl Drop for Watchdog {
 pub fn gpu() -> Option<GpuGuard> {
     let lock = GPU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let opened = GPU.get_or_init(|| {
+        // Kernels as the static choice picks them, whatever a user's autotune cache holds.
+        microunify::gpu::autotune::force_mode(microunify::gpu::autotune::Mode::Off);
         Gpu::new(&GpuOptions::default())
             .inspect(|g| eprintln!("adapter: {g:?}"))
             .map_err(|e| e.to_string())
@@ -143,6 +145,8 @@ pub fn weights(rng: &mut SmallRng, n: usize) -> Vec<f32> {
 pub fn run_bin(exe: &str, args: &[&str]) -> Output {
     Command::new(exe)
         .args(args)
+        // Kernels as the static choice picks them, whatever a user's autotune cache holds.
+        .env("MICROUNIFY_AUTOTUNE", "off")
         .output()
         .unwrap_or_else(|e| panic!("running {exe}: {e}"))
 }

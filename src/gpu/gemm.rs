@@ -6,18 +6,22 @@ use crate::compressed::{CompressedMatrix, UNIFIED_FLAG};
 use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::autotune;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
+use crate::gpu::kernels::gemm_dense_tiled::{self, TILES, Tile};
 use crate::gpu::kernels::gemm_params::GemmParams;
 use crate::gpu::kernels::{
     self, Bound, Kernel, gemm_dense, gemm_dense_small, gemm_micro, gemm_micro_small,
-    gemm_sign_table,
+    gemm_micro_tiled, gemm_sign_table,
 };
 use crate::gpu::loops::{self, GemmKernel};
 
 /// Which kernel family runs the product.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Path {
-    /// The small-batch kernels for `N ≤ 8` (where they apply), else the tiled ones.
+    /// The autotuner's choice for this adapter and shape class (src/gpu/autotune.rs);
+    /// with `MICROUNIFY_AUTOTUNE=off`, the small-batch kernels for `N ≤ 8` (where they
+    /// apply), else the tiled ones.
     #[default]
     Auto,
     /// The register-blocked kernels, lanes along N (any N).
@@ -25,6 +29,44 @@ pub enum Path {
     /// The bandwidth-oriented kernels, `N ≤ 8`; the micro one needs block columns of
     /// 4, 8, 16 or a multiple of 32.
     SmallBatch,
+    /// The GPU-style kernels (gemm_dense_tiled, gemm_micro_tiled): tiles staged in
+    /// workgroup memory, a register tile per invocation (any N). The micro kernel takes
+    /// the tile's register tile only.
+    Workgroup(Tile),
+}
+
+impl Path {
+    /// The name the autotuner's cache and `microunify bench gemm` use.
+    pub fn name(&self) -> String {
+        match self {
+            Path::Auto => "auto".into(),
+            Path::Tiled => "tiled".into(),
+            Path::SmallBatch => "small-batch".into(),
+            Path::Workgroup(t) => format!("workgroup-{}", t.label()),
+        }
+    }
+}
+
+/// The paths that can run a product of `n` columns (`micro_bc`: the block columns of a
+/// micro-structured W, `None` for a dense one), in the order of the static choice: the
+/// autotuner's candidates, and every kernel variant the host builds for such a product.
+pub fn candidates(n: usize, micro_bc: Option<usize>) -> Vec<Path> {
+    let mut out = Vec::new();
+    if small_batch_takes(n, micro_bc) {
+        out.push(Path::SmallBatch);
+    }
+    out.push(Path::Tiled);
+    for t in TILES {
+        // The micro kernel reads the register tile only: one candidate per register tile.
+        let dup = micro_bc.is_some()
+            && out
+                .iter()
+                .any(|p| matches!(p, Path::Workgroup(o) if (o.tm, o.tn) == (t.tm, t.tn)));
+        if !dup {
+            out.push(Path::Workgroup(t));
+        }
+    }
+    out
 }
 
 /// A GEMM ready to run: weights, bias and parameters resident, X and Y allocated.
@@ -34,8 +76,10 @@ pub struct Gemm {
     pub n: usize,
     /// Whether W is micro-structured (else dense).
     pub micro: bool,
-    /// Whether the small-batch kernel runs (else the tiled one).
+    /// Whether the small-batch kernel runs (else a tiled one).
     pub small: bool,
+    /// The path that runs (never [`Path::Auto`]: the choice it resolved to).
+    pub path: Path,
     /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
     x_rows: usize,
     /// vec4s per row of Y (and of X on the tiled path).
@@ -141,11 +185,20 @@ fn small_batch_block_cols(bc: usize) -> bool {
     bc.is_multiple_of(4) && (32 % bc == 0 || bc.is_multiple_of(32))
 }
 
+/// The path a static choice of `small` took.
+fn resolved(path: Path, small: bool) -> Path {
+    match path {
+        Path::Auto if small => Path::SmallBatch,
+        Path::Auto => Path::Tiled,
+        p => p,
+    }
+}
+
 fn choose_small(path: Path, n: usize, micro_bc: Option<usize>) -> Result<bool> {
     let vec4_ok = micro_bc.is_none_or(small_batch_block_cols);
     match path {
         Path::Auto => Ok(small_batch_takes(n, micro_bc)),
-        Path::Tiled => Ok(false),
+        Path::Tiled | Path::Workgroup(_) => Ok(false),
         Path::SmallBatch if n > kernels::SMALL_MAX_N => Err(bad(format!(
             "the small-batch path takes N ≤ {}, got {n}",
             kernels::SMALL_MAX_N
@@ -242,8 +295,18 @@ impl PartialEq for Variant {
     }
 }
 
-/// The dense kernel the host builds for `n` columns of X on the small-batch path or not.
-pub fn dense_variant(n: usize, small: bool) -> Variant {
+/// The dense kernel the host builds for `n` columns of X: the small-batch one, the
+/// workgroup-tiled one with output tile `tile`, or the register-blocked one.
+pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
+    if let (false, Some(t)) = (small, tile) {
+        return Variant {
+            kernel: kernels::GEMM_DENSE_TILED,
+            constants: gemm_dense_tiled::constants(t),
+            loops: GemmKernel::DenseTiled(t),
+            tm: t.bm,
+            nv: 2,
+        };
+    }
     if small {
         Variant {
             kernel: kernels::GEMM_DENSE_SMALL,
@@ -265,7 +328,7 @@ pub fn dense_variant(n: usize, small: bool) -> Variant {
 }
 
 /// The micro-structured kernel the host builds for blocks `block` and `n` columns of X.
-pub fn micro_variant(block: BlockShape, n: usize, small: bool) -> Variant {
+pub fn micro_variant(block: BlockShape, n: usize, small: bool, tile: Option<Tile>) -> Variant {
     let (br, bc) = (block.rows, block.cols);
     // Rows per workgroup of the tiled kernel, rows per invocation of the small-batch one
     // (its RL · N partial sums fit 8 vec4; more than 4 rows measured slower on lavapipe).
@@ -277,6 +340,17 @@ pub fn micro_variant(block: BlockShape, n: usize, small: bool) -> Variant {
     // Tiles of 4 rows or fewer: 4 vec4 columns per invocation keep 8 fmas per X load.
     let nv = if tm <= 4 { 4 } else { 2 };
     let wpb = block.len().div_ceil(32);
+    if let (false, Some(t)) = (small, tile) {
+        // A workgroup owns a whole block row.
+        let shape = gemm_micro_tiled::Shape::new(t, br, bc, wpb, n);
+        return Variant {
+            kernel: kernels::GEMM_MICRO_TILED,
+            constants: gemm_micro_tiled::constants(shape),
+            loops: GemmKernel::MicroTiled(shape),
+            tm: br,
+            nv,
+        };
+    }
     if small {
         Variant {
             kernel: kernels::GEMM_MICRO_SMALL,
@@ -326,24 +400,46 @@ pub fn all_variants() -> Vec<Variant> {
             out.push(v);
         }
     };
-    let ns = 1..=kernels::SMALL_MAX_N + 1;
-    for path in [Path::Tiled, Path::SmallBatch] {
-        for n in ns.clone() {
-            if let Ok(small) = choose_small(path, n, None) {
-                add(dense_variant(n, small));
-            }
-            for br in 1..=MAX_BLOCK_SIDE {
-                for bc in 1..=MAX_BLOCK_SIDE {
-                    if let Ok(block) = BlockShape::new(br, bc)
-                        && let Ok(small) = choose_small(path, n, Some(bc))
-                    {
-                        add(micro_variant(block, n, small));
+    // The workgroup-tiled micro kernel depends on N up to 256 columns per workgroup and on
+    // the block shape: its variants are taken at N of one, a few and a full workgroup, and
+    // at block sides that cover each way a shape is cut (1, 2, 3, 4, 5, 8, 16, 31, 32).
+    let wg_sides = [1, 2, 3, 4, 5, 8, 16, 31, 32];
+    let ns = (1..=kernels::SMALL_MAX_N + 1).chain([256]);
+    for n in ns {
+        for path in candidates(n, None) {
+            let small = choose_small(path, n, None).unwrap_or(false);
+            add(dense_variant(n, small, workgroup_tile(path)));
+        }
+        for br in 1..=MAX_BLOCK_SIDE {
+            for bc in 1..=MAX_BLOCK_SIDE {
+                let Ok(block) = BlockShape::new(br, bc) else {
+                    continue;
+                };
+                for path in candidates(n, Some(bc)) {
+                    let tile = workgroup_tile(path);
+                    let sampled = wg_sides.contains(&br) && wg_sides.contains(&bc);
+                    if tile.is_some() && !(sampled && [1, 9, 256].contains(&n)) {
+                        continue;
+                    }
+                    if tile.is_none() && n > kernels::SMALL_MAX_N + 1 {
+                        continue;
+                    }
+                    if let Ok(small) = choose_small(path, n, Some(bc)) {
+                        add(micro_variant(block, n, small, tile));
                     }
                 }
             }
         }
     }
     out
+}
+
+/// The output tile of the workgroup-tiled kernels, when `path` is theirs.
+fn workgroup_tile(path: Path) -> Option<Tile> {
+    match path {
+        Path::Workgroup(t) => Some(t),
+        _ => None,
+    }
 }
 
 /// The main loop of `main_trips` iterations in slices that each keep within CPU drivers'
@@ -358,12 +454,13 @@ pub fn slicing(kernel: GemmKernel, main_trips: usize) -> (usize, usize) {
 struct Plan<'a> {
     micro: bool,
     small: bool,
+    path: Path,
     m: usize,
     k: usize,
     n: usize,
     x_rows: usize,
     m_pad: usize,
-    /// Rows per workgroup (tiled path) or per invocation (micro small-batch path).
+    /// Rows per workgroup (tiled paths) or per invocation (micro small-batch path).
     tm: usize,
     /// vec4 columns of Y per invocation on the tiled path.
     nv: usize,
@@ -389,10 +486,27 @@ impl Gemm {
         path: Path,
     ) -> Result<Self> {
         check_shapes(m, k, n, Some(w.len()), None, epi)?;
+        let path = match path {
+            Path::Auto => autotune::choose(gpu, autotune::Family::Dense, m, k, n, |p| {
+                Self::dense(gpu, m, k, w, n, epi, p)
+            })?,
+            p => p,
+        };
         let small = choose_small(path, n, None)?;
-        let k4 = k.div_ceil(4);
-        let v = dense_variant(n, small);
+        let tile = match path {
+            Path::Workgroup(t) if !small => Some(t),
+            _ => None,
+        };
+        let v = dense_variant(n, small, tile);
+        let k4 = match tile {
+            Some(_) => k.next_multiple_of(gemm_dense_tiled::BK) / 4,
+            None => k.div_ceil(4),
+        };
         let m_pad = m.next_multiple_of(v.tm);
+        let main_trips = match tile {
+            Some(_) => k4 * 4 / gemm_dense_tiled::BK,
+            None => k4,
+        };
         fits(gpu, "W", (m_pad * k4 * 16) as u64)?;
         let mut wp = vec![0.0f32; m_pad * k4 * 4];
         for r in 0..m {
@@ -403,6 +517,7 @@ impl Gemm {
             Plan {
                 micro: false,
                 small,
+                path: resolved(path, small),
                 m,
                 k,
                 n,
@@ -413,7 +528,7 @@ impl Gemm {
                 kernel: v.kernel,
                 constants: v.constants,
                 loops: v.loops,
-                main_trips: k4,
+                main_trips,
                 weights: Weights::Dense {
                     w: bytemuck::cast_slice(&wp),
                 },
@@ -433,10 +548,21 @@ impl Gemm {
         let (m, k) = (w.view().rows, w.view().cols);
         check_shapes(m, k, n, None, None, epi)?;
         let (br, bc) = (w.block().rows, w.block().cols);
+        let path = match path {
+            Path::Auto => {
+                let family = autotune::Family::Micro { br, bc };
+                autotune::choose(gpu, family, m, k, n, |p| Self::micro(gpu, w, n, epi, p))?
+            }
+            p => p,
+        };
         let small = choose_small(path, n, Some(bc))?;
         let mb = micro_buffers(w);
         let grid = w.grid();
-        let v = micro_variant(w.block(), n, small);
+        let tile = match path {
+            Path::Workgroup(t) if !small => Some(t),
+            _ => None,
+        };
+        let v = micro_variant(w.block(), n, small, tile);
         let mut values = w.values().to_vec();
         values.resize(values.len().next_multiple_of(4), 0.0);
         let main_trips = mb
@@ -459,6 +585,7 @@ impl Gemm {
             Plan {
                 micro: true,
                 small,
+                path: resolved(path, small),
                 m,
                 k,
                 n,
@@ -477,10 +604,11 @@ impl Gemm {
     }
 
     fn build(gpu: &Gpu, p: Plan) -> Result<Self> {
-        let n4 = if p.small {
-            p.n.div_ceil(4)
-        } else {
-            p.n.div_ceil(4 * p.nv) * p.nv
+        let n4 = match p.loops {
+            _ if p.small => p.n.div_ceil(4),
+            GemmKernel::DenseTiled(t) => p.n.next_multiple_of(t.bn) / 4,
+            GemmKernel::MicroTiled(s) => p.n.next_multiple_of(s.bn) / 4,
+            _ => p.n.div_ceil(4 * p.nv) * p.nv,
         };
         let x_bytes = if p.small {
             p.n * p.x_rows * 4
@@ -495,8 +623,15 @@ impl Gemm {
         let (groups, dispatch) = match p.loops {
             GemmKernel::DenseSmall { .. } => gemm_dense_small::workgroups(row_groups, max_dim),
             GemmKernel::MicroSmall { .. } => gemm_micro_small::workgroups(row_groups, max_dim),
-            GemmKernel::Dense { .. } | GemmKernel::Micro { .. } => {
-                let (x, y) = gemm_dense::workgroups(n4 / p.nv, row_groups);
+            GemmKernel::Dense { .. }
+            | GemmKernel::Micro { .. }
+            | GemmKernel::DenseTiled(_)
+            | GemmKernel::MicroTiled(_) => {
+                let (x, y) = match p.loops {
+                    GemmKernel::DenseTiled(t) => gemm_dense_tiled::workgroups(t, n4, p.m_pad),
+                    GemmKernel::MicroTiled(s) => gemm_micro_tiled::workgroups(s, n4, row_groups),
+                    _ => gemm_dense::workgroups(n4 / p.nv, row_groups),
+                };
                 if y as u64 > max_dim as u64 || x as u64 > max_dim as u64 {
                     return Err(Error::TooLarge(format!(
                         "GEMM of {}x{} times {}x{} needs {x}x{y} workgroups; \
@@ -507,7 +642,11 @@ impl Gemm {
                 (y, (x as u32, y as u32))
             }
         };
-        let label = format!("{} {}x{}x{}", p.kernel.label(), p.m, p.k, p.n);
+        let variant = match p.path {
+            Path::Workgroup(t) => format!("{} {}", p.kernel.label(), t.label()),
+            _ => p.kernel.label().to_string(),
+        };
+        let label = format!("{variant} {}x{}x{}", p.m, p.k, p.n);
         let pipeline = gpu.pipeline_with(&p.kernel, &p.constants)?;
         let with_table = matches!(p.loops, GemmKernel::MicroSmall { .. });
         let table_pipeline = if with_table {
@@ -553,7 +692,40 @@ impl Gemm {
             let slice_bind = |i: usize| -> Result<wgpu::BindGroup> {
                 let p_i = Bound::record::<GemmParams>(&uniform, i, stride);
                 let (x, bias, y) = (Bound::whole(&x), Bound::whole(&bias), Bound::whole(&y));
+                let tiled_kernel = matches!(
+                    p.loops,
+                    GemmKernel::DenseTiled(_) | GemmKernel::MicroTiled(_)
+                );
                 match (&weights, &table) {
+                    (WeightBuffers::Dense { w }, None) if tiled_kernel => {
+                        gemm_dense_tiled::Bindings {
+                            w: Bound::whole(w),
+                            x,
+                            bias,
+                            y,
+                            p: p_i,
+                        }
+                        .bind_group(gpu, &pipeline, &label)
+                    }
+                    (
+                        WeightBuffers::Micro {
+                            rows,
+                            entries,
+                            values,
+                            unified,
+                        },
+                        None,
+                    ) if tiled_kernel => gemm_micro_tiled::Bindings {
+                        rows: Bound::whole(rows),
+                        entries: Bound::whole(entries),
+                        values: Bound::whole(values),
+                        unified: Bound::whole(unified),
+                        x,
+                        bias,
+                        y,
+                        p: p_i,
+                    }
+                    .bind_group(gpu, &pipeline, &label),
                     (WeightBuffers::Dense { w }, None) if p.small => gemm_dense_small::Bindings {
                         w: Bound::whole(w),
                         xt: x,
@@ -634,6 +806,7 @@ impl Gemm {
                 n: p.n,
                 micro: p.micro,
                 small: p.small,
+                path: p.path,
                 x_rows: p.x_rows,
                 n4,
                 m_pad: p.m_pad,

@@ -17,7 +17,8 @@
 //! main loop into slices that keep within [`SHARE`] ([`gemm_slice_len`]).
 
 use crate::block::MAX_BLOCK_SIDE;
-use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::kernels::gemm_dense_tiled::{self, Tile};
+use crate::gpu::kernels::{self, Kernel, gemm_micro_tiled};
 
 /// Gallivm's loop limiter (lp_bld_limits.h: LP_MAX_TGSI_LOOP_ITERATIONS).
 pub const BUDGET: u64 = 65_535;
@@ -203,6 +204,10 @@ pub enum GemmKernel {
     Micro { tm: u64, nv: u64, bc: u64 },
     /// gemm_micro_small: `rl` rows per invocation, `bc` block columns, `nb` columns of X.
     MicroSmall { rl: u64, bc: u64, nb: u64 },
+    /// gemm_dense_tiled with its tile.
+    DenseTiled(Tile),
+    /// gemm_micro_tiled with its shape.
+    MicroTiled(gemm_micro_tiled::Shape),
 }
 
 impl GemmKernel {
@@ -213,6 +218,8 @@ impl GemmKernel {
             GemmKernel::DenseSmall { .. } => kernels::GEMM_DENSE_SMALL,
             GemmKernel::Micro { .. } => kernels::GEMM_MICRO,
             GemmKernel::MicroSmall { .. } => kernels::GEMM_MICRO_SMALL,
+            GemmKernel::DenseTiled(_) => kernels::GEMM_DENSE_TILED,
+            GemmKernel::MicroTiled(_) => kernels::GEMM_MICRO_TILED,
         }
     }
 }
@@ -297,7 +304,78 @@ pub fn gemm(k: GemmKernel, slice: u64) -> Vec<Node> {
                 lp("rows (epilogue)", rl, vec![lp("columns", nb, vec![])]),
             ]
         }
+        GemmKernel::DenseTiled(t) => dense_tiled(t, slice),
+        GemmKernel::MicroTiled(s) => micro_tiled(s, slice),
     }
+}
+
+/// A register tile's multiply-adds per staged k: its X vec4s, then per row its vec4s.
+fn register_tile(what: &'static str, ks: u64, rows: u64, tn4: u64) -> Node {
+    lp(
+        what,
+        ks,
+        vec![
+            lp("X vec4s", tn4, vec![]),
+            lp("rows", rows, vec![lp("vec4 columns", tn4, vec![])]),
+        ],
+    )
+}
+
+/// gemm_dense_tiled: per K tile, the two staging loops and the register tile.
+fn dense_tiled(t: Tile, slice: u64) -> Vec<Node> {
+    let (bk, wg) = (gemm_dense_tiled::BK, t.workgroup());
+    let tn4 = (t.tn / 4) as u64;
+    vec![
+        lp(
+            "K tiles",
+            slice,
+            vec![
+                lp("W tile loads", (t.bm * bk / 4 / wg) as u64, vec![]),
+                lp("X tile loads", (bk * t.bn / 4 / wg) as u64, vec![]),
+                register_tile("K in tile", bk as u64, t.tm as u64, tn4),
+            ],
+        ),
+        lp(
+            "rows (epilogue)",
+            t.tm as u64,
+            vec![lp("vec4 columns", tn4, vec![])],
+        ),
+    ]
+}
+
+/// gemm_micro_tiled: per entry and chunk of tile columns, the staging loops (guarded
+/// loads, no loops in the guards) and the register tile.
+fn micro_tiled(s: gemm_micro_tiled::Shape, slice: u64) -> Vec<Node> {
+    let wg = s.workgroup();
+    let tn4 = (s.tn / 4) as u64;
+    let chunk = || {
+        lp(
+            "column chunks",
+            s.bc.div_ceil(s.kc) as u64,
+            vec![
+                lp(
+                    "X slab loads",
+                    (s.kc * s.bn / 4).div_ceil(wg) as u64,
+                    vec![],
+                ),
+                lp("weight loads", (s.br * s.kc).div_ceil(wg) as u64, vec![]),
+                register_tile("staged columns", s.kc as u64, s.rt as u64, tn4),
+            ],
+        )
+    };
+    vec![
+        lp("dense entries", slice, vec![chunk()]),
+        lp(
+            "unified entries",
+            slice,
+            vec![chunk(), lp("partial sums", s.rt as u64 * tn4, vec![])],
+        ),
+        lp(
+            "rows (epilogue)",
+            s.rt as u64,
+            vec![lp("vec4 columns", tn4, vec![])],
+        ),
+    ]
 }
 
 /// The loops of gemm_sign_table: one group of 4 inputs per invocation.

@@ -1,5 +1,6 @@
 //! Everything that touches wgpu: the context, the kernels and their hosts.
 
+pub mod autotune;
 pub mod buffers;
 pub mod compress;
 pub mod context;

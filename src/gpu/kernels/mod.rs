@@ -55,8 +55,10 @@ pub mod block_stats;
 pub mod copy_vec4;
 pub mod gemm_dense;
 pub mod gemm_dense_small;
+pub mod gemm_dense_tiled;
 pub mod gemm_micro;
 pub mod gemm_micro_small;
+pub mod gemm_micro_tiled;
 pub mod gemm_sign_table;
 pub mod pack_states;
 pub mod radix_histogram;
@@ -158,6 +160,8 @@ pub const GEMM_MICRO: Kernel = gemm_micro::KERNEL;
 pub const GEMM_DENSE_SMALL: Kernel = gemm_dense_small::KERNEL;
 pub const GEMM_MICRO_SMALL: Kernel = gemm_micro_small::KERNEL;
 pub const GEMM_SIGN_TABLE: Kernel = gemm_sign_table::KERNEL;
+pub const GEMM_DENSE_TILED: Kernel = gemm_dense_tiled::KERNEL;
+pub const GEMM_MICRO_TILED: Kernel = gemm_micro_tiled::KERNEL;
 
 /// Every kernel the library dispatches.
 pub const ALL: &[Kernel] = &[
@@ -173,6 +177,8 @@ pub const ALL: &[Kernel] = &[
     GEMM_DENSE_SMALL,
     GEMM_MICRO_SMALL,
     GEMM_SIGN_TABLE,
+    GEMM_DENSE_TILED,
+    GEMM_MICRO_TILED,
 ];
 
 /// Every prelude: a file kernels name on their `// requires:` line.
@@ -233,7 +239,7 @@ mod tests {
 
     #[test]
     fn every_bindings_struct_matches_its_kernel() {
-        let structs: [(&Kernel, &[(u32, &str)]); 12] = [
+        let structs: [(&Kernel, &[(u32, &str)]); 14] = [
             (&BLOCK_STATS, block_stats::Bindings::FIELDS),
             (&BLOCK_RESCALE, block_rescale::Bindings::FIELDS),
             (&RADIX_HISTOGRAM, radix_histogram::Bindings::FIELDS),
@@ -246,6 +252,8 @@ mod tests {
             (&GEMM_DENSE_SMALL, gemm_dense_small::Bindings::FIELDS),
             (&GEMM_MICRO_SMALL, gemm_micro_small::Bindings::FIELDS),
             (&GEMM_SIGN_TABLE, gemm_sign_table::Bindings::FIELDS),
+            (&GEMM_DENSE_TILED, gemm_dense_tiled::Bindings::FIELDS),
+            (&GEMM_MICRO_TILED, gemm_micro_tiled::Bindings::FIELDS),
         ];
         assert_eq!(structs.len(), ALL.len());
         for (k, fields) in structs {

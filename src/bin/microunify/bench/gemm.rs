@@ -42,6 +42,10 @@ pub struct GemmArgs {
     /// Only these (prune:unify) pairs of the grid, e.g. `0.5:0.4,0:0` (default: all seven).
     #[arg(long, value_delimiter = ',', value_parser = parse_ratios)]
     ratios: Vec<(f64, f64)>,
+    /// Also time every candidate kernel of each case (as the autotuner does) and print
+    /// each one's time and its ratio to the fastest.
+    #[arg(long)]
+    variants: bool,
 }
 
 fn parse_ratios(s: &str) -> Result<(f64, f64), String> {
@@ -69,7 +73,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
     let runs = if args.quick { 3 } else { 7 };
     microunify::outln!("adapter: {}", gpu.info.name);
     microunify::outln!(
-        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>6}",
+        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>6}  {}",
         "M",
         "K",
         "N",
@@ -81,7 +85,8 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         "speedup",
         "GFLOP/s",
         "GB/s µ",
-        "ratio"
+        "ratio",
+        "kernels (dense / micro)"
     );
     let mut cases = Vec::new();
     // One untimed case first: the first product of a process runs slower (thread pool and
@@ -90,7 +95,7 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         (sizes.first(), args.blocks.first(), args.n.first())
     {
         let cm = random_compressed(0, size, size, block, 0.0, 0.0)?;
-        gemm_case(gpu, &cm, n, (0.0, 0.0), 1).with_context(|| {
+        gemm_case(gpu, &cm, n, (0.0, 0.0), 1, false).with_context(|| {
             format!("GEMM warm-up case M = K = {size}, N = {n}, block {block}, all dense")
         })?;
     }
@@ -105,13 +110,13 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                 let cm = random_compressed(i as u64, size, size, block, prune, unify)
                     .with_context(|| format!("projecting {size}x{size} {block}"))?;
                 for &n in &args.n {
-                    let c = gemm_case(gpu, &cm, n, (prune, unify), runs).with_context(|| {
+                    let c = gemm_case(gpu, &cm, n, (prune, unify), runs, args.variants).with_context(|| {
                         format!(
                             "GEMM case M = K = {size}, N = {n}, block {block}, prune {prune}, unify {unify}"
                         )
                     })?;
                     microunify::outln!(
-                        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x",
+                        "{:>5} {:>5} {:>4} {:>6} {:>5} {:>5} {:>10.3} {:>10.3} {:>7.2}x {:>9.2} {:>9.2} {:>5.1}x  {} / {}",
                         c.m,
                         c.k,
                         c.n,
@@ -123,8 +128,15 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
                         c.speedup,
                         c.gflops_dense,
                         c.gbps_micro,
-                        c.compression_ratio
+                        c.compression_ratio,
+                        c.dense_kernel,
+                        c.micro_kernel
                     );
+                    for (family, times) in
+                        [("dense", &c.dense_variants), ("micro", &c.micro_variants)]
+                    {
+                        print_variants(family, times);
+                    }
                     cases.push(c);
                 }
             }
@@ -146,4 +158,16 @@ pub fn run(gpu: &Gpu, args: &GemmArgs) -> Result<()> {
         write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// One line per family: each candidate's ms per product and its time over the fastest's.
+fn print_variants(family: &str, times: &[(String, f64)]) {
+    let Some(best) = times.iter().map(|t| t.1).min_by(f64::total_cmp) else {
+        return;
+    };
+    let list: Vec<String> = times
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms:.3} ms ({:.2}x)", ms / best))
+        .collect();
+    microunify::outln!("      {family}: {}", list.join(", "));
 }
