@@ -127,16 +127,9 @@ pub fn cache_path() -> Option<PathBuf> {
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
     };
-    // What dirs::cache_dir returns on each platform.
-    let base = var("XDG_CACHE_HOME").or_else(|| {
-        if cfg!(windows) {
-            var("LOCALAPPDATA")
-        } else if cfg!(target_os = "macos") {
-            var("HOME").map(|h| h.join("Library/Caches"))
-        } else {
-            var("HOME").map(|h| h.join(".cache"))
-        }
-    })?;
+    // XDG_CACHE_HOME first on every platform (dirs honours it on Linux only), so a
+    // test or a user can point the cache anywhere.
+    let base = var("XDG_CACHE_HOME").or_else(dirs::cache_dir)?;
     Some(base.join("microunify").join(FILE))
 }
 
