@@ -288,6 +288,13 @@ pub struct GemmCase {
     pub micro_ms: f64,
     /// `dense_ms / micro_ms`.
     pub speedup: f64,
+    /// Median process CPU milliseconds per product of the dense kernel (see
+    /// [`gemm_times`]; `None` where the platform does not say).
+    pub dense_cpu_ms: Option<f64>,
+    /// The same for the micro-structured kernel.
+    pub micro_cpu_ms: Option<f64>,
+    /// `dense_cpu_ms / micro_cpu_ms`: on a CPU adapter, the speedup in work done.
+    pub cpu_speedup: Option<f64>,
     /// `2·m·k·n / dense_ms`, in GFLOP/s.
     pub gflops_dense: f64,
     /// Bytes the micro kernel must move (compressed weights, X, Y) per second, in GB/s.
@@ -306,7 +313,15 @@ pub struct GemmCase {
 
 /// Median ms per product of `g`, `reps` products per submission.
 pub fn gemm_ms(gpu: &Gpu, g: &Gemm, runs: usize, reps: usize) -> Result<f64> {
-    Ok(median_ms(1, runs, || g.run_times(gpu, reps))? / reps as f64)
+    Ok(gemm_times(gpu, g, runs, reps)?.0)
+}
+
+/// Medians per product of `g` (`reps` products per submission): wall-clock ms and process
+/// CPU ms ([`process_cpu_ms`]; on a CPU adapter the kernels' own work, which other
+/// processes sharing the cores do not inflate).
+pub fn gemm_times(gpu: &Gpu, g: &Gemm, runs: usize, reps: usize) -> Result<(f64, Option<f64>)> {
+    let (wall, cpu) = median_times(1, runs, || g.run_times(gpu, reps))?;
+    Ok((wall / reps as f64, cpu.map(|c| c / reps as f64)))
 }
 
 /// Products per submission so that one submission takes about `target_ms`.
@@ -388,8 +403,8 @@ pub fn gemm_case(
     let dense_err = check_gemm(gpu, &dense, "dense GEMM", &y, &scale)?;
     let micro_err = check_gemm(gpu, &micro, "micro-structured GEMM", &y, &scale)?;
     let reps = gemm_reps(gpu, &dense, 20.0)?;
-    let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
-    let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    let (dense_ms, dense_cpu_ms) = gemm_times(gpu, &dense, runs, reps)?;
+    let (micro_ms, micro_cpu_ms) = gemm_times(gpu, &micro, runs, reps)?;
     Ok(GemmCase {
         m,
         k,
@@ -400,6 +415,9 @@ pub fn gemm_case(
         dense_ms,
         micro_ms,
         speedup: dense_ms / micro_ms,
+        dense_cpu_ms,
+        micro_cpu_ms,
+        cpu_speedup: dense_cpu_ms.zip(micro_cpu_ms).map(|(d, m)| d / m),
         gflops_dense: dense.flops() as f64 / (dense_ms * 1e6),
         gbps_micro: micro.bytes_moved() as f64 / (micro_ms * 1e6),
         compression_ratio: cm.compression_ratio(),
