@@ -6,6 +6,7 @@ use crate::cpu::gemm::{Epilogue, check_shapes};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
+use crate::gpu::kernels::gemm_dense::WLayout;
 use crate::gpu::kernels::gemm_params::GemmParams;
 use crate::gpu::kernels::{
     self, Bound, Kernel, gemm_dense, gemm_dense_small, gemm_micro, gemm_micro_small,
@@ -35,6 +36,9 @@ pub struct Gemm {
     pub micro: bool,
     /// Whether the small-batch kernel runs (else the tiled one).
     pub small: bool,
+    /// Whether a micro-structured W whose blocks are all dense runs the dense kernels on
+    /// its tiles ([`dense_tiles`]).
+    pub on_tiles: bool,
     /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
     x_rows: usize,
     /// vec4s per row of Y (and of X on the tiled path).
@@ -113,6 +117,26 @@ fn rows_per_group(br: usize, cap: usize) -> usize {
         .rev()
         .find(|d| br.is_multiple_of(*d))
         .unwrap_or(1)
+}
+
+/// The tile layout of `w` when the dense kernels can read its values as they are: every
+/// block dense, the tiles stored in block order (so tile `(R, C)` at `(R·cols + C)·br·bc`)
+/// and 4 columns per vec4 of a tile row. Such a W needs no entry decoding at all: the dense
+/// kernels' inner loop runs on its values (`w_index` in gemm_params.wgsl).
+pub fn dense_tiles(w: &CompressedMatrix) -> Option<WLayout> {
+    let (br, bc) = (w.block().rows, w.block().cols);
+    let tile = (br * bc) as u32;
+    let blocks = w.grid().num_blocks();
+    // All dense: then every block row holds all block columns, so entry i is in block row
+    // i / cols.
+    let in_order = w.counts()[0] == blocks
+        && w.entries().len() == blocks
+        && w.entries().iter().enumerate().all(|(i, &[col, payload])| {
+            payload & UNIFIED_FLAG == 0
+                && col as usize == i % w.grid().block_cols()
+                && payload == i as u32 * tile
+        });
+    (bc.is_multiple_of(4) && in_order).then_some(WLayout::Tiles { br, c4: bc / 4 })
 }
 
 /// Refuses a buffer larger than one storage binding, naming the adapter's limit.
@@ -224,6 +248,7 @@ impl Weights<'_> {
 struct Plan<'a> {
     micro: bool,
     small: bool,
+    on_tiles: bool,
     m: usize,
     k: usize,
     n: usize,
@@ -269,15 +294,22 @@ impl Gemm {
             wp[r * k4 * 4..r * k4 * 4 + k].copy_from_slice(&w[r * k..(r + 1) * k]);
         }
         let (kernel, constants) = if small {
-            (kernels::GEMM_DENSE_SMALL, gemm_dense_small::constants(n))
+            (
+                kernels::GEMM_DENSE_SMALL,
+                gemm_dense_small::constants(n, WLayout::RowMajor),
+            )
         } else {
-            (kernels::GEMM_DENSE, gemm_dense::constants(tm))
+            (
+                kernels::GEMM_DENSE,
+                gemm_dense::constants(tm, WLayout::RowMajor),
+            )
         };
         Self::build(
             gpu,
             Plan {
                 micro: false,
                 small,
+                on_tiles: false,
                 m,
                 k,
                 n,
@@ -311,6 +343,9 @@ impl Gemm {
     ) -> Result<Self> {
         let (m, k) = (w.view().rows, w.view().cols);
         check_shapes(m, k, n, None, None, epi)?;
+        if let Some(layout) = dense_tiles(w) {
+            return Self::dense_on_tiles(gpu, w, layout, n, epi, path);
+        }
         let (br, bc) = (w.block().rows, w.block().cols);
         let small = choose_small(path, n, Some(bc))?;
         let mb = micro_buffers(w);
@@ -369,6 +404,7 @@ impl Gemm {
             Plan {
                 micro: true,
                 small,
+                on_tiles: false,
                 m,
                 k,
                 n,
@@ -393,6 +429,65 @@ impl Gemm {
                 },
                 main_trips,
                 weights,
+                epi,
+            },
+        )
+    }
+
+    /// [`Gemm::micro`] of a W that [`dense_tiles`] takes: the dense kernels on its values.
+    fn dense_on_tiles(
+        gpu: &Gpu,
+        w: &CompressedMatrix,
+        layout: WLayout,
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+    ) -> Result<Self> {
+        let (m, k) = (w.view().rows, w.view().cols);
+        let grid = w.grid();
+        let small = choose_small(path, n, None)?;
+        let (m_pad, x_rows) = (
+            grid.block_rows() * w.block().rows,
+            grid.block_cols() * w.block().cols,
+        );
+        // Whole tiles are multiples of 4 values (bc is), so `values` is a vec4 array as it is.
+        let values: &[u8] = bytemuck::cast_slice(w.values());
+        fits(gpu, "values", values.len() as u64)?;
+        let tm = if small {
+            1
+        } else {
+            rows_per_group(m_pad, kernels::GEMM_TM as usize)
+        };
+        let (kernel, constants) = if small {
+            (
+                kernels::GEMM_DENSE_SMALL,
+                gemm_dense_small::constants(n, layout),
+            )
+        } else {
+            (kernels::GEMM_DENSE, gemm_dense::constants(tm, layout))
+        };
+        Self::build(
+            gpu,
+            Plan {
+                micro: true,
+                small,
+                on_tiles: true,
+                m,
+                k,
+                n,
+                x_rows,
+                m_pad,
+                tm,
+                nv: 2,
+                kernel,
+                constants,
+                loops: if small {
+                    GemmKernel::DenseSmall { nb: n as u64 }
+                } else {
+                    GemmKernel::Dense { tm: tm as u64 }
+                },
+                main_trips: x_rows / 4,
+                weights: Weights::Dense { w: values },
                 epi,
             },
         )
@@ -559,6 +654,7 @@ impl Gemm {
                 n: p.n,
                 micro: p.micro,
                 small: p.small,
+                on_tiles: p.on_tiles,
                 x_rows: p.x_rows,
                 n4,
                 m_pad: p.m_pad,
