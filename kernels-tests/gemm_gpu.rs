@@ -350,3 +350,40 @@ fn all_dense_micro_runs_the_dense_kernels_on_its_tiles() {
         check_run(&gpu, &what, &g, &cm.to_dense(), &epi, &mut rng);
     }
 }
+
+/// The small-batch micro kernel's written-out path for 4 rows per lane at N = 1 (block
+/// rows of 4, 8, 12, 16 or 32 rows): every tile row of a lane's 4 against the reference,
+/// with one sign word per tile (4×4, 4×8) or rows in several (8×8 up), ragged edges, all
+/// dense or all unified entries, and K in slices.
+#[test]
+fn four_rows_per_lane_at_n_one() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(37);
+    let shapes = [(4, 4), (4, 8), (8, 8), (12, 4), (16, 16), (32, 32)];
+    let ratios = [(0.5, 0.4), (0.0, 1.0), (0.3, 0.0), (0.1, 0.2)];
+    for (s, &(br, bc)) in shapes.iter().enumerate() {
+        let block = BlockShape::new(br, bc).unwrap();
+        for (r, &(prune, unify)) in ratios.iter().enumerate() {
+            let (m, k) = [(37, 45), (64, 97), (13, 131), (4, 4)][r];
+            let cm = random_compressed(500 + s as u64 * 10 + r as u64, m, k, block, prune, unify)
+                .unwrap();
+            let what = format!("{br}x{bc} M={m} K={k} N=1 prune={prune} unify={unify}");
+            check_micro(&gpu, &what, &cm, 1, &mut rng);
+        }
+    }
+    let cm = random_compressed(550, 8, 60_000, BlockShape::new(4, 4).unwrap(), 0.1, 0.5).unwrap();
+    let epi = Epilogue {
+        bias: Some(&random_x(&mut rng, 8)),
+        relu: true,
+    };
+    let g = Gemm::micro(&gpu, &cm, 1, &epi, Path::SmallBatch).unwrap();
+    assert!(g.slices() > 1, "4x4 8x60000x1: {} slice", g.slices());
+    check_run(
+        &gpu,
+        "4x4 8x60000x1 in slices",
+        &g,
+        &cm.to_dense(),
+        &epi,
+        &mut rng,
+    );
+}
