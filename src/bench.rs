@@ -492,6 +492,9 @@ pub struct FileCase {
     pub micro_ms: f64,
     /// `dense_ms / micro_ms`.
     pub speedup: f64,
+    /// Median process CPU milliseconds per product of each kernel ([`gemm_times`]).
+    pub dense_cpu_ms: Option<f64>,
+    pub micro_cpu_ms: Option<f64>,
     /// `2·m·k·n / dense_ms`, in GFLOP/s.
     pub gflops_dense: f64,
     /// `2·m·k·n / micro_ms`: the dense product's operations per second of the micro
@@ -558,8 +561,8 @@ pub fn file_case(
         &rows,
     )?;
     let reps = gemm_reps(gpu, &dense, 20.0)?;
-    let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
-    let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    let (dense_ms, dense_cpu_ms) = gemm_times(gpu, &dense, runs, reps)?;
+    let (micro_ms, micro_cpu_ms) = gemm_times(gpu, &micro, runs, reps)?;
     let per_s = |v: u64, ms: f64| v as f64 / (ms * 1e6);
     Ok(FileOutcome::Measured(FileCase {
         layer: name.to_string(),
@@ -571,6 +574,8 @@ pub fn file_case(
         dense_ms,
         micro_ms,
         speedup: dense_ms / micro_ms,
+        dense_cpu_ms,
+        micro_cpu_ms,
         gflops_dense: per_s(dense.flops(), dense_ms),
         gflops_micro: per_s(micro.flops(), micro_ms),
         bytes_dense: dense.bytes_moved(),

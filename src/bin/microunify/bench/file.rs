@@ -47,6 +47,11 @@ struct Total {
     dense_ms: f64,
     micro_ms: f64,
     speedup: f64,
+    /// The same sums in process CPU time (on a CPU adapter the kernels' own work, which
+    /// other processes sharing the cores do not inflate); `None` where it is not known.
+    dense_cpu_ms: Option<f64>,
+    micro_cpu_ms: Option<f64>,
+    cpu_speedup: Option<f64>,
     bytes_dense: u64,
     bytes_micro: u64,
     gflops_dense: f64,
@@ -67,12 +72,17 @@ fn total(n: usize, cases: &[FileCase]) -> Total {
     let dense_ms: f64 = of_n().map(|c| c.dense_ms).sum();
     let micro_ms: f64 = of_n().map(|c| c.micro_ms).sum();
     let flops: f64 = of_n().map(|c| 2.0 * (c.m * c.k * c.n) as f64).sum();
+    let cpu = |f: fn(&FileCase) -> Option<f64>| of_n().map(f).sum::<Option<f64>>();
+    let (dense_cpu_ms, micro_cpu_ms) = (cpu(|c| c.dense_cpu_ms), cpu(|c| c.micro_cpu_ms));
     Total {
         n,
         layers: of_n().count(),
         dense_ms,
         micro_ms,
         speedup: dense_ms / micro_ms,
+        dense_cpu_ms,
+        micro_cpu_ms,
+        cpu_speedup: dense_cpu_ms.zip(micro_cpu_ms).map(|(d, m)| d / m),
         bytes_dense: of_n().map(|c| c.bytes_dense).sum(),
         bytes_micro: of_n().map(|c| c.bytes_micro).sum(),
         gflops_dense: flops / (dense_ms * 1e6),
@@ -159,12 +169,13 @@ pub fn run(gpu: &Gpu, args: &FileArgs) -> Result<()> {
     let totals: Vec<Total> = args.n.iter().map(|&n| total(n, &cases)).collect();
     for t in &totals {
         microunify::outln!(
-            "total N = {:>4}: {} layers, dense {:.3} ms, micro {:.3} ms, {:.2}x ({:.2} against {:.2} GFLOP/s; {:.1} MB against {:.1} MB moved)",
+            "total N = {:>4}: {} layers, dense {:.3} ms, micro {:.3} ms, {:.2}x (process CPU time: {}; {:.2} against {:.2} GFLOP/s; {:.1} MB against {:.1} MB moved)",
             t.n,
             t.layers,
             t.dense_ms,
             t.micro_ms,
             t.speedup,
+            t.cpu_speedup.map_or("-".into(), |s| format!("{s:.2}x")),
             t.gflops_micro,
             t.gflops_dense,
             t.bytes_micro as f64 / MB,
