@@ -522,7 +522,7 @@ pub struct FileCase {
 /// What `bench file` made of one layer at one batch size.
 #[derive(Clone, Debug)]
 pub enum FileOutcome {
-    Measured(FileCase),
+    Measured(Box<FileCase>),
     /// The layer does not fit this adapter's limits (the reason says which).
     TooLarge(String),
 }
@@ -564,7 +564,7 @@ pub fn file_case(
     let (dense_ms, dense_cpu_ms) = gemm_times(gpu, &dense, runs, reps)?;
     let (micro_ms, micro_cpu_ms) = gemm_times(gpu, &micro, runs, reps)?;
     let per_s = |v: u64, ms: f64| v as f64 / (ms * 1e6);
-    Ok(FileOutcome::Measured(FileCase {
+    Ok(FileOutcome::Measured(Box::new(FileCase {
         layer: name.to_string(),
         m,
         k,
@@ -587,7 +587,7 @@ pub fn file_case(
         checked_rows: rows.len(),
         dense_err,
         micro_err,
-    }))
+    })))
 }
 
 #[cfg(test)]

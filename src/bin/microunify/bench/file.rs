@@ -151,7 +151,7 @@ pub fn run(gpu: &Gpu, args: &FileArgs) -> Result<()> {
                         c.bytes_micro as f64 / MB,
                         c.compression_ratio
                     );
-                    cases.push(c);
+                    cases.push(*c);
                 }
                 FileOutcome::TooLarge(reason) => {
                     microunify::outln!("{:<w$} {m:>5} {k:>5} {n:>4} skipped: {reason}", layer.name);
