@@ -13,7 +13,7 @@ use microunify::compressed::CompressedMatrix;
 use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
 use microunify::gpu::buffers::POISON;
-use microunify::gpu::gemm::{Gemm, Path, candidates};
+use microunify::gpu::gemm::{Gemm, Path, candidates, small_batch_takes};
 use microunify::gpu::kernels::gemm_dense_tiled::TILES;
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -354,4 +354,113 @@ fn workgroup_micro_every_block_side() {
             check_run(&gpu, &what, &g, &dense, &epi, &mut rng);
         }
     }
+}
+
+/// A micro-structured W with every block dense runs the dense kernels on its tiles where
+/// block columns are a multiple of 4 (else the micro kernels), on both paths: against the
+/// reference at ragged shapes, thin and odd block shapes, N = 1..9 and 17, and with K in
+/// slices; one pruned or unified block sends it back to the micro kernels.
+#[test]
+fn all_dense_micro_runs_the_dense_kernels_on_its_tiles() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(36);
+    let shapes = [
+        (1, 8),
+        (2, 8),
+        (4, 4),
+        (8, 8),
+        (3, 4),
+        (4, 12),
+        (5, 8),
+        (32, 32),
+        (4, 5),
+        (1, 1),
+    ];
+    let ns = [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17];
+    for (s, &(br, bc)) in shapes.iter().enumerate() {
+        let block = BlockShape::new(br, bc).unwrap();
+        for (d, &(m, k)) in [(37, 45), (64, 64), (1, 13), (13, 1)].iter().enumerate() {
+            let n = ns[(s * 4 + d) % ns.len()];
+            let cm =
+                random_compressed(400 + s as u64 * 10 + d as u64, m, k, block, 0.0, 0.0).unwrap();
+            let (bias, relu) = random_epilogue(&mut rng, m);
+            let epi = Epilogue {
+                bias: bias.as_deref(),
+                relu,
+            };
+            let on_tiles = bc % 4 == 0;
+            let mut paths = vec![Path::Tiled, Path::Auto];
+            if n <= 8 && (on_tiles || small_batch_takes(n, Some(bc))) {
+                paths.push(Path::SmallBatch);
+            }
+            for path in paths {
+                let what = format!("all dense {br}x{bc} M={m} K={k} N={n} {path:?}");
+                let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
+                assert_eq!(g.on_tiles, on_tiles, "{what}");
+                check_run(&gpu, &what, &g, &cm.to_dense(), &epi, &mut rng);
+            }
+        }
+    }
+    let block = BlockShape::new(4, 4).unwrap();
+    for (prune, unify) in [(0.02, 0.0), (0.0, 0.02)] {
+        let cm = random_compressed(450, 64, 64, block, prune, unify).unwrap();
+        for n in [1, 16] {
+            let g = Gemm::micro(&gpu, &cm, n, &Epilogue::default(), Path::Auto).unwrap();
+            assert!(!g.on_tiles, "prune {prune} unify {unify} N={n}");
+        }
+    }
+    for ((br, bc), n, path) in [((2, 8), 16, Path::Tiled), ((4, 4), 3, Path::SmallBatch)] {
+        let (m, k) = (8, 120_000);
+        let cm = random_compressed(460, m, k, BlockShape::new(br, bc).unwrap(), 0.0, 0.0).unwrap();
+        let (bias, _) = random_epilogue(&mut rng, m);
+        let epi = Epilogue {
+            bias: bias.as_deref(),
+            relu: true,
+        };
+        let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
+        let what = format!("all dense {br}x{bc} {m}x{k}x{n} {path:?}");
+        assert!(
+            g.on_tiles && g.slices() > 1,
+            "{what}: {} slices",
+            g.slices()
+        );
+        check_run(&gpu, &what, &g, &cm.to_dense(), &epi, &mut rng);
+    }
+}
+
+/// The small-batch micro kernel's written-out path for 4 rows per lane at N = 1 (block
+/// rows of 4, 8, 12, 16 or 32 rows): every tile row of a lane's 4 against the reference,
+/// with one sign word per tile (4×4, 4×8) or rows in several (8×8 up), ragged edges, all
+/// dense or all unified entries, and K in slices.
+#[test]
+fn four_rows_per_lane_at_n_one() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(37);
+    let shapes = [(4, 4), (4, 8), (8, 8), (12, 4), (16, 16), (32, 32)];
+    let ratios = [(0.5, 0.4), (0.0, 1.0), (0.3, 0.0), (0.1, 0.2)];
+    for (s, &(br, bc)) in shapes.iter().enumerate() {
+        let block = BlockShape::new(br, bc).unwrap();
+        for (r, &(prune, unify)) in ratios.iter().enumerate() {
+            let (m, k) = [(37, 45), (64, 97), (13, 131), (4, 4)][r];
+            let cm = random_compressed(500 + s as u64 * 10 + r as u64, m, k, block, prune, unify)
+                .unwrap();
+            let what = format!("{br}x{bc} M={m} K={k} N=1 prune={prune} unify={unify}");
+            check_micro(&gpu, &what, &cm, 1, &mut rng);
+        }
+    }
+    let cm = random_compressed(550, 8, 60_000, BlockShape::new(4, 4).unwrap(), 0.1, 0.5).unwrap();
+    let epi = Epilogue {
+        bias: Some(&random_x(&mut rng, 8)),
+        relu: true,
+    };
+    let g = Gemm::micro(&gpu, &cm, 1, &epi, Path::SmallBatch).unwrap();
+    assert!(g.slices() > 1, "4x4 8x60000x1: {} slice", g.slices());
+    check_run(
+        &gpu,
+        "4x4 8x60000x1 in slices",
+        &g,
+        &cm.to_dense(),
+        &epi,
+        &mut rng,
+    );
 }

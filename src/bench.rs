@@ -290,6 +290,13 @@ pub struct GemmCase {
     pub micro_ms: f64,
     /// `dense_ms / micro_ms`.
     pub speedup: f64,
+    /// Median process CPU milliseconds per product of the dense kernel (see
+    /// [`gemm_times`]; `None` where the platform does not say).
+    pub dense_cpu_ms: Option<f64>,
+    /// The same for the micro-structured kernel.
+    pub micro_cpu_ms: Option<f64>,
+    /// `dense_cpu_ms / micro_cpu_ms`: on a CPU adapter, the speedup in work done.
+    pub cpu_speedup: Option<f64>,
     /// `2·m·k·n / dense_ms`, in GFLOP/s.
     pub gflops_dense: f64,
     /// Bytes the micro kernel must move (compressed weights, X, Y) per second, in GB/s.
@@ -316,7 +323,15 @@ pub struct GemmCase {
 
 /// Median ms per product of `g`, `reps` products per submission.
 pub fn gemm_ms(gpu: &Gpu, g: &Gemm, runs: usize, reps: usize) -> Result<f64> {
-    Ok(median_ms(1, runs, || g.run_times(gpu, reps))? / reps as f64)
+    Ok(gemm_times(gpu, g, runs, reps)?.0)
+}
+
+/// Medians per product of `g` (`reps` products per submission): wall-clock ms and process
+/// CPU ms ([`process_cpu_ms`]; on a CPU adapter the kernels' own work, which other
+/// processes sharing the cores do not inflate).
+pub fn gemm_times(gpu: &Gpu, g: &Gemm, runs: usize, reps: usize) -> Result<(f64, Option<f64>)> {
+    let (wall, cpu) = median_times(1, runs, || g.run_times(gpu, reps))?;
+    Ok((wall / reps as f64, cpu.map(|c| c / reps as f64)))
 }
 
 /// Products per submission so that one submission takes about `target_ms`.
@@ -399,8 +414,8 @@ pub fn gemm_case(
     let dense_err = check_gemm(gpu, &dense, "dense GEMM", &y, &scale)?;
     let micro_err = check_gemm(gpu, &micro, "micro-structured GEMM", &y, &scale)?;
     let reps = gemm_reps(gpu, &dense, 20.0)?;
-    let dense_ms = gemm_ms(gpu, &dense, runs, reps)?;
-    let micro_ms = gemm_ms(gpu, &micro, runs, reps)?;
+    let (dense_ms, dense_cpu_ms) = gemm_times(gpu, &dense, runs, reps)?;
+    let (micro_ms, micro_cpu_ms) = gemm_times(gpu, &micro, runs, reps)?;
     let named = |times: Vec<(Path, f64)>| times.into_iter().map(|(p, t)| (p.name(), t)).collect();
     let (dense_variants, micro_variants) = if variants {
         let d = autotune::tune(gpu, &candidates(n, None), |p| {
@@ -423,6 +438,9 @@ pub fn gemm_case(
         dense_ms,
         micro_ms,
         speedup: dense_ms / micro_ms,
+        dense_cpu_ms,
+        micro_cpu_ms,
+        cpu_speedup: dense_cpu_ms.zip(micro_cpu_ms).map(|(d, m)| d / m),
         gflops_dense: dense.flops() as f64 / (dense_ms * 1e6),
         gbps_micro: micro.bytes_moved() as f64 / (micro_ms * 1e6),
         compression_ratio: cm.compression_ratio(),
@@ -434,4 +452,185 @@ pub fn gemm_case(
         dense_variants,
         micro_variants,
     })
+}
+
+/// Most rows of Y that `bench file` compares with the CPU reference per product: a layer's
+/// reference costs `2·rows·k·n` f64 operations, so a file of large layers is checked on a
+/// sample of each (every row of a small one).
+pub const FILE_CHECK_ROWS: usize = 64;
+
+/// `count` row indices of `0..m` spread evenly, the first and the last included (all of
+/// them when `m ≤ count`).
+pub fn sample_rows(m: usize, count: usize) -> Vec<usize> {
+    match count {
+        _ if m <= count => (0..m).collect(),
+        0 | 1 => (0..count).collect(),
+        _ => (0..count).map(|i| i * (m - 1) / (count - 1)).collect(),
+    }
+}
+
+/// Runs `g` once on `x` (which it holds) and compares rows `rows` of Y with the reference
+/// for those rows of `w` (dense `m×k`): the largest error relative to each output's scale,
+/// or [`Error::Mismatch`] naming `what` and the output by its row in the whole Y.
+pub fn check_gemm_rows(
+    gpu: &Gpu,
+    g: &Gemm,
+    what: &str,
+    w: &[f32],
+    x: &[f32],
+    rows: &[usize],
+) -> Result<f64> {
+    let (k, n) = (g.k, g.n);
+    let w_rows: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| w[r * k..(r + 1) * k].iter().copied())
+        .collect();
+    let (y, scale) = gemm_reference(rows.len(), k, n, &w_rows, x)?;
+    g.fill_y(gpu, POISON);
+    g.run(gpu)?;
+    let all = g.read_y(gpu)?;
+    let got: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| all[r * n..(r + 1) * n].iter().copied())
+        .collect();
+    cpu_gemm::compare(&got, &y, &scale, n).map_err(|mut m| {
+        m.row = rows[m.row.min(rows.len() - 1)];
+        Error::Mismatch {
+            what: what.to_string(),
+            detail: m.to_string(),
+        }
+    })
+}
+
+/// One layer of a compressed file at one batch size, in `microunify bench file`: its micro
+/// GEMM against the dense GEMM of the same weights at its GEMM view `m×k`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileCase {
+    pub layer: String,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub block: [usize; 2],
+    /// Block counts `[dense, unified, pruned]`.
+    pub counts: [usize; 3],
+    /// Median milliseconds per product of the dense kernel.
+    pub dense_ms: f64,
+    /// Median milliseconds per product of the micro-structured kernel.
+    pub micro_ms: f64,
+    /// `dense_ms / micro_ms`.
+    pub speedup: f64,
+    /// Median process CPU milliseconds per product of each kernel ([`gemm_times`]).
+    pub dense_cpu_ms: Option<f64>,
+    pub micro_cpu_ms: Option<f64>,
+    /// `2·m·k·n / dense_ms`, in GFLOP/s.
+    pub gflops_dense: f64,
+    /// `2·m·k·n / micro_ms`: the dense product's operations per second of the micro
+    /// kernel (the work it skips counts as done), in GFLOP/s.
+    pub gflops_micro: f64,
+    /// Bytes the dense kernel must move per product (padded W, X, Y).
+    pub bytes_dense: u64,
+    /// Bytes the micro kernel must move per product (compressed weights, X, Y).
+    pub bytes_micro: u64,
+    pub gbps_dense: f64,
+    pub gbps_micro: f64,
+    /// Storage compression ratio of the weights (docs/METHOD.md §1).
+    pub compression_ratio: f64,
+    /// Products recorded per submission (see [`GemmCase::reps`]).
+    pub reps: usize,
+    /// Rows of Y compared with the CPU reference ([`FILE_CHECK_ROWS`] at most).
+    pub checked_rows: usize,
+    /// Largest error of the dense kernel's checked outputs against the CPU reference,
+    /// relative to each output's `Σ|w·x|` (checked below `cpu::gemm::GEMM_REL`).
+    pub dense_err: f64,
+    /// The same for the micro-structured kernel.
+    pub micro_err: f64,
+}
+
+/// What `bench file` made of one layer at one batch size.
+#[derive(Clone, Debug)]
+pub enum FileOutcome {
+    Measured(Box<FileCase>),
+    /// The layer does not fit this adapter's limits (the reason says which).
+    TooLarge(String),
+}
+
+/// Measures layer `name` (`cm`) at batch size `n`: both kernels are checked once on the
+/// same X against the CPU reference on [`FILE_CHECK_ROWS`] rows, then timed. A product
+/// past the adapter's limits is [`FileOutcome::TooLarge`]; any other failure an error.
+pub fn file_case(
+    gpu: &Gpu,
+    name: &str,
+    cm: &CompressedMatrix,
+    n: usize,
+    runs: usize,
+) -> Result<FileOutcome> {
+    let (m, k) = (cm.view().rows, cm.view().cols);
+    let epi = Epilogue::default();
+    let w = cm.to_dense();
+    let built = Gemm::dense(gpu, m, k, &w, n, &epi, Path::Auto)
+        .and_then(|d| Ok((d, Gemm::micro(gpu, cm, n, &epi, Path::Auto)?)));
+    let (dense, micro) = match built {
+        Ok(pair) => pair,
+        Err(Error::TooLarge(why)) => return Ok(FileOutcome::TooLarge(why)),
+        Err(e) => return Err(e),
+    };
+    let x = random_weights(99, k * n);
+    dense.write_x(gpu, &x)?;
+    micro.write_x(gpu, &x)?;
+    let rows = sample_rows(m, FILE_CHECK_ROWS);
+    let dense_err = check_gemm_rows(gpu, &dense, &format!("{name}: dense GEMM"), &w, &x, &rows)?;
+    let micro_err = check_gemm_rows(
+        gpu,
+        &micro,
+        &format!("{name}: micro-structured GEMM"),
+        &w,
+        &x,
+        &rows,
+    )?;
+    let reps = gemm_reps(gpu, &dense, 20.0)?;
+    let (dense_ms, dense_cpu_ms) = gemm_times(gpu, &dense, runs, reps)?;
+    let (micro_ms, micro_cpu_ms) = gemm_times(gpu, &micro, runs, reps)?;
+    let per_s = |v: u64, ms: f64| v as f64 / (ms * 1e6);
+    Ok(FileOutcome::Measured(Box::new(FileCase {
+        layer: name.to_string(),
+        m,
+        k,
+        n,
+        block: [cm.block().rows, cm.block().cols],
+        counts: cm.counts(),
+        dense_ms,
+        micro_ms,
+        speedup: dense_ms / micro_ms,
+        dense_cpu_ms,
+        micro_cpu_ms,
+        gflops_dense: per_s(dense.flops(), dense_ms),
+        gflops_micro: per_s(micro.flops(), micro_ms),
+        bytes_dense: dense.bytes_moved(),
+        bytes_micro: micro.bytes_moved(),
+        gbps_dense: per_s(dense.bytes_moved(), dense_ms),
+        gbps_micro: per_s(micro.bytes_moved(), micro_ms),
+        compression_ratio: cm.compression_ratio(),
+        reps,
+        checked_rows: rows.len(),
+        dense_err,
+        micro_err,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_rows;
+
+    #[test]
+    fn sampled_rows_are_distinct_in_range_and_reach_both_ends() {
+        assert_eq!(sample_rows(10, 64), (0..10).collect::<Vec<_>>());
+        assert_eq!(sample_rows(5, 1), [0]);
+        assert!(sample_rows(5, 0).is_empty());
+        for (m, count) in [(3072, 64), (65, 64), (1 << 20, 64), (100, 2)] {
+            let rows = sample_rows(m, count);
+            assert_eq!(rows.len(), count, "m = {m}");
+            assert!(rows.windows(2).all(|w| w[0] < w[1]), "m = {m}: {rows:?}");
+            assert_eq!((rows[0], rows[count - 1]), (0, m - 1), "m = {m}");
+        }
+    }
 }

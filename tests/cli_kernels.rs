@@ -253,3 +253,166 @@ fn no_block_shape_is_built_around_the_limit() {
     }
     assert!(seen > 20, "{seen} source files");
 }
+
+fn f32_view(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<u8>) {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    (shape.to_vec(), bytes)
+}
+
+/// `bench file` on a projected file of a linear layer, a conv layer (ragged edge tiles)
+/// and a bias: one case per compressed layer and batch size, both kernels checked against
+/// the reference, totals the sums of the layers; a layer taller than the adapter's
+/// workgroup grid allows at N = 9 is reported as skipped, not a failure.
+#[test]
+fn bench_file_measures_every_compressed_layer() {
+    let Some(gpu) = common::gpu() else {
+        return;
+    };
+    let max_dim = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    drop(gpu);
+    // 8 rows per workgroup of the tiled kernels: one more workgroup row than the grid has.
+    let tall_rows = (max_dim <= 1 << 16).then_some(8 * (max_dim + 1));
+    let d = scratch("bench-file");
+    let mut rng = common::rng(7);
+    let mut tensors = vec![
+        (
+            "fc.weight",
+            f32_view(&[40, 24], &common::weights(&mut rng, 960)),
+        ),
+        ("fc.bias", f32_view(&[40], &common::weights(&mut rng, 40))),
+        (
+            "conv.weight",
+            f32_view(&[6, 3, 3, 3], &common::weights(&mut rng, 162)),
+        ),
+    ];
+    if let Some(rows) = tall_rows {
+        tensors.push((
+            "tall.weight",
+            f32_view(&[rows, 4], &common::weights(&mut rng, rows * 4)),
+        ));
+    }
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(n, (s, b))| (*n, TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let (input, file, json) = (
+        d.join("in.safetensors"),
+        d.join("mu.safetensors"),
+        d.join("out/bench.json"),
+    );
+    std::fs::write(&input, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = run(&[
+        "project",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        file.to_str().unwrap(),
+        "--block",
+        "4x4",
+        "--prune",
+        "0.5",
+        "--unify",
+        "0.25",
+    ]);
+    assert!(out.status.success(), "project: {}", stderr(&out));
+    let out = run(&[
+        "bench",
+        "file",
+        file.to_str().unwrap(),
+        "--n",
+        "1,9",
+        "--runs",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["adapter"]["name"].is_string(), "{report}");
+    let cases = report["cases"].as_array().unwrap();
+    let skipped = report["skipped"].as_array().unwrap();
+    let num = |v: &serde_json::Value, f: &str| {
+        v[f].as_f64()
+            .unwrap_or_else(|| panic!("{f} missing or not a number in {v}"))
+    };
+    let views = [("fc.weight", 40.0, 24.0), ("conv.weight", 6.0, 27.0)];
+    for (layer, m, k) in views {
+        for n in [1.0, 9.0] {
+            let c = cases
+                .iter()
+                .find(|c| c["layer"] == layer && num(c, "n") == n)
+                .unwrap_or_else(|| panic!("no case for {layer} at N = {n}: {report}"));
+            assert_eq!((num(c, "m"), num(c, "k")), (m, k), "{c}");
+            assert_eq!(num(c, "checked_rows"), m, "every row of a small layer: {c}");
+            for f in ["dense_ms", "micro_ms", "gflops_dense", "gflops_micro"] {
+                assert!(num(c, f) > 0.0 && num(c, f).is_finite(), "{f}: {c}");
+            }
+            let ratio = num(c, "dense_ms") / num(c, "micro_ms");
+            assert!((num(c, "speedup") - ratio).abs() < 1e-9 * ratio, "{c}");
+            let flops = 2.0 * m * k * n;
+            let gflops = flops / (num(c, "dense_ms") * 1e6);
+            assert!(
+                (num(c, "gflops_dense") - gflops).abs() < 1e-9 * gflops,
+                "{c}"
+            );
+            assert!(num(c, "bytes_micro") < num(c, "bytes_dense"), "{c}");
+            assert!(
+                num(c, "bytes_micro") > 4.0 * (k * n + m * n),
+                "X and Y: {c}"
+            );
+            for f in ["dense_err", "micro_err"] {
+                assert!(num(c, f) < microunify::cpu::gemm::GEMM_REL, "{f}: {c}");
+            }
+            let counts = c["counts"].as_array().unwrap();
+            assert!(counts[2].as_u64().unwrap() > 0, "blocks pruned: {c}");
+        }
+    }
+    assert!(
+        cases.iter().all(|c| c["layer"] != "fc.bias"),
+        "a bias is no compressed layer: {report}"
+    );
+    if tall_rows.is_some() {
+        let s = skipped
+            .iter()
+            .find(|s| s["layer"] == "tall.weight" && num(s, "n") == 9.0)
+            .unwrap_or_else(|| panic!("tall.weight at N = 9 not skipped: {report}"));
+        assert!(s["reason"].as_str().unwrap().contains("workgroups"), "{s}");
+        assert!(stdout.contains("skipped"), "{stdout}");
+    } else {
+        assert!(skipped.is_empty(), "{report}");
+    }
+    for t in report["totals"].as_array().unwrap() {
+        let of_n: Vec<_> = cases.iter().filter(|c| c["n"] == t["n"]).collect();
+        assert_eq!(num(t, "layers"), of_n.len() as f64, "{t}");
+        // Process CPU times are known on unix; elsewhere they may be null.
+        let cpu_known = cfg!(unix);
+        let fields: &[&str] = if cpu_known {
+            &["dense_ms", "micro_ms", "dense_cpu_ms", "micro_cpu_ms"]
+        } else {
+            &["dense_ms", "micro_ms"]
+        };
+        for &f in fields {
+            let sum: f64 = of_n.iter().map(|c| num(c, f)).sum();
+            assert!((num(t, f) - sum).abs() < 1e-9 * sum, "{f}: {t}");
+        }
+    }
+    assert_eq!(report["totals"].as_array().unwrap().len(), 2, "{report}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bench_file_refuses_a_file_without_compressed_layers() {
+    let d = scratch("bench-file-plain");
+    let path = d.join("plain.safetensors");
+    let (shape, bytes) = f32_view(&[4, 4], &[0.5; 16]);
+    let view = TensorView::new(Dtype::F32, shape, &bytes).unwrap();
+    std::fs::write(&path, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+    let p = path.to_str().unwrap();
+    if common::gpu().is_some() {
+        common::fails_with(EXE, &["bench", "file", p], p);
+        common::fails_with(EXE, &["bench", "file", p, "--n", "0"], "at least 1");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::autotune;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
+use crate::gpu::kernels::gemm_dense::WLayout;
 use crate::gpu::kernels::gemm_dense_tiled::{self, TILES, Tile};
 use crate::gpu::kernels::gemm_params::GemmParams;
 use crate::gpu::kernels::{
@@ -80,6 +81,9 @@ pub struct Gemm {
     pub small: bool,
     /// The path that runs (never [`Path::Auto`]: the choice it resolved to).
     pub path: Path,
+    /// Whether a micro-structured W whose blocks are all dense runs the dense kernels on
+    /// its tiles ([`dense_tiles`]).
+    pub on_tiles: bool,
     /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
     x_rows: usize,
     /// vec4s per row of Y (and of X on the tiled path).
@@ -158,6 +162,26 @@ fn rows_per_group(br: usize, cap: usize) -> usize {
         .rev()
         .find(|d| br.is_multiple_of(*d))
         .unwrap_or(1)
+}
+
+/// The tile layout of `w` when the dense kernels can read its values as they are: every
+/// block dense, the tiles stored in block order (so tile `(R, C)` at `(R·cols + C)·br·bc`)
+/// and 4 columns per vec4 of a tile row. Such a W needs no entry decoding at all: the dense
+/// kernels' inner loop runs on its values (`w_index` in gemm_params.wgsl).
+pub fn dense_tiles(w: &CompressedMatrix) -> Option<WLayout> {
+    let (br, bc) = (w.block().rows, w.block().cols);
+    let tile = (br * bc) as u32;
+    let blocks = w.grid().num_blocks();
+    // All dense: then every block row holds all block columns, so entry i is in block row
+    // i / cols.
+    let in_order = w.counts()[0] == blocks
+        && w.entries().len() == blocks
+        && w.entries().iter().enumerate().all(|(i, &[col, payload])| {
+            payload & UNIFIED_FLAG == 0
+                && col as usize == i % w.grid().block_cols()
+                && payload == i as u32 * tile
+        });
+    (bc.is_multiple_of(4) && in_order).then_some(WLayout::Tiles { br, c4: bc / 4 })
 }
 
 /// Refuses a buffer larger than one storage binding, naming the adapter's limit.
@@ -310,7 +334,7 @@ pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
     if small {
         Variant {
             kernel: kernels::GEMM_DENSE_SMALL,
-            constants: gemm_dense_small::constants(n),
+            constants: gemm_dense_small::constants(n, WLayout::RowMajor),
             loops: GemmKernel::DenseSmall { nb: n as u64 },
             tm: 1,
             nv: 2,
@@ -319,7 +343,30 @@ pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
         let tm = kernels::GEMM_TM as usize;
         Variant {
             kernel: kernels::GEMM_DENSE,
-            constants: gemm_dense::constants(tm),
+            constants: gemm_dense::constants(tm, WLayout::RowMajor),
+            loops: GemmKernel::Dense { tm: tm as u64 },
+            tm,
+            nv: 2,
+        }
+    }
+}
+
+/// The dense kernel the host builds for an all-dense micro-structured W read in its tile
+/// layout ([`dense_tiles`]), `m_pad` rows of whole block rows.
+pub fn dense_tiles_variant(n: usize, small: bool, m_pad: usize, layout: WLayout) -> Variant {
+    if small {
+        Variant {
+            kernel: kernels::GEMM_DENSE_SMALL,
+            constants: gemm_dense_small::constants(n, layout),
+            loops: GemmKernel::DenseSmall { nb: n as u64 },
+            tm: 1,
+            nv: 2,
+        }
+    } else {
+        let tm = rows_per_group(m_pad, kernels::GEMM_TM as usize);
+        Variant {
+            kernel: kernels::GEMM_DENSE,
+            constants: gemm_dense::constants(tm, layout),
             loops: GemmKernel::Dense { tm: tm as u64 },
             tm,
             nv: 2,
@@ -427,6 +474,15 @@ pub fn all_variants() -> Vec<Variant> {
                     if let Ok(small) = choose_small(path, n, Some(bc)) {
                         add(micro_variant(block, n, small, tile));
                     }
+                    // An all-dense W of these blocks on the dense kernels, at each row
+                    // tiling a whole number of block rows gives (m_pad = br · block rows).
+                    if tile.is_none() && bc.is_multiple_of(4) {
+                        let layout = WLayout::Tiles { br, c4: bc / 4 };
+                        let small = choose_small(path, n, None).unwrap_or(false);
+                        for rows in 1..=kernels::GEMM_TM as usize {
+                            add(dense_tiles_variant(n, small, br * rows, layout));
+                        }
+                    }
                 }
             }
         }
@@ -455,6 +511,7 @@ struct Plan<'a> {
     micro: bool,
     small: bool,
     path: Path,
+    on_tiles: bool,
     m: usize,
     k: usize,
     n: usize,
@@ -518,6 +575,7 @@ impl Gemm {
                 micro: false,
                 small,
                 path: resolved(path, small),
+                on_tiles: false,
                 m,
                 k,
                 n,
@@ -547,6 +605,13 @@ impl Gemm {
     ) -> Result<Self> {
         let (m, k) = (w.view().rows, w.view().cols);
         check_shapes(m, k, n, None, None, epi)?;
+        // The workgroup-tiled kernels read W in their own layout: an explicit request for
+        // them runs them.
+        if !matches!(path, Path::Workgroup(_))
+            && let Some(layout) = dense_tiles(w)
+        {
+            return Self::dense_on_tiles(gpu, w, layout, n, epi, path);
+        }
         let (br, bc) = (w.block().rows, w.block().cols);
         let path = match path {
             Path::Auto => {
@@ -586,6 +651,7 @@ impl Gemm {
                 micro: true,
                 small,
                 path: resolved(path, small),
+                on_tiles: false,
                 m,
                 k,
                 n,
@@ -598,6 +664,50 @@ impl Gemm {
                 loops: v.loops,
                 main_trips,
                 weights,
+                epi,
+            },
+        )
+    }
+
+    /// [`Gemm::micro`] of a W that [`dense_tiles`] takes: the dense kernels on its values.
+    fn dense_on_tiles(
+        gpu: &Gpu,
+        w: &CompressedMatrix,
+        layout: WLayout,
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+    ) -> Result<Self> {
+        let (m, k) = (w.view().rows, w.view().cols);
+        let grid = w.grid();
+        let small = choose_small(path, n, None)?;
+        let (m_pad, x_rows) = (
+            grid.block_rows() * w.block().rows,
+            grid.block_cols() * w.block().cols,
+        );
+        // Whole tiles are multiples of 4 values (bc is), so `values` is a vec4 array as it is.
+        let values: &[u8] = bytemuck::cast_slice(w.values());
+        fits(gpu, "values", values.len() as u64)?;
+        let v = dense_tiles_variant(n, small, m_pad, layout);
+        Self::build(
+            gpu,
+            Plan {
+                micro: true,
+                small,
+                path: resolved(path, small),
+                on_tiles: true,
+                m,
+                k,
+                n,
+                x_rows,
+                m_pad,
+                tm: v.tm,
+                nv: v.nv,
+                kernel: v.kernel,
+                constants: v.constants,
+                loops: v.loops,
+                main_trips: x_rows / 4,
+                weights: Weights::Dense { w: values },
                 epi,
             },
         )
@@ -807,6 +917,7 @@ impl Gemm {
                 micro: p.micro,
                 small: p.small,
                 path: p.path,
+                on_tiles: p.on_tiles,
                 x_rows: p.x_rows,
                 n4,
                 m_pad: p.m_pad,

@@ -278,21 +278,30 @@ pub fn gemm(k: GemmKernel, slice: u64) -> Vec<Node> {
         }
         GemmKernel::MicroSmall { rl, bc, nb } => {
             let c4 = bc / 4;
+            // The ROWS4 arm (4 rows, N = 1): its own loop over the tile's column quads.
+            let rows4 = || uniform_if(vec![lp("tile column quads (4 rows)", c4, vec![])], vec![]);
             vec![
                 lp(
                     "dense entries",
                     slice,
-                    vec![lp(
-                        "tile column quads",
-                        c4,
-                        vec![lp("rows", rl, vec![lp("columns", nb, vec![])])],
-                    )],
+                    vec![
+                        rows4(),
+                        lp(
+                            "tile column quads",
+                            c4,
+                            vec![lp("columns", nb, vec![lp("rows", rl, vec![])])],
+                        ),
+                    ],
                 ),
                 lp(
                     "unified entries",
                     slice,
                     vec![
-                        lp("rows (sign words)", rl, vec![]),
+                        rows4(),
+                        uniform_if(
+                            vec![lp("rows (one sign word)", rl, vec![])],
+                            vec![lp("rows (sign words)", rl, vec![])],
+                        ),
                         lp(
                             "tile column quads",
                             c4,

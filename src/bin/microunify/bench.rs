@@ -2,8 +2,10 @@
 //! reported against a vec4 copy measured in the same run on the same adapter (and, as
 //! `proc ms`, in process CPU time, which on lavapipe is the kernels' own work), after its
 //! block states are checked against the CPU reference; `bench gemm` (in `bench/gemm.rs`):
-//! the micro-structured GEMM against the dense one.
+//! the micro-structured GEMM against the dense one; `bench file` (in `bench/file.rs`): the
+//! same for every compressed layer of a compressed file.
 
+mod file;
 mod gemm;
 
 use anyhow::{Context, Result};
@@ -24,6 +26,8 @@ enum Kernel {
     Projection(ProjectionArgs),
     /// The micro-structured GEMM against the dense one, same weights, same adapter.
     Gemm(gemm::GemmArgs),
+    /// Every compressed layer of a compressed file: micro GEMM against dense, per batch size.
+    File(file::FileArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     match &args.kernel {
         Kernel::Projection(a) => projection(gpu, a),
         Kernel::Gemm(a) => gemm::run(gpu, a),
+        Kernel::File(a) => file::run(gpu, a),
     }
 }
 
