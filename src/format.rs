@@ -65,6 +65,12 @@ pub const META_PREFIX: &str = "microunify.";
 pub const VERSION_KEY: &str = "microunify.version";
 /// `__metadata__` key of the per-layer JSON array.
 pub const LAYERS_KEY: &str = "microunify.layers";
+/// `__metadata__` key of the network's layer list (optional; JSON of
+/// [`crate::infer::network::NetworkDef`]), which `microunify infer` runs.
+pub const NETWORK_KEY: &str = "microunify.network";
+/// `__metadata__` key of the input normalisation the network was trained with (optional;
+/// JSON `[[mean, std], ...]`, one pair per channel).
+pub const NORMALIZATION_KEY: &str = "microunify.normalization";
 /// Between a layer's name and a compact tensor's suffix: `{name}.mu.{suffix}`.
 pub const COMPACT_INFIX: &str = ".mu.";
 /// Suffixes of the compact tensors, after `{name}.mu.`, in the order of their checksum.

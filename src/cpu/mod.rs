@@ -2,5 +2,9 @@
 //! verdict of a GPU projection against them.
 
 pub mod agreement;
+pub mod argmax;
+pub mod forward;
 pub mod gemm;
+pub mod im2col;
+pub mod pool2d;
 pub mod projection;

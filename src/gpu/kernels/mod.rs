@@ -41,6 +41,12 @@ pub const MICRO_WG: u32 = 32;
 pub const TABLE_WG: u32 = 64;
 /// Largest N the small-batch kernels take.
 pub const SMALL_MAX_N: usize = 8;
+/// Threads per workgroup of im2col (one value of X each).
+pub const IM2COL_WG: u32 = 64;
+/// Threads per workgroup of pool2d (one output value each).
+pub const POOL_WG: u32 = 64;
+/// Threads per workgroup of argmax (one column each).
+pub const ARGMAX_WG: u32 = 64;
 
 pub mod binding;
 pub mod reflection;
@@ -50,6 +56,7 @@ pub mod common;
 pub mod gemm_params;
 
 pub mod apply_projection;
+pub mod argmax;
 pub mod block_rescale;
 pub mod block_stats;
 pub mod copy_vec4;
@@ -58,7 +65,9 @@ pub mod gemm_dense_small;
 pub mod gemm_micro;
 pub mod gemm_micro_small;
 pub mod gemm_sign_table;
+pub mod im2col;
 pub mod pack_states;
+pub mod pool2d;
 pub mod radix_histogram;
 pub mod radix_resolve;
 
@@ -158,6 +167,9 @@ pub const GEMM_MICRO: Kernel = gemm_micro::KERNEL;
 pub const GEMM_DENSE_SMALL: Kernel = gemm_dense_small::KERNEL;
 pub const GEMM_MICRO_SMALL: Kernel = gemm_micro_small::KERNEL;
 pub const GEMM_SIGN_TABLE: Kernel = gemm_sign_table::KERNEL;
+pub const IM2COL: Kernel = im2col::KERNEL;
+pub const POOL2D: Kernel = pool2d::KERNEL;
+pub const ARGMAX: Kernel = argmax::KERNEL;
 
 /// Every kernel the library dispatches.
 pub const ALL: &[Kernel] = &[
@@ -173,6 +185,9 @@ pub const ALL: &[Kernel] = &[
     GEMM_DENSE_SMALL,
     GEMM_MICRO_SMALL,
     GEMM_SIGN_TABLE,
+    IM2COL,
+    POOL2D,
+    ARGMAX,
 ];
 
 /// Every prelude: a file kernels name on their `// requires:` line.
@@ -233,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_bindings_struct_matches_its_kernel() {
-        let structs: [(&Kernel, &[(u32, &str)]); 12] = [
+        let structs: [(&Kernel, &[(u32, &str)]); 15] = [
             (&BLOCK_STATS, block_stats::Bindings::FIELDS),
             (&BLOCK_RESCALE, block_rescale::Bindings::FIELDS),
             (&RADIX_HISTOGRAM, radix_histogram::Bindings::FIELDS),
@@ -246,6 +261,9 @@ mod tests {
             (&GEMM_DENSE_SMALL, gemm_dense_small::Bindings::FIELDS),
             (&GEMM_MICRO_SMALL, gemm_micro_small::Bindings::FIELDS),
             (&GEMM_SIGN_TABLE, gemm_sign_table::Bindings::FIELDS),
+            (&IM2COL, im2col::Bindings::FIELDS),
+            (&POOL2D, pool2d::Bindings::FIELDS),
+            (&ARGMAX, argmax::Bindings::FIELDS),
         ];
         assert_eq!(structs.len(), ALL.len());
         for (k, fields) in structs {
