@@ -65,14 +65,14 @@ fn bad_networks_are_errors_naming_the_layer() {
         "a.toml",
         "[[layer]]\ntype = \"linear\"\nweight = \"fc.weight\"\n",
     );
-    fails(Some(&n), "layer 1 (linear fc.weight)");
+    fails(Some(&n), "layer \"#1 linear fc.weight\"");
     fails(Some(&n), "put a flatten layer before it");
     let n = network(
         &dir,
         "b.toml",
         "[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nweight = \"fc2.weight\"\n",
     );
-    fails(Some(&n), "layer 2 (linear fc2.weight)");
+    fails(Some(&n), "layer \"#2 linear fc2.weight\"");
     fails(Some(&n), "no tensor \"fc2.weight\"");
     let n = network(&dir, "c.toml", "[[layer]]\ntype = \"dropout\"\n");
     fails(Some(&n), "layer 1: unknown variant `dropout`");

@@ -99,15 +99,16 @@ impl LayerDef {
         }
     }
 
-    /// How errors name the layer: its number (from 1), type and weight.
+    /// How errors name the layer: its number in the list (from 1), type and weight, e.g.
+    /// `#6 linear fc1.weight`.
     fn label(&self, i: usize) -> String {
         match self {
             LayerDef::Conv { weight, .. }
             | LayerDef::Linear { weight, .. }
             | LayerDef::Batchnorm { weight, .. } => {
-                format!("layer {} ({} {weight})", i + 1, self.kind())
+                format!("#{} {} {weight}", i + 1, self.kind())
             }
-            _ => format!("layer {} ({})", i + 1, self.kind()),
+            _ => format!("#{} {}", i + 1, self.kind()),
         }
     }
 }
