@@ -62,7 +62,9 @@ fn same(what: &str, got: &[f32], want: &[f32]) {
 }
 
 /// (channels, height, width, batch, kh, kw, stride, pad)
-const GEOMETRIES: [(u32, u32, u32, u32, u32, u32, [u32; 2], [u32; 2]); 7] = [
+type Geometry = (u32, u32, u32, u32, u32, u32, [u32; 2], [u32; 2]);
+
+const GEOMETRIES: [Geometry; 7] = [
     (1, 1, 1, 1, 1, 1, [1, 1], [0, 0]),
     (3, 7, 5, 2, 3, 3, [1, 1], [1, 1]),
     (2, 11, 13, 1, 5, 3, [2, 3], [2, 1]),

@@ -16,8 +16,7 @@ fn conv(
     w: &[f32],
     wshape: &[usize],
     bias: Option<&[f32]>,
-    stride: [usize; 2],
-    pad: [usize; 2],
+    [stride, pad]: [[usize; 2]; 2],
     out: [usize; 3],
 ) -> Vec<f64> {
     let [cin, h, wd] = a.shape;
@@ -116,8 +115,7 @@ pub fn forward(net: &Network, images: &[f32], n: usize) -> Vec<f64> {
                 &weight.dense(),
                 weight.shape(),
                 bias.as_deref(),
-                *stride,
-                *padding,
+                [*stride, *padding],
                 out,
             ),
             Op::Linear { weight, bias } => {

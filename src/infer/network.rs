@@ -536,7 +536,8 @@ impl Network {
                         eps: *eps,
                     };
                     if let Some(ch) = (0..c).find(|&ch| {
-                        !(f64::from(bn.var[ch]) + bn.eps > 0.0) || !bn.gamma[ch].is_finite()
+                        let positive = f64::from(bn.var[ch]) + bn.eps > 0.0;
+                        !positive || !bn.gamma[ch].is_finite()
                     }) {
                         return Err(err(format!(
                             "channel {ch}: running_var + eps must be positive and the weight finite"
