@@ -64,7 +64,7 @@ fn same(what: &str, got: &[f32], want: &[f32]) {
 /// (channels, height, width, batch, kh, kw, stride, pad)
 type Geometry = (u32, u32, u32, u32, u32, u32, [u32; 2], [u32; 2]);
 
-const GEOMETRIES: [Geometry; 7] = [
+const GEOMETRIES: [Geometry; 8] = [
     (1, 1, 1, 1, 1, 1, [1, 1], [0, 0]),
     (3, 7, 5, 2, 3, 3, [1, 1], [1, 1]),
     (2, 11, 13, 1, 5, 3, [2, 3], [2, 1]),
@@ -72,6 +72,8 @@ const GEOMETRIES: [Geometry; 7] = [
     (1, 28, 28, 2, 5, 5, [1, 1], [0, 0]),
     (7, 3, 2, 5, 1, 1, [1, 1], [0, 0]),
     (4, 9, 6, 1, 2, 2, [2, 2], [1, 1]),
+    // More rows of X (1250) than one im2col invocation writes.
+    (50, 6, 5, 1, 5, 5, [1, 1], [1, 1]),
 ];
 
 fn out_side(len: u32, k: u32, s: u32, p: u32) -> u32 {

@@ -8,10 +8,16 @@
 // same gather with a kernel the size of the whole input (PyTorch's flatten order).
 // Bindings: 0 input (read), 1 scale, 2 shift (read, one per input channel),
 //   3 x (read_write, the GEMM's X buffer), 4 Im2colParams (uniform).
-// Dispatch: ceil(total / IM2COL_WG) workgroups, 2-D when needed; one output value per
-// invocation, no loops.
+// Dispatch: (ceil(stored columns / IM2COL_WG), ceil(stored rows / IM2COL_ROWS)) workgroups;
+// each invocation writes one stored column of X over IM2COL_ROWS rows, stepping the
+// (channel, ky, kx) of its rows instead of dividing for each (integer division is what a
+// CPU driver spends most on here), the padding rows and columns included.
+
+// Loops: modelled in src/gpu/loops.rs, which kernels-tests/loop_budget.rs checks against
+// this file (lavapipe's 65,535 iterations per invocation); change both together.
 
 override IM2COL_WG: u32;
+override IM2COL_ROWS: u32;
 
 struct Im2colParams {
     channels: u32,
@@ -43,42 +49,75 @@ struct Im2colParams {
 @group(0) @binding(4) var<uniform> p: Im2colParams;
 
 @compute @workgroup_size(IM2COL_WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * IM2COL_WG + lid;
-    if (i >= p.total) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // Stored rows and columns of X (of X^T: rows along the stored row).
+    var krows = p.total / p.out_stride;
+    var ccols = p.out_stride;
+    if (p.transposed != 0u) {
+        krows = p.out_stride;
+        ccols = p.total / p.out_stride;
+    }
+    let c = wid.x * IM2COL_WG + lid;
+    if (c >= ccols) {
         return;
     }
-    var k = i / p.out_stride;
-    var c = i % p.out_stride;
-    if (p.transposed != 0u) {
-        c = i / p.out_stride;
-        k = i % p.out_stride;
+    let k0 = wid.y * IM2COL_ROWS;
+    let k1 = min(k0 + IM2COL_ROWS, krows);
+    let plane = p.out_h * p.out_w;
+    let b = c / plane;
+    let oy = (c % plane) / p.out_w;
+    let ox = c % p.out_w;
+    let real_col = c < p.cols;
+    let base = b * p.height;
+    // The (ci, ky, kx) of row k0, then stepped row by row.
+    let khw = p.kh * p.kw;
+    var ci = k0 / khw;
+    var pos = k0 % khw;
+    if (p.position_major != 0u) {
+        ci = k0 % p.channels;
+        pos = k0 / p.channels;
     }
-    var v = 0.0;
-    if (k < p.rows && c < p.cols) {
-        var ci = k / (p.kh * p.kw);
-        var pos = k % (p.kh * p.kw);
-        if (p.position_major != 0u) {
-            ci = k % p.channels;
-            pos = k / p.channels;
+    var ky = pos / p.kw;
+    var kx = pos % p.kw;
+    for (var k = k0; k < k1; k++) { // loop budget: IM2COL_ROWS (src/gpu/loops.rs)
+        var v = 0.0;
+        if (real_col && k < p.rows) {
+            // Coordinates in the padded input.
+            let py = oy * p.stride_y + ky;
+            let px = ox * p.stride_x + kx;
+            if (py >= p.pad_y && py - p.pad_y < p.height && px >= p.pad_x && px - p.pad_x < p.width) {
+                let at = ci * p.in_stride + (base + py - p.pad_y) * p.width + px - p.pad_x;
+                v = fma(input[at], scale[ci], shift[ci]);
+                if (p.relu != 0u) {
+                    v = max(v, 0.0);
+                }
+            }
         }
-        let ky = pos / p.kw;
-        let kx = pos % p.kw;
-        let plane = p.out_h * p.out_w;
-        let b = c / plane;
-        let oy = (c % plane) / p.out_w;
-        let ox = c % p.out_w;
-        // Coordinates in the padded input.
-        let py = oy * p.stride_y + ky;
-        let px = ox * p.stride_x + kx;
-        if (py >= p.pad_y && py - p.pad_y < p.height && px >= p.pad_x && px - p.pad_x < p.width) {
-            let at = ci * p.in_stride + (b * p.height + py - p.pad_y) * p.width + px - p.pad_x;
-            v = fma(input[at], scale[ci], shift[ci]);
-            if (p.relu != 0u) {
-                v = max(v, 0.0);
+        if (p.transposed != 0u) {
+            x[c * p.out_stride + k] = v;
+        } else {
+            x[k * p.out_stride + c] = v;
+        }
+        if (p.position_major != 0u) {
+            ci += 1u;
+            if (ci == p.channels) {
+                ci = 0u;
+                kx += 1u;
+                if (kx == p.kw) {
+                    kx = 0u;
+                    ky += 1u;
+                }
+            }
+        } else {
+            kx += 1u;
+            if (kx == p.kw) {
+                kx = 0u;
+                ky += 1u;
+                if (ky == p.kh) {
+                    ky = 0u;
+                    ci += 1u;
+                }
             }
         }
     }
-    x[i] = v;
 }

@@ -310,9 +310,9 @@ pub const MAX_POOL_SIDE: u64 = 32;
 /// The most classes argmax takes (the network check refuses more).
 pub const MAX_CLASSES: u64 = 16_384;
 
-/// The loops of im2col: none (one value of X per invocation).
+/// The loops of im2col: one column of X over at most `IM2COL_ROWS` rows.
 pub fn im2col() -> Vec<Node> {
-    vec![]
+    vec![lp("rows of X", kernels::IM2COL_ROWS as u64, vec![])]
 }
 
 /// The loops of pool2d over a `kh × kw` window.

@@ -67,7 +67,7 @@ impl Dispatch {
             &kernels::IM2COL,
             label.clone(),
             p,
-            im2col::workgroups(p.total, max_dim),
+            im2col::workgroups(p, max_dim)?,
             |p, pipeline| {
                 im2col::Bindings {
                     input: Bound::whole(io.input),

@@ -3,10 +3,16 @@
 
 use super::binding::bindings;
 use super::reflection::generated;
-use super::{IM2COL_WG, Kernel};
-use crate::gpu::grid;
+use super::{IM2COL_ROWS, IM2COL_WG, Kernel};
+use crate::error::{Error, Result};
 
-pub const KERNEL: Kernel = Kernel::new(&generated::IM2COL, &[("IM2COL_WG", IM2COL_WG as f64)]);
+pub const KERNEL: Kernel = Kernel::new(
+    &generated::IM2COL,
+    &[
+        ("IM2COL_WG", IM2COL_WG as f64),
+        ("IM2COL_ROWS", IM2COL_ROWS as f64),
+    ],
+);
 
 /// WGSL `Im2colParams`.
 #[repr(C)]
@@ -51,9 +57,23 @@ bindings! {
     }
 }
 
-/// Workgroups writing `total` values (2-D past the per-dimension limit).
-pub fn workgroups(total: u32, max_dim: u32) -> (u32, u32) {
-    grid(total.div_ceil(IM2COL_WG), max_dim)
+/// Workgroups writing all of X: stored columns along x, groups of `IM2COL_ROWS` stored
+/// rows along y; more than the adapter's `max_dim` on either is an error.
+pub fn workgroups(p: &Im2colParams, max_dim: u32) -> Result<(u32, u32)> {
+    let (rows, cols) = if p.transposed != 0 {
+        (p.out_stride, p.total / p.out_stride.max(1))
+    } else {
+        (p.total / p.out_stride.max(1), p.out_stride)
+    };
+    let groups = (cols.div_ceil(IM2COL_WG), rows.div_ceil(IM2COL_ROWS));
+    if groups.0 > max_dim || groups.1 > max_dim {
+        return Err(Error::TooLarge(format!(
+            "im2col of {rows} rows x {cols} columns needs {}x{} workgroups; \
+             max_compute_workgroups_per_dimension is {max_dim} (use a smaller --batch)",
+            groups.0, groups.1
+        )));
+    }
+    Ok(groups)
 }
 
 #[cfg(test)]

@@ -41,8 +41,10 @@ pub const MICRO_WG: u32 = 32;
 pub const TABLE_WG: u32 = 64;
 /// Largest N the small-batch kernels take.
 pub const SMALL_MAX_N: usize = 8;
-/// Threads per workgroup of im2col (one value of X each).
+/// Threads per workgroup of im2col (one column of X each).
 pub const IM2COL_WG: u32 = 64;
+/// Rows of X one im2col invocation writes.
+pub const IM2COL_ROWS: u32 = 1024;
 /// Threads per workgroup of pool2d (one output value each).
 pub const POOL_WG: u32 = 64;
 /// Threads per workgroup of argmax (one column each).
