@@ -103,6 +103,41 @@ fn bad_networks_are_errors_naming_the_layer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn the_format_keeps_and_checks_the_network_and_normalization() {
+    use microunify::format::{NETWORK_KEY, NORMALIZATION_KEY};
+    use microunify::infer::network::NetworkDef;
+    let def = NetworkDef::parse(
+        "[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nweight = \"fc.weight\"\n",
+        "net",
+    )
+    .unwrap();
+    let mut f = CompressedFile::default();
+    f.set_network(&def);
+    f.set_normalization(&[[0.5, 0.25]]);
+    let back = CompressedFile::from_bytes(&f.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.stored_network().unwrap(), Some(def));
+    assert_eq!(
+        back.stored_normalization().unwrap(),
+        Some(vec![[0.5, 0.25]])
+    );
+    for (key, value, needle) in [
+        (NORMALIZATION_KEY, "[[0.5, 0]]", "positive finite"),
+        (NORMALIZATION_KEY, "0.5", "not a JSON list"),
+        (
+            NETWORK_KEY,
+            "{\"layer\": [{\"type\": \"dropout\"}]}",
+            "dropout",
+        ),
+        ("microunify.other", "1", "reserved"),
+    ] {
+        let mut bad = CompressedFile::default();
+        bad.metadata.insert(key.into(), value.into());
+        let e = bad.to_bytes().unwrap_err().to_string();
+        assert!(e.contains(needle), "{key}={value}: {e}");
+    }
+}
+
 #[cfg(feature = "train")]
 mod trained {
     use super::*;
