@@ -137,13 +137,16 @@ fn every_kernel_model_matches_its_shader() {
         check_shape(&k.kernel(), &loops::gemm(k, 7));
     }
     check_shape(&kernels::GEMM_SIGN_TABLE, &loops::gemm_sign_table());
+    for (kernel, model) in loops::network_at_limit() {
+        check_shape(&kernel, &model);
+    }
     // The radix the model counts is the shaders' own.
     assert_eq!(
         shader_const(&kernels::RADIX_RESOLVE, "RADIX"),
         kernels::RADIX as u64
     );
     // Every kernel the library dispatches is modelled.
-    let modelled = loops::projection_at_limit().len() + 7;
+    let modelled = loops::projection_at_limit().len() + 7 + loops::network_at_limit().len();
     assert_eq!(modelled, kernels::ALL.len());
 }
 
@@ -166,6 +169,21 @@ fn projection_kernels_stay_within_the_share() {
     // Twice the side would not fit: the bound is not vacuous.
     let doubled = loops::projection(2 * microunify::block::MAX_BLOCK_SIDE as u64);
     assert!(doubled.iter().any(|(_, m)| active(m) > SHARE));
+}
+
+#[test]
+fn network_kernels_stay_within_the_share() {
+    for (kernel, model) in loops::network_at_limit() {
+        let spent = active(&model);
+        assert!(
+            spent <= SHARE,
+            "shaders/{}: up to {spent} loop iterations per invocation at the window and \
+             class limits, more than {SHARE} of lavapipe's {BUDGET}",
+            kernel.file
+        );
+    }
+    // Twice the class limit would not fit: the bound is not vacuous.
+    assert!(active(&loops::argmax(2 * loops::MAX_CLASSES + 2)) > SHARE);
 }
 
 #[test]

@@ -24,8 +24,12 @@
 //! before compression (one of [`dtype::LAYER_DTYPES`]; its values must fit it), block,
 //! layout, GEMM view, block counts and a SHA-256 over the entry itself (as JSON, this
 //! field empty) and the four compact tensors' bytes in the table's order (the compact form
-//! has no redundancy left to tell a damaged weight from a real one). Any other metadata of
-//! the input is kept. No JSON object of the header, of `__metadata__` or of the layer list
+//! has no redundancy left to tell a damaged weight from a real one). Two optional keys
+//! describe how to run the network, each checked on reading: `microunify.network`, the
+//! layer list `microunify infer` runs (JSON of [`NetworkDef`], README's schema), and
+//! `microunify.normalization`, the `[[mean, std], ...]` per input channel it was trained
+//! with. Any other `microunify.` key is refused; any other metadata of the input is
+//! kept. No JSON object of the header, of `__metadata__` or of the layer list
 //! may repeat a key.
 //!
 //! Reserved names: no tensor of the file may take a listed layer's own name (the layer
@@ -50,6 +54,7 @@ pub use read::reseal;
 use crate::block::{BlockShape, ConvLayout, GemmView, from_gemm};
 use crate::compressed::CompressedMatrix;
 use crate::error::{Error, Result};
+use crate::infer::network::NetworkDef;
 use safetensors::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -64,6 +69,51 @@ pub const META_PREFIX: &str = "microunify.";
 pub const VERSION_KEY: &str = "microunify.version";
 /// `__metadata__` key of the per-layer JSON array.
 pub const LAYERS_KEY: &str = "microunify.layers";
+/// `__metadata__` key of the network's layer list (optional; JSON of
+/// [`crate::infer::network::NetworkDef`]), which `microunify infer` runs.
+pub const NETWORK_KEY: &str = "microunify.network";
+/// `__metadata__` key of the input normalisation the network was trained with (optional;
+/// JSON `[[mean, std], ...]`, one pair per channel).
+pub const NORMALIZATION_KEY: &str = "microunify.normalization";
+/// The optional `__metadata__` keys of the format, each validated on reading and writing.
+pub const OPTIONAL_KEYS: [&str; 2] = [NETWORK_KEY, NORMALIZATION_KEY];
+
+fn parse_network(text: &str) -> Result<NetworkDef> {
+    NetworkDef::parse(text, NETWORK_KEY)
+        .map_err(|e| format_err("__metadata__", format!("{NETWORK_KEY}: {e}")))
+}
+
+fn parse_normalization(text: &str) -> Result<Vec<[f64; 2]>> {
+    let bad = |why: String| format_err("__metadata__", format!("{NORMALIZATION_KEY}: {why}"));
+    let pairs: Vec<[f64; 2]> = serde_json::from_str(text)
+        .map_err(|e| bad(format!("not a JSON list of [mean, std] pairs: {e}")))?;
+    if pairs.is_empty() {
+        return Err(bad("no [mean, std] pair".into()));
+    }
+    if let Some(i) = pairs
+        .iter()
+        .position(|[m, s]| !m.is_finite() || !s.is_finite() || *s <= 0.0)
+    {
+        return Err(bad(format!(
+            "pair {} {:?}: the mean must be finite and the std a positive finite number",
+            i + 1,
+            pairs[i]
+        )));
+    }
+    Ok(pairs)
+}
+
+/// Checks the optional keys `metadata` holds.
+pub(crate) fn check_optional(metadata: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(t) = metadata.get(NETWORK_KEY) {
+        parse_network(t)?;
+    }
+    if let Some(t) = metadata.get(NORMALIZATION_KEY) {
+        parse_normalization(t)?;
+    }
+    Ok(())
+}
+
 /// Between a layer's name and a compact tensor's suffix: `{name}.mu.{suffix}`.
 pub const COMPACT_INFIX: &str = ".mu.";
 /// Suffixes of the compact tensors, after `{name}.mu.`, in the order of their checksum.
@@ -363,12 +413,46 @@ impl CompressedFile {
         check_names(&layer_names, self.passthrough.keys().map(String::as_str))
     }
 
-    /// The user's own `__metadata__`, which may not take a key of the format.
+    /// The user's own `__metadata__`, which may not take a key of the format other than
+    /// the [`OPTIONAL_KEYS`] (checked as on reading).
     fn user_metadata(&self) -> Result<HashMap<String, String>> {
-        match self.metadata.keys().find(|k| k.starts_with(META_PREFIX)) {
+        let reserved =
+            |k: &&String| k.starts_with(META_PREFIX) && !OPTIONAL_KEYS.contains(&k.as_str());
+        match self.metadata.keys().find(reserved) {
             Some(k) => Err(format_err("__metadata__", format!("key {k:?} is reserved"))),
-            None => Ok(self.metadata.clone().into_iter().collect()),
+            None => {
+                check_optional(&self.metadata)?;
+                Ok(self.metadata.clone().into_iter().collect())
+            }
         }
+    }
+
+    /// Records the network's layer list (under [`NETWORK_KEY`]).
+    pub fn set_network(&mut self, def: &NetworkDef) {
+        self.metadata.insert(NETWORK_KEY.into(), def.to_json());
+    }
+
+    /// Records the input normalisation, one `[mean, std]` per channel (under
+    /// [`NORMALIZATION_KEY`]).
+    pub fn set_normalization(&mut self, stats: &[[f64; 2]]) {
+        let text = serde_json::to_string(stats).expect("pairs of floats always encode");
+        self.metadata.insert(NORMALIZATION_KEY.into(), text);
+    }
+
+    /// The recorded layer list, if any.
+    pub fn stored_network(&self) -> Result<Option<NetworkDef>> {
+        self.metadata
+            .get(NETWORK_KEY)
+            .map(|t| parse_network(t))
+            .transpose()
+    }
+
+    /// The recorded input normalisation, if any.
+    pub fn stored_normalization(&self) -> Result<Option<Vec<[f64; 2]>>> {
+        self.metadata
+            .get(NORMALIZATION_KEY)
+            .map(|t| parse_normalization(t))
+            .transpose()
     }
 
     /// Parses and validates safetensors bytes; every inconsistency is an [`Error::Format`]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod format;
 pub mod fsio;
 pub mod gpu;
+pub mod infer;
 pub mod layout;
 pub mod nets;
 pub mod plots;

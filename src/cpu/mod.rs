@@ -19,9 +19,13 @@
 
 pub mod agreement;
 pub mod apply_projection;
+pub mod argmax;
 pub mod block_stats;
+pub mod forward;
 pub mod gemm;
+pub mod im2col;
 pub mod pack_states;
+pub mod pool2d;
 pub mod projection;
 pub mod radix_histogram;
 pub mod radix_resolve;

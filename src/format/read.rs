@@ -13,8 +13,8 @@ use super::header::{Container, LEN_BYTES, METADATA_KEY, check_loads_in_safetenso
 use super::json::Json;
 use super::{
     COMPACT, CompressedFile, CompressedLayer, FORMAT_VERSION, LAYERS_KEY, LayerMeta, META_PREFIX,
-    RawTensor, VERSION_KEY, compact_name, dtype, float_text, format_err, reserved_layer_name,
-    reserved_name,
+    OPTIONAL_KEYS, RawTensor, VERSION_KEY, check_optional, compact_name, dtype, float_text,
+    format_err, reserved_layer_name, reserved_name,
 };
 use crate::block::{BlockGrid, BlockState, GemmView, StateMap};
 use crate::error::Result;
@@ -119,9 +119,13 @@ pub(super) fn decode(st: &Container<'_>) -> Result<CompressedFile> {
     let layers_json = metadata
         .remove(LAYERS_KEY)
         .ok_or_else(|| meta_err(format!("no {LAYERS_KEY:?} entry")))?;
-    if let Some(k) = metadata.keys().find(|k| k.starts_with(META_PREFIX)) {
+    if let Some(k) = metadata
+        .keys()
+        .find(|k| k.starts_with(META_PREFIX) && !OPTIONAL_KEYS.contains(&k.as_str()))
+    {
         return Err(meta_err(format!("unknown key {k:?}")));
     }
+    check_optional(&metadata)?;
     let metas = layer_list(&layers_json)?;
 
     let mut names = HashSet::new();

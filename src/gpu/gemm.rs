@@ -1028,6 +1028,44 @@ impl Gemm {
             .collect())
     }
 
+    /// X as the kernels read it, for a producer that writes it on the GPU (the network
+    /// host's im2col): value `(k, c)` of the `k×n` operand lies at `k·stride + c`, or at
+    /// `c·stride + k` when [`x_transposed`](Self::x_transposed); every other value of the
+    /// buffer's [`x_values`](Self::x_values) must be zero.
+    pub fn x_buffer(&self) -> &wgpu::Buffer {
+        &self.x
+    }
+
+    /// Whether X is stored transposed (the small-batch path).
+    pub fn x_transposed(&self) -> bool {
+        self.small
+    }
+
+    /// Values per stored row of X (of X^T when transposed).
+    pub fn x_stride(&self) -> usize {
+        if self.small { self.x_rows } else { self.n4 * 4 }
+    }
+
+    /// Values of X as stored, padding included.
+    pub fn x_values(&self) -> usize {
+        if self.small {
+            self.n * self.x_rows
+        } else {
+            self.x_rows * self.n4 * 4
+        }
+    }
+
+    /// Y as the kernels write it: value `(r, c)` at `r·y_stride() + c`, for a consumer on
+    /// the GPU.
+    pub fn y_buffer(&self) -> &wgpu::Buffer {
+        &self.y
+    }
+
+    /// Values per stored row of Y.
+    pub fn y_stride(&self) -> usize {
+        self.n4 * 4
+    }
+
     /// `2·m·k·n`: the dense product's floating-point operations.
     pub fn flops(&self) -> u64 {
         2 * (self.m * self.k * self.n) as u64

@@ -392,6 +392,39 @@ pub fn gemm_sign_table() -> Vec<Node> {
     vec![lp("sign patterns of the upper pair", 4, vec![])]
 }
 
+/// The largest pooling window side pool2d takes (the network check refuses more).
+pub const MAX_POOL_SIDE: u64 = 32;
+/// The most classes argmax takes (the network check refuses more).
+pub const MAX_CLASSES: u64 = 16_384;
+
+/// The loops of im2col: one column of X over at most `IM2COL_ROWS` rows.
+pub fn im2col() -> Vec<Node> {
+    vec![lp("rows of X", kernels::IM2COL_ROWS as u64, vec![])]
+}
+
+/// The loops of pool2d over a `kh × kw` window.
+pub fn pool2d(kh: u64, kw: u64) -> Vec<Node> {
+    vec![lp(
+        "window rows",
+        kh,
+        vec![lp("window columns", kw, vec![])],
+    )]
+}
+
+/// The loops of argmax over `classes` classes (the first read before the loop).
+pub fn argmax(classes: u64) -> Vec<Node> {
+    vec![lp("classes", classes.saturating_sub(1), vec![])]
+}
+
+/// The network kernels at the largest window and class count the network check accepts.
+pub fn network_at_limit() -> Vec<(Kernel, Vec<Node>)> {
+    vec![
+        (kernels::IM2COL, im2col()),
+        (kernels::POOL2D, pool2d(MAX_POOL_SIDE, MAX_POOL_SIDE)),
+        (kernels::ARGMAX, argmax(MAX_CLASSES)),
+    ]
+}
+
 /// The longest main-loop slice of a GEMM kernel that keeps within [`SHARE`] (at least 1:
 /// every kernel's loops outside the main one are far smaller).
 pub fn gemm_slice_len(k: GemmKernel) -> u64 {

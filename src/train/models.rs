@@ -4,6 +4,7 @@
 //! datasets and checkpoints are checked against it without building the model; the tch
 //! model is built from the same declaration.
 
+use crate::infer::network::{LayerDef, NetworkDef, Sides};
 use crate::train::network::{LayerFilter, LayerInfo, ModelInfo};
 use crate::train::script::{saved_bytes, torch_message};
 use tch::nn::{self, Module};
@@ -186,8 +187,54 @@ impl ModelKind {
     }
 }
 
+impl ModelKind {
+    /// The layer list of the forward pass [`Builtin::new`] builds (`microunify infer`
+    /// runs it from the compressed file's metadata); kept next to it so the two change
+    /// together, and checked against it by the agreement test (tests/infer.rs).
+    pub fn network(self) -> NetworkDef {
+        let l = self.architecture().layers;
+        let conv = |i: usize| LayerDef::Conv {
+            weight: format!("{}.weight", l[i].name),
+            bias: Some(format!("{}.bias", l[i].name)),
+            stride: Sides::Both(1),
+            padding: Sides::Both(0),
+        };
+        let linear = |i: usize| LayerDef::Linear {
+            weight: format!("{}.weight", l[i].name),
+            bias: Some(format!("{}.bias", l[i].name)),
+        };
+        let pool = || LayerDef::Maxpool {
+            kernel: Sides::Both(2),
+            stride: None,
+            padding: Sides::Both(0),
+        };
+        let layer = match self {
+            ModelKind::Lenet5 => vec![
+                conv(0),
+                pool(),
+                conv(1),
+                pool(),
+                LayerDef::Flatten {},
+                linear(2),
+                LayerDef::Relu {},
+                linear(3),
+            ],
+            ModelKind::Lenet300100 => vec![
+                LayerDef::Flatten {},
+                linear(0),
+                LayerDef::Relu {},
+                linear(1),
+                LayerDef::Relu {},
+                linear(2),
+            ],
+        };
+        NetworkDef { layer }
+    }
+}
+
 /// A built-in network with its variables in a tch `VarStore`.
 pub struct Builtin {
+    kind: ModelKind,
     vs: nn::VarStore,
     net: nn::Sequential,
     input: [i64; 3],
@@ -235,10 +282,15 @@ impl Builtin {
                 .add(linear_of(&root, &l[2])),
         };
         Self {
+            kind,
             vs,
             net,
             input: [c, h, w],
         }
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
     }
 
     /// Logits for a batch of images `[N, C, H, W]` of the architecture's input.

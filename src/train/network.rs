@@ -343,6 +343,15 @@ impl Model {
             .collect()
     }
 
+    /// The layer list of a built-in network (None for a TorchScript one, whose forward
+    /// pass is code the list cannot describe).
+    pub fn network_def(&self) -> Option<crate::infer::network::NetworkDef> {
+        match &self.net {
+            Net::Builtin(b) => Some(b.kind().network()),
+            Net::Script(_) => None,
+        }
+    }
+
     /// The buffers (e.g. BatchNorm's running statistics) by name: what a state dict holds
     /// beside the parameters. A built-in network has none.
     pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {

@@ -552,7 +552,13 @@ pub fn run(
     obs.note(&format!("final {}", cfg.task.show(final_accuracy)));
 
     // 5. Structure check, report and the compressed file.
-    let ex = export(cfg, &r.model, &r.specs, &r.weights, &r.states, &r.signs)?;
+    let mut ex = export(cfg, &r.model, &r.specs, &r.weights, &r.states, &r.signs)?;
+    // What `microunify infer` needs to run the file: the inputs' normalisation, and the
+    // layer list where the network is one it can describe.
+    ex.file.set_normalization(&train.normalization);
+    if let Some(def) = r.model.network_def() {
+        ex.file.set_network(&def);
+    }
     let p = r.p;
     let report = Report {
         task: cfg.task,

@@ -41,6 +41,14 @@ pub const MICRO_WG: u32 = 32;
 pub const TABLE_WG: u32 = 64;
 /// Largest N the small-batch kernels take.
 pub const SMALL_MAX_N: usize = 8;
+/// Threads per workgroup of im2col (one column of X each).
+pub const IM2COL_WG: u32 = 64;
+/// Rows of X one im2col invocation writes.
+pub const IM2COL_ROWS: u32 = 1024;
+/// Threads per workgroup of pool2d (one output value each).
+pub const POOL_WG: u32 = 64;
+/// Threads per workgroup of argmax (one column each).
+pub const ARGMAX_WG: u32 = 64;
 
 pub mod binding;
 pub mod reflection;
@@ -50,6 +58,7 @@ pub mod common;
 pub mod gemm_params;
 
 pub mod apply_projection;
+pub mod argmax;
 pub mod block_rescale;
 pub mod block_stats;
 pub mod copy_vec4;
@@ -60,7 +69,9 @@ pub mod gemm_micro;
 pub mod gemm_micro_small;
 pub mod gemm_micro_tiled;
 pub mod gemm_sign_table;
+pub mod im2col;
 pub mod pack_states;
+pub mod pool2d;
 pub mod radix_histogram;
 pub mod radix_resolve;
 
@@ -162,6 +173,9 @@ pub const GEMM_MICRO_SMALL: Kernel = gemm_micro_small::KERNEL;
 pub const GEMM_SIGN_TABLE: Kernel = gemm_sign_table::KERNEL;
 pub const GEMM_DENSE_TILED: Kernel = gemm_dense_tiled::KERNEL;
 pub const GEMM_MICRO_TILED: Kernel = gemm_micro_tiled::KERNEL;
+pub const IM2COL: Kernel = im2col::KERNEL;
+pub const POOL2D: Kernel = pool2d::KERNEL;
+pub const ARGMAX: Kernel = argmax::KERNEL;
 
 /// Every kernel the library dispatches.
 pub const ALL: &[Kernel] = &[
@@ -179,6 +193,9 @@ pub const ALL: &[Kernel] = &[
     GEMM_SIGN_TABLE,
     GEMM_DENSE_TILED,
     GEMM_MICRO_TILED,
+    IM2COL,
+    POOL2D,
+    ARGMAX,
 ];
 
 /// Every prelude: a file kernels name on their `// requires:` line.
@@ -239,7 +256,7 @@ mod tests {
 
     #[test]
     fn every_bindings_struct_matches_its_kernel() {
-        let structs: [(&Kernel, &[(u32, &str)]); 14] = [
+        let structs: [(&Kernel, &[(u32, &str)]); 17] = [
             (&BLOCK_STATS, block_stats::Bindings::FIELDS),
             (&BLOCK_RESCALE, block_rescale::Bindings::FIELDS),
             (&RADIX_HISTOGRAM, radix_histogram::Bindings::FIELDS),
@@ -254,6 +271,9 @@ mod tests {
             (&GEMM_SIGN_TABLE, gemm_sign_table::Bindings::FIELDS),
             (&GEMM_DENSE_TILED, gemm_dense_tiled::Bindings::FIELDS),
             (&GEMM_MICRO_TILED, gemm_micro_tiled::Bindings::FIELDS),
+            (&IM2COL, im2col::Bindings::FIELDS),
+            (&POOL2D, pool2d::Bindings::FIELDS),
+            (&ARGMAX, argmax::Bindings::FIELDS),
         ];
         assert_eq!(structs.len(), ALL.len());
         for (k, fields) in structs {
