@@ -65,8 +65,8 @@ pub fn uniform_slots<T: bytemuck::Pod>(
         })
 }
 
-/// Copies `ranges` (byte offset, byte length) of `buffers` back to the host in one
-/// submission; returns one vector per range. `what` names the data in errors; the wait
+/// Copies `parts` (buffer, byte offset, byte length) back to the host in one submission
+/// and one wait; returns one vector per part. `what` names the data in errors; the wait
 /// is bounded by [`Gpu::timeout`] (a hung kernel before the copy is reported, not waited
 /// for forever).
 pub fn read_ranges<T: bytemuck::Pod>(
@@ -74,57 +74,156 @@ pub fn read_ranges<T: bytemuck::Pod>(
     what: &str,
     parts: &[(&wgpu::Buffer, u64, u64)],
 ) -> Result<Vec<Vec<T>>> {
-    let total: u64 = parts.iter().map(|p| p.2.next_multiple_of(4)).sum();
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback staging"),
-        size: total.max(4),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
     let mut encoder = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("readback"),
         });
-    let mut at = 0;
-    for &(buf, off, len) in parts {
-        if len > 0 {
-            encoder.copy_buffer_to_buffer(buf, off, &staging, at, len.next_multiple_of(4));
-        }
-        at += len.next_multiple_of(4);
-    }
+    let staging = Staging::record(gpu, &mut encoder, parts);
     let step = format!("reading back {what}");
     let index = gpu.submit(&step, encoder.finish())?;
-    let slice = staging.slice(..);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait_for(&step, index)?;
-    // The callback runs inside the poll that saw the copy finish; never block on it.
-    let mapped = match rx.try_recv() {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = gpu.device.poll(wgpu::PollType::Poll);
-            rx.try_recv().map_err(|_| {
-                Error::Readback(format!(
-                    "{step}: the buffer was not mapped after its copy finished"
-                ))
-            })?
-        }
-    };
-    mapped.map_err(|e| Error::Readback(format!("{step}: {e}")))?;
-    let view = slice
-        .get_mapped_range()
-        .map_err(|e| Error::Readback(format!("{step}: {e}")))?;
-    let mut out = Vec::with_capacity(parts.len());
-    let mut at = 0usize;
-    for &(_, _, len) in parts {
-        let bytes = &view[at..at + len as usize];
-        out.push(bytemuck::pod_collect_to_vec(bytes));
-        at += len.next_multiple_of(4) as usize;
+    staging.finish(gpu, &step, index)
+}
+
+/// Where one part of a readback landed: (staging buffer, byte offset there, bytes).
+type Segment = (usize, u64, u64);
+
+/// Host-readable copies of buffer ranges, recorded into a caller's encoder so that they
+/// ride in the same submission as the work that produces them, and read after one wait.
+pub struct Staging {
+    buffers: Vec<wgpu::Buffer>,
+    /// Per part, its pieces in order (a part larger than one staging buffer spans several).
+    parts: Vec<(u64, Vec<Segment>)>,
+}
+
+impl Staging {
+    /// Records the copies of `parts` (buffer, byte offset, byte length; lengths rounded up
+    /// to whole words for the copy) into `encoder`.
+    pub fn record(
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Self {
+        Self::record_capped(gpu, encoder, parts, gpu.limits().max_buffer_size)
     }
-    drop(view);
-    staging.unmap();
-    Ok(out)
+
+    /// [`record`](Self::record) into staging buffers of at most `cap` bytes each. All parts
+    /// share one staging buffer while they fit in the adapter's largest buffer; past that
+    /// they are spread over as few buffers as hold them (filled in order, a part cut where
+    /// a buffer is full), all copied in the same submission and mapped after the same wait.
+    pub fn record_capped(
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+        cap: u64,
+    ) -> Self {
+        let cap = (cap / wgpu::COPY_BUFFER_ALIGNMENT).max(1) * wgpu::COPY_BUFFER_ALIGNMENT;
+        let mut sizes: Vec<u64> = vec![0];
+        let mut placed = Vec::with_capacity(parts.len());
+        let mut copies = Vec::new();
+        for &(buf, off, len) in parts {
+            let mut segments = Vec::new();
+            let (mut from, mut left) = (off, len.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT));
+            while left > 0 {
+                if sizes[sizes.len() - 1] == cap {
+                    sizes.push(0);
+                }
+                let s = sizes.len() - 1;
+                let n = left.min(cap - sizes[s]);
+                copies.push((buf, from, s, sizes[s], n));
+                segments.push((s, sizes[s], n));
+                sizes[s] += n;
+                from += n;
+                left -= n;
+            }
+            placed.push((len, segments));
+        }
+        let buffers: Vec<wgpu::Buffer> = sizes
+            .iter()
+            .map(|&size| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback staging"),
+                    size: size.max(wgpu::COPY_BUFFER_ALIGNMENT),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        for (buf, from, s, at, n) in copies {
+            encoder.copy_buffer_to_buffer(buf, from, &buffers[s], at, n);
+        }
+        Self {
+            buffers,
+            parts: placed,
+        }
+    }
+
+    /// How many staging buffers the copies use.
+    pub fn buffers(&self) -> usize {
+        self.buffers.len()
+    }
+
+    /// Waits (once, at most [`Gpu::timeout`]) for `submission`, which holds the recorded
+    /// copies, and returns one vector per part. `step` names the work in errors.
+    pub fn finish<T: bytemuck::Pod>(
+        self,
+        gpu: &Gpu,
+        step: &str,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<Vec<Vec<T>>> {
+        let receivers: Vec<_> = self
+            .buffers
+            .iter()
+            .map(|b| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                rx
+            })
+            .collect();
+        gpu.wait_for(step, submission)?;
+        for rx in &receivers {
+            // The callback runs inside the poll that saw the copy finish; never block on it.
+            let mapped = match rx.try_recv() {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = gpu.device.poll(wgpu::PollType::Poll);
+                    rx.try_recv().map_err(|_| {
+                        Error::Readback(format!(
+                            "{step}: the buffer was not mapped after its copy finished"
+                        ))
+                    })?
+                }
+            };
+            mapped.map_err(|e| Error::Readback(format!("{step}: {e}")))?;
+        }
+        let views = self
+            .buffers
+            .iter()
+            .map(|b| b.slice(..).get_mapped_range())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Readback(format!("{step}: {e}")))?;
+        let out = self
+            .parts
+            .iter()
+            .map(|(len, segments)| {
+                let len = *len as usize;
+                if let [(s, at, _)] = segments[..] {
+                    return bytemuck::pod_collect_to_vec(&views[s][at as usize..at as usize + len]);
+                }
+                let mut bytes = Vec::with_capacity(len);
+                for &(s, at, n) in segments {
+                    bytes.extend_from_slice(&views[s][at as usize..(at + n) as usize]);
+                }
+                bytes.truncate(len);
+                bytemuck::pod_collect_to_vec(&bytes)
+            })
+            .collect();
+        drop(views);
+        for b in &self.buffers {
+            b.unmap();
+        }
+        Ok(out)
+    }
 }

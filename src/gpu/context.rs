@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernel;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Environment variable bounding every wait for GPU work, in seconds (fractions allowed).
@@ -230,6 +230,8 @@ pub struct Gpu {
     /// Set when a wait ran out and no later wait succeeded: the GPU may still be busy
     /// forever, and dropping the queue would block in wgpu's wait-for-idle.
     hung: AtomicBool,
+    /// Bounded waits that saw their work finish ([`waits`](Self::waits)).
+    waits: AtomicU64,
 }
 
 impl Gpu {
@@ -263,6 +265,7 @@ impl Gpu {
             timeout,
             stepwise: sync_from_env(),
             hung: AtomicBool::new(false),
+            waits: AtomicU64::new(0),
         })
     }
 
@@ -390,6 +393,7 @@ impl Gpu {
         match self.device.poll(poll) {
             Ok(_) => {
                 self.hung.store(false, Ordering::Relaxed);
+                self.waits.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(wgpu::PollError::Timeout) => {
@@ -401,6 +405,12 @@ impl Gpu {
             }
             Err(e) => Err(Error::Readback(format!("waiting for {step}: {e}"))),
         }
+    }
+
+    /// How many bounded waits for GPU work have completed on this device: each is a round
+    /// trip between host and GPU, what a loop over layers must not multiply.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// Submits one command buffer and waits for it (see [`wait_for`](Self::wait_for)).
