@@ -237,3 +237,59 @@ fn an_admm_round_waits_the_same_few_times_for_any_number_of_layers() {
         assert_eq!(waits, WAITS_PER_ROUND, "{name}");
     }
 }
+
+/// The per-layer round the pipeline used to drive: W written and Z and U read layer by
+/// layer, a wait per read. Returns the waits it took.
+fn per_layer_round(gpu: &Gpu, net: &NetworkProjection, w: &[Vec<f32>]) -> u64 {
+    let before = gpu.waits();
+    for (l, w) in w.iter().enumerate() {
+        net.write(gpu, Tensor::W, l, w).unwrap();
+    }
+    net.run(gpu).unwrap();
+    for l in 0..w.len() {
+        net.read(gpu, Tensor::Z, l).unwrap();
+        net.read(gpu, Tensor::U, l).unwrap();
+    }
+    gpu.waits() - before
+}
+
+/// Waits and median wall time of a round, per layer and whole-network, on the shapes of
+/// `microunify bench projection` (a measurement for the record, not a check: run with
+/// `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn round_waits_and_times_on_real_shapes() {
+    let Some(gpu) = common::gpu() else { return };
+    for shapes in [nets::lenet5(), nets::bert_base_encoder()] {
+        let layers = shapes.specs(BlockShape::default()).unwrap();
+        let n = layers.len();
+        let mode = microunify::cpu::projection::per_layer(&layers, 0.4, 0.3).unwrap();
+        let net = NetworkProjection::new(&gpu, layers, mode).unwrap();
+        let w: Vec<Vec<f32>> = net
+            .layout
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, s)| microunify::bench::random_weights(l as u64, s.view.len()))
+            .collect();
+        net.zero_dual(&gpu);
+        let time = |f: &dyn Fn() -> u64| {
+            let mut ms = Vec::new();
+            let mut waits = 0;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                waits = f();
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            ms.sort_by(f64::total_cmp);
+            (waits, ms[2])
+        };
+        let (old_waits, old_ms) = time(&|| per_layer_round(&gpu, &net, &w));
+        let (new_waits, new_ms) = time(&|| round(&gpu, &net, &w, Some(0.5)));
+        eprintln!(
+            "{} ({n} layers, {} weights) on {gpu:?}: per layer {old_waits} waits, {old_ms:.1} ms; whole network {new_waits} waits, {new_ms:.1} ms",
+            shapes.name,
+            shapes.params()
+        );
+    }
+}
