@@ -50,9 +50,11 @@ fn split(gpu: &Gpu, rng: &mut SmallRng) -> Split {
 }
 
 fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    v.iter()
-        .map(|l| l.iter().map(|x| x.to_bits()).collect())
-        .collect()
+    v.iter().map(|l| layer_of_bits(l)).collect()
+}
+
+fn layer_of_bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 fn layer_bits(o: &ProjectedLayer) -> Vec<u32> {
@@ -78,7 +80,7 @@ fn whole_network_transfers_equal_the_per_layer_ones() {
         assert_eq!(bits(&net.read_all(&gpu, Tensor::W).unwrap()), bits(&s.w));
         for (l, u) in s.u.iter().enumerate() {
             let one = net.read(&gpu, Tensor::U, l).unwrap();
-            assert_eq!(bits(&[one]), bits(std::slice::from_ref(u)), "layer {l}");
+            assert_eq!(layer_of_bits(&one), layer_of_bits(u), "layer {l}");
         }
         net.run(&gpu).unwrap();
         let all = net.read_outputs(&gpu).unwrap();
@@ -87,8 +89,8 @@ fn whole_network_transfers_equal_the_per_layer_ones() {
             let name = &net.layout.layers[l].name;
             let one = net.read_layer(&gpu, l).unwrap();
             assert_eq!(layer_bits(o), layer_bits(&one), "{name}");
-            assert_eq!(bits(&[o.z.clone()]), bits(&[zu[0][l].clone()]), "{name} Z");
-            assert_eq!(bits(&[o.u.clone()]), bits(&[zu[1][l].clone()]), "{name} U");
+            assert_eq!(layer_of_bits(&o.z), layer_of_bits(&zu[0][l]), "{name} Z");
+            assert_eq!(layer_of_bits(&o.u), layer_of_bits(&zu[1][l]), "{name} U");
         }
     }
 }
@@ -239,8 +241,14 @@ fn an_admm_round_waits_the_same_few_times_for_any_number_of_layers() {
 }
 
 /// The per-layer round the pipeline used to drive: W written and Z and U read layer by
-/// layer, a wait per read. Returns the waits it took.
-fn per_layer_round(gpu: &Gpu, net: &NetworkProjection, w: &[Vec<f32>]) -> u64 {
+/// layer, a wait per read, U rescaled on the host and written back. Returns the waits it
+/// took.
+fn per_layer_round(
+    gpu: &Gpu,
+    net: &NetworkProjection,
+    w: &[Vec<f32>],
+    rescale: Option<f32>,
+) -> u64 {
     let before = gpu.waits();
     for (l, w) in w.iter().enumerate() {
         net.write(gpu, Tensor::W, l, w).unwrap();
@@ -248,7 +256,11 @@ fn per_layer_round(gpu: &Gpu, net: &NetworkProjection, w: &[Vec<f32>]) -> u64 {
     net.run(gpu).unwrap();
     for l in 0..w.len() {
         net.read(gpu, Tensor::Z, l).unwrap();
-        net.read(gpu, Tensor::U, l).unwrap();
+        let mut u = net.read(gpu, Tensor::U, l).unwrap();
+        if let Some(f) = rescale {
+            scale_dual(&mut u, f);
+            net.write(gpu, Tensor::U, l, &u).unwrap();
+        }
     }
     gpu.waits() - before
 }
@@ -273,23 +285,34 @@ fn round_waits_and_times_on_real_shapes() {
             .map(|(l, s)| microunify::bench::random_weights(l as u64, s.view.len()))
             .collect();
         net.zero_dual(&gpu);
-        let time = |f: &dyn Fn() -> u64| {
-            let mut ms = Vec::new();
-            let mut waits = 0;
-            for _ in 0..5 {
-                let start = std::time::Instant::now();
-                waits = f();
-                ms.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            ms.sort_by(f64::total_cmp);
-            (waits, ms[2])
+        // Interleaved, medians of five: other work on the machine drifts.
+        let timed = |f: &dyn Fn() -> u64| {
+            let start = std::time::Instant::now();
+            let waits = f();
+            (waits, start.elapsed().as_secs_f64() * 1e3)
         };
-        let (old_waits, old_ms) = time(&|| per_layer_round(&gpu, &net, &w));
-        let (new_waits, new_ms) = time(&|| round(&gpu, &net, &w, Some(0.5)));
-        eprintln!(
-            "{} ({n} layers, {} weights) on {gpu:?}: per layer {old_waits} waits, {old_ms:.1} ms; whole network {new_waits} waits, {new_ms:.1} ms",
-            shapes.name,
-            shapes.params()
-        );
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for rescale in [None, Some(0.5)] {
+            let (mut old, mut new) = ((0, Vec::new()), (0, Vec::new()));
+            for _ in 0..5 {
+                let (waits, ms) = timed(&|| per_layer_round(&gpu, &net, &w, rescale));
+                (old.0, old.1) = (waits, [old.1, vec![ms]].concat());
+                let (waits, ms) = timed(&|| round(&gpu, &net, &w, rescale));
+                (new.0, new.1) = (waits, [new.1, vec![ms]].concat());
+            }
+            eprintln!(
+                "{} ({n} layers, {} weights, rescale {rescale:?}) on {:?}: per layer {} waits, {:.1} ms; whole network {} waits, {:.1} ms",
+                shapes.name,
+                shapes.params(),
+                &*gpu,
+                old.0,
+                median(old.1),
+                new.0,
+                median(new.1),
+            );
+        }
     }
 }

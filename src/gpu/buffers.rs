@@ -88,15 +88,56 @@ pub fn read_ranges<T: bytemuck::Pod>(
 /// Where one part of a readback landed: (staging buffer, byte offset there, bytes).
 type Segment = (usize, u64, u64);
 
+/// Staging buffers kept from one readback to the next of the same sizes (a projection
+/// reads the same tensors every round): a fresh buffer the size of a network costs its
+/// allocation and a first touch of every page each time, on a CPU adapter as much as the
+/// copy itself, and pinned host memory on a discrete GPU.
+#[derive(Default)]
+pub struct StagingPool(std::sync::Mutex<Vec<wgpu::Buffer>>);
+
+impl StagingPool {
+    /// The smallest kept buffer of at least `size` bytes (and not far larger: some
+    /// backends copy a whole mapped range), or a new one.
+    fn take(&self, gpu: &Gpu, size: u64) -> wgpu::Buffer {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fits = |b: &wgpu::Buffer| b.size() >= size && b.size() <= size.max(1 << 20) * 2;
+        let best = (0..kept.len())
+            .filter(|&i| fits(&kept[i]))
+            .min_by_key(|&i| kept[i].size());
+        match best {
+            Some(i) => kept.swap_remove(i),
+            None => new_staging(gpu, size),
+        }
+    }
+
+    fn put(&self, buffers: Vec<wgpu::Buffer>) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.extend(buffers);
+    }
+}
+
+fn new_staging(gpu: &Gpu, size: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback staging"),
+        size: size.max(wgpu::COPY_BUFFER_ALIGNMENT),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 /// Host-readable copies of buffer ranges, recorded into a caller's encoder so that they
 /// ride in the same submission as the work that produces them, and read after one wait.
-pub struct Staging {
+pub struct Staging<'p> {
     buffers: Vec<wgpu::Buffer>,
+    /// Bytes of each buffer the copies fill (a pooled buffer may be larger).
+    used: Vec<u64>,
+    /// Where the buffers go back after a readback that succeeded.
+    pool: Option<&'p StagingPool>,
     /// Per part, its pieces in order (a part larger than one staging buffer spans several).
     parts: Vec<(u64, Vec<Segment>)>,
 }
 
-impl Staging {
+impl<'p> Staging<'p> {
     /// Records the copies of `parts` (buffer, byte offset, byte length; lengths rounded up
     /// to whole words for the copy) into `encoder`.
     pub fn record(
@@ -104,7 +145,23 @@ impl Staging {
         encoder: &mut wgpu::CommandEncoder,
         parts: &[(&wgpu::Buffer, u64, u64)],
     ) -> Self {
-        Self::record_capped(gpu, encoder, parts, gpu.limits().max_buffer_size)
+        Self::record_in(gpu, encoder, parts, gpu.limits().max_buffer_size, None)
+    }
+
+    /// [`record`](Self::record) into buffers taken from `pool` (and given back to it).
+    pub fn record_pooled(
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+        pool: &'p StagingPool,
+    ) -> Self {
+        Self::record_in(
+            gpu,
+            encoder,
+            parts,
+            gpu.limits().max_buffer_size,
+            Some(pool),
+        )
     }
 
     /// [`record`](Self::record) into staging buffers of at most `cap` bytes each. All parts
@@ -116,6 +173,16 @@ impl Staging {
         encoder: &mut wgpu::CommandEncoder,
         parts: &[(&wgpu::Buffer, u64, u64)],
         cap: u64,
+    ) -> Self {
+        Self::record_in(gpu, encoder, parts, cap, None)
+    }
+
+    fn record_in(
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+        cap: u64,
+        pool: Option<&'p StagingPool>,
     ) -> Self {
         let cap = (cap / wgpu::COPY_BUFFER_ALIGNMENT).max(1) * wgpu::COPY_BUFFER_ALIGNMENT;
         let mut sizes: Vec<u64> = vec![0];
@@ -140,13 +207,9 @@ impl Staging {
         }
         let buffers: Vec<wgpu::Buffer> = sizes
             .iter()
-            .map(|&size| {
-                gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("readback staging"),
-                    size: size.max(wgpu::COPY_BUFFER_ALIGNMENT),
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
+            .map(|&size| match pool {
+                Some(pool) => pool.take(gpu, size),
+                None => new_staging(gpu, size),
             })
             .collect();
         for (buf, from, s, at, n) in copies {
@@ -154,6 +217,11 @@ impl Staging {
         }
         Self {
             buffers,
+            used: sizes
+                .iter()
+                .map(|&s| s.max(wgpu::COPY_BUFFER_ALIGNMENT))
+                .collect(),
+            pool,
             parts: placed,
         }
     }
@@ -171,12 +239,42 @@ impl Staging {
         step: &str,
         submission: wgpu::SubmissionIndex,
     ) -> Result<Vec<Vec<T>>> {
+        let lens: Vec<usize> = self.parts.iter().map(|p| p.0 as usize).collect();
+        let mut out: Vec<Vec<T>> = vec![Vec::new(); lens.len()];
+        // Parts cut over several staging buffers are gathered first.
+        let mut pending: Vec<Vec<u8>> = vec![Vec::new(); lens.len()];
+        self.finish_into(gpu, step, submission, |part, at, bytes| {
+            if at == 0 && bytes.len() == lens[part] {
+                out[part] = bytemuck::pod_collect_to_vec(bytes);
+            } else {
+                pending[part].extend_from_slice(bytes);
+            }
+        })?;
+        for (part, bytes) in pending.iter().enumerate() {
+            if !bytes.is_empty() {
+                out[part] = bytemuck::pod_collect_to_vec(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`finish`](Self::finish) without copies of its own: hands `sink` each part's bytes
+    /// straight from the mapped staging, as `(part, byte offset in the part, bytes)`, in
+    /// order (a part cut over several staging buffers comes in several calls).
+    pub fn finish_into(
+        self,
+        gpu: &Gpu,
+        step: &str,
+        submission: wgpu::SubmissionIndex,
+        mut sink: impl FnMut(usize, usize, &[u8]),
+    ) -> Result<()> {
         let receivers: Vec<_> = self
             .buffers
             .iter()
-            .map(|b| {
+            .zip(&self.used)
+            .map(|(b, &used)| {
                 let (tx, rx) = std::sync::mpsc::channel();
-                b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                b.slice(..used).map_async(wgpu::MapMode::Read, move |r| {
                     let _ = tx.send(r);
                 });
                 rx
@@ -201,29 +299,26 @@ impl Staging {
         let views = self
             .buffers
             .iter()
-            .map(|b| b.slice(..).get_mapped_range())
+            .zip(&self.used)
+            .map(|(b, &used)| b.slice(..used).get_mapped_range())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Readback(format!("{step}: {e}")))?;
-        let out = self
-            .parts
-            .iter()
-            .map(|(len, segments)| {
-                let len = *len as usize;
-                if let [(s, at, _)] = segments[..] {
-                    return bytemuck::pod_collect_to_vec(&views[s][at as usize..at as usize + len]);
-                }
-                let mut bytes = Vec::with_capacity(len);
-                for &(s, at, n) in segments {
-                    bytes.extend_from_slice(&views[s][at as usize..(at + n) as usize]);
-                }
-                bytes.truncate(len);
-                bytemuck::pod_collect_to_vec(&bytes)
-            })
-            .collect();
+        for (part, (len, segments)) in self.parts.iter().enumerate() {
+            let mut done = 0usize;
+            for &(s, at, n) in segments {
+                // The copy is whole words; the part may end inside the last one.
+                let n = (n as usize).min(*len as usize - done);
+                sink(part, done, &views[s][at as usize..at as usize + n]);
+                done += n;
+            }
+        }
         drop(views);
         for b in &self.buffers {
             b.unmap();
         }
-        Ok(out)
+        if let Some(pool) = self.pool {
+            pool.put(self.buffers);
+        }
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@
 use crate::block::{BlockState, LayerSpec, SelectionMode, StateMap};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{
-    Staging, read_ranges, storage, storage_init, uniform_slots, uniform_stride,
+    Staging, StagingPool, read_ranges, storage, storage_init, uniform_slots, uniform_stride,
 };
 use crate::gpu::kernels::block_stats::RESCALE_HEADER;
 use crate::gpu::kernels::common::{ChunkParams, Group, Layer, PassParams, Piece, SelState};
@@ -190,6 +190,9 @@ pub struct NetworkProjection {
     /// written before each rescale).
     scale_params: wgpu::Buffer,
     scale_stride: u64,
+    /// The staging buffers of the per-round readbacks (the non-finite markers; Z and U:
+    /// host-visible memory of twice the network's weights once they have been read).
+    staging: StagingPool,
     pipelines: Pipelines,
 }
 
@@ -576,6 +579,7 @@ impl NetworkProjection {
             max_dim: limits.max_compute_workgroups_per_dimension,
             scale_params,
             scale_stride,
+            staging: StagingPool::default(),
             pipelines,
         })
     }
@@ -868,7 +872,8 @@ impl NetworkProjection {
                 label: Some("projection"),
             });
         self.record(&mut encoder);
-        let staging = Staging::record(gpu, &mut encoder, &[self.first_bad_part()]);
+        let staging =
+            Staging::record_pooled(gpu, &mut encoder, &[self.first_bad_part()], &self.staging);
         let step = format!(
             "projection (block_stats/block_rescale x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
             c = self.chunks.len(),
@@ -974,18 +979,47 @@ impl NetworkProjection {
     }
 
     /// [`read_all`](Self::read_all) of several tensors together (one submission, one wait):
-    /// per tensor, one vector per layer.
+    /// per tensor, one vector per layer, filled straight from the staging buffer.
     pub fn read_tensors(&self, gpu: &Gpu, ts: &[Tensor]) -> Result<Vec<Vec<Vec<f32>>>> {
         let parts: Vec<_> = ts.iter().flat_map(|&t| self.chunk_parts(t)).collect();
-        let what = format!("{ts:?} of every layer");
-        let mut chunks = read_ranges::<f32>(gpu, &what, &parts)?.into_iter();
-        Ok(ts
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        let staging = Staging::record_pooled(gpu, &mut encoder, &parts, &self.staging);
+        let step = format!("reading back {ts:?} of every layer");
+        let index = gpu.submit(&step, encoder.finish())?;
+        let mut out: Vec<Vec<Vec<f32>>> = ts
             .iter()
             .map(|_| {
-                let mine: Vec<Vec<f32>> = chunks.by_ref().take(self.chunks.len()).collect();
-                self.split_chunks(&mine)
+                let layers = self.layout.layers.iter();
+                layers.map(|l| Vec::with_capacity(l.view.len())).collect()
             })
-            .collect())
+            .collect();
+        let n = self.chunks.len();
+        staging.finish_into(gpu, &step, index, |part, at, bytes| {
+            let (t, c) = (part / n, part % n);
+            self.split_chunk(c, at, bytes, &mut out[t]);
+        })?;
+        Ok(out)
+    }
+
+    /// Appends the values of chunk `c` in `bytes` (from byte `at` of the chunk; chunks
+    /// come in order, each in order) to their layers' vectors.
+    fn split_chunk(&self, c: usize, at: usize, bytes: &[u8], out: &mut [Vec<f32>]) {
+        let (begin, end) = (at, at + bytes.len());
+        for p in &self.layout.pieces[self.layout.chunks[c].pieces.clone()] {
+            let n = p.source(&self.layout.layers[p.layer]).len();
+            let (from, to) = ((p.offset * 4).max(begin), ((p.offset + n) * 4).min(end));
+            if from < to {
+                let b = &bytes[from - begin..to - begin];
+                match bytemuck::try_cast_slice::<u8, f32>(b) {
+                    Ok(v) => out[p.layer].extend_from_slice(v),
+                    Err(_) => out[p.layer].extend(bytemuck::pod_collect_to_vec::<u8, f32>(b)),
+                }
+            }
+        }
     }
 
     /// Whole-chunk copies of one tensor: the chunk's pieces, and their alignment gaps.
@@ -1009,10 +1043,8 @@ impl NetworkProjection {
             .iter()
             .map(|l| Vec::with_capacity(l.view.len()))
             .collect();
-        // Pieces of a layer come in row order.
-        for p in &self.layout.pieces {
-            let n = p.source(&self.layout.layers[p.layer]).len();
-            out[p.layer].extend_from_slice(&chunks[p.chunk][p.offset..p.offset + n]);
+        for (c, values) in chunks.iter().enumerate() {
+            self.split_chunk(c, 0, bytemuck::cast_slice(values), &mut out);
         }
         out
     }

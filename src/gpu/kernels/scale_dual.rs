@@ -26,9 +26,12 @@ bindings! {
     }
 }
 
+/// Weights each invocation scales (`SCALE_ITEMS` in the shader, which writes them out).
+pub const ITEMS: u32 = 4;
+
 /// Workgroups scaling `len` elements (2-D past the per-dimension limit).
 pub fn workgroups(len: u32, max_dim: u32) -> (u32, u32) {
-    grid(len.div_ceil(SCALE_WG), max_dim)
+    grid(len.div_ceil(SCALE_WG * ITEMS), max_dim)
 }
 
 #[cfg(test)]
