@@ -11,6 +11,8 @@ mod common;
 use microunify::block::Ratios;
 use microunify::data::load_mnist_dir;
 use microunify::format::CompressedFile;
+use microunify::gpu::Gpu;
+use microunify::gpu::projection::WAITS_PER_ROUND;
 use microunify::train::checkpoint::{Checkpoint, sha256_hex};
 use microunify::train::config::{AdmmConfig, Schedule, Targets};
 use microunify::train::data::TensorSet;
@@ -55,17 +57,29 @@ fn a_tiny_admm_run_keeps_the_structure_and_learns() {
         eval_every_epoch: false,
         ..AdmmConfig::demo()
     };
-    struct Lines(Vec<String>);
-    impl Observer for Lines {
+    /// The lines, and the GPU's wait count at each round's end.
+    struct Lines<'a>(Vec<String>, &'a Gpu, Vec<u64>);
+    impl Observer for Lines<'_> {
         fn round(&mut self, r: &RoundReport) {
             self.0.push(format!("{r:?}"));
+            self.2.push(self.1.waits());
         }
         fn note(&mut self, l: &str) {
             self.0.push(l.to_string());
         }
     }
-    let mut lines = Lines(Vec::new());
+    let mut lines = Lines(Vec::new(), &gpu, Vec::new());
     let out = pipeline::run(&cfg, &gpu, &train, &test, None, &mut lines).unwrap();
+    // A round's W-step waits for nothing on the projection's device; its Z/U step (with
+    // the rescale of U, as ρ grows) takes the projection's few waits, whatever the layers.
+    let round_waits: Vec<u64> = lines.2.windows(2).map(|w| w[1] - w[0]).collect();
+    if !gpu.stepwise() {
+        assert_eq!(
+            round_waits,
+            [WAITS_PER_ROUND],
+            "waits between the rounds' ends"
+        );
+    }
     let lines = lines.0;
     let rep = &out.report;
     eprintln!("{}", lines.join("\n"));
@@ -623,6 +637,29 @@ fn resume_in_the_admm_phase() {
 #[test]
 fn resume_right_after_the_hard_projection() {
     stop_and_resume(5, 4);
+}
+
+/// With `--rescale-dual`, U is rescaled on the GPU (where it lives) each time ρ grows and
+/// read back with Z: a run stopped after its first ADMM round (U rescaled, in the
+/// checkpoint) and resumed ends exactly where the uninterrupted rescaled run ends, and
+/// that run is not the plain baseline (the rescale did something).
+#[test]
+fn resume_after_a_round_that_rescaled_the_dual() {
+    if gpu().is_none() {
+        return;
+    }
+    let rescale = ["--rescale-dual", "true"];
+    let whole = scratch("rescaled-baseline");
+    let mut flags = PHASES.to_vec();
+    flags.extend(rescale);
+    succeeds(&tiny_args(&whole, &flags));
+    let residuals = |dir: &Path| read(&dir.join("residuals.csv"));
+    assert_ne!(residuals(&whole), residuals(baseline()));
+    let out = stopped_run("resume-rescaled", 3, 3, &rescale);
+    resume(&out, 3);
+    assert_same_end(&whole, &out, true);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&whole);
 }
 
 #[test]

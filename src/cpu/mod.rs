@@ -12,6 +12,7 @@
 //! | radix_resolve.wgsl                      | [`radix_resolve`]    |
 //! | pack_states.wgsl                        | [`pack_states`]      |
 //! | apply_projection.wgsl                   | [`apply_projection`] |
+//! | scale_dual.wgsl                         | [`scale_dual`]       |
 //!
 //! [`projection`] is the whole projection in f64 (it uses the block_stats and
 //! apply_projection twins), [`agreement`] its verdict on a GPU run, [`gemm`] the GEMM
@@ -29,3 +30,4 @@ pub mod pool2d;
 pub mod projection;
 pub mod radix_histogram;
 pub mod radix_resolve;
+pub mod scale_dual;

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernel;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Environment variable bounding every wait for GPU work, in seconds (fractions allowed).
@@ -230,6 +231,8 @@ pub struct Gpu {
     /// so later submissions and waits are refused ([`Error::GpuLost`]), and dropping the
     /// queue would block in wgpu's wait-for-idle. Never cleared.
     lost: Mutex<Option<String>>,
+    /// Bounded waits that saw their work finish ([`waits`](Self::waits)).
+    waits: AtomicU64,
 }
 
 impl Gpu {
@@ -263,6 +266,7 @@ impl Gpu {
             timeout,
             stepwise: sync_from_env(),
             lost: Mutex::new(None),
+            waits: AtomicU64::new(0),
         })
     }
 
@@ -408,7 +412,10 @@ impl Gpu {
             timeout: Some(timeout),
         };
         match self.device.poll(poll) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(wgpu::PollError::Timeout) => {
                 self.lost
                     .lock()
@@ -421,6 +428,12 @@ impl Gpu {
             }
             Err(e) => Err(Error::Readback(format!("waiting for {step}: {e}"))),
         }
+    }
+
+    /// How many bounded waits for GPU work have completed on this device: each is a round
+    /// trip between host and GPU, what a loop over layers must not multiply.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// Submits one command buffer and waits for it (see [`wait_for`](Self::wait_for)).

@@ -179,6 +179,7 @@ pub fn projection(side: u64) -> Vec<(Kernel, Vec<Node>)> {
         (kernels::RADIX_HISTOGRAM, histogram),
         (kernels::RADIX_RESOLVE, resolve),
         (kernels::PACK_STATES, pack),
+        (kernels::SCALE_DUAL, vec![]),
         (kernels::COPY_VEC4, vec![]),
     ]
 }

@@ -6,12 +6,14 @@
 
 use crate::block::{BlockState, LayerSpec, SelectionMode, StateMap};
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
+use crate::gpu::buffers::{
+    Staging, StagingPool, read_ranges, storage, storage_init, uniform_slots, uniform_stride,
+};
 use crate::gpu::kernels::block_stats::RESCALE_HEADER;
 use crate::gpu::kernels::common::{ChunkParams, Group, Layer, PassParams, Piece, SelState};
 use crate::gpu::kernels::{
     self, Bound, SELECT_BLOCKS_PER_WORKGROUP, apply_projection, block_rescale, block_stats,
-    pack_states, radix_histogram, radix_resolve,
+    pack_states, radix_histogram, radix_resolve, scale_dual,
 };
 use crate::gpu::packing::{BLOCK_PAD, pack_limits};
 use crate::gpu::{Gpu, grid};
@@ -19,6 +21,12 @@ use crate::layout::{NetworkLayout, PackLimits};
 use wgpu::util::DeviceExt;
 
 pub mod stages;
+
+/// Bounded GPU waits of one ADMM Z/U step driven the way the pipeline drives it, whatever
+/// the number of layers: [`NetworkProjection::run`] (the projection and its non-finite
+/// check), then [`NetworkProjection::read_tensors`] of `Z` and `U`. Uploads of `W` and the
+/// dual rescale queue work without waiting.
+pub const WAITS_PER_ROUND: u64 = 2;
 
 /// Which of the per-chunk tensors to move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +153,10 @@ struct ChunkBuffers {
     stats: wgpu::BindGroup,
     rescale_bind: wgpu::BindGroup,
     apply: wgpu::BindGroup,
+    scale: wgpu::BindGroup,
     block_slots: u32,
+    /// f32 elements of each tensor's chunk buffer.
+    len: u32,
 }
 
 /// A network resident on the GPU, ready to be projected again and again (one ADMM Z/U
@@ -175,6 +186,13 @@ pub struct NetworkProjection {
     hist_workgroups: u32,
     /// `max_compute_workgroups_per_dimension` of the device.
     max_dim: u32,
+    /// One [`scale_dual::ScaleParams`] per chunk, `scale_stride` apart (the factor is
+    /// written before each rescale).
+    scale_params: wgpu::Buffer,
+    scale_stride: u64,
+    /// The staging buffers of the per-round readbacks (the non-finite markers; Z and U:
+    /// host-visible memory of twice the network's weights once they have been read).
+    staging: StagingPool,
     pipelines: Pipelines,
 }
 
@@ -186,6 +204,7 @@ struct Pipelines {
     radix_resolve: wgpu::ComputePipeline,
     pack_states: wgpu::ComputePipeline,
     apply_projection: wgpu::ComputePipeline,
+    scale_dual: wgpu::ComputePipeline,
 }
 
 impl NetworkProjection {
@@ -236,6 +255,7 @@ impl NetworkProjection {
             radix_resolve: gpu.pipeline(&kernels::RADIX_RESOLVE)?,
             pack_states: gpu.pipeline(&kernels::PACK_STATES)?,
             apply_projection: gpu.pipeline(&kernels::APPLY_PROJECTION)?,
+            scale_dual: gpu.pipeline(&kernels::SCALE_DUAL)?,
         };
         let global = matches!(mode, SelectionMode::Global(_));
         let gpu_layers: Vec<Layer> = layout
@@ -395,6 +415,13 @@ impl NetworkProjection {
             });
         let pass_stride = uniform_stride::<PassParams>(gpu);
         let pass_uniform = uniform_slots(gpu, "radix pass params", &pass_list, pass_stride);
+        let scale_stride = uniform_stride::<scale_dual::ScaleParams>(gpu);
+        let scale_params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dual rescale params"),
+            size: layout.chunks.len().max(1) as u64 * scale_stride,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let chunks: Vec<ChunkBuffers> = layout
             .chunks
             .iter()
@@ -460,6 +487,19 @@ impl NetworkProjection {
                     &pipelines.apply_projection,
                     kernels::APPLY_PROJECTION.label(),
                 )?;
+                let scale = scale_dual::Bindings {
+                    u: stats.u,
+                    params: Bound::record::<scale_dual::ScaleParams>(
+                        &scale_params,
+                        i,
+                        scale_stride,
+                    ),
+                }
+                .bind_group(
+                    gpu,
+                    &pipelines.scale_dual,
+                    kernels::SCALE_DUAL.label(),
+                )?;
                 let stats =
                     stats.bind_group(gpu, &pipelines.block_stats, kernels::BLOCK_STATS.label())?;
                 Ok(ChunkBuffers {
@@ -470,7 +510,9 @@ impl NetworkProjection {
                     stats,
                     rescale_bind,
                     apply,
+                    scale,
                     block_slots: chunk_params[i].num_threads,
+                    len: c.len as u32,
                 })
             })
             .collect::<Result<_>>()?;
@@ -535,6 +577,9 @@ impl NetworkProjection {
             num_groups,
             hist_workgroups,
             max_dim: limits.max_compute_workgroups_per_dimension,
+            scale_params,
+            scale_stride,
+            staging: StagingPool::default(),
             pipelines,
         })
     }
@@ -577,6 +622,94 @@ impl NetworkProjection {
                 bytemuck::cast_slice(src),
             );
         }
+        Ok(())
+    }
+
+    fn check_network<D: AsRef<[f32]>>(&self, data: &[D]) -> Result<()> {
+        if data.len() != self.layout.layers.len() {
+            return Err(Error::Shape {
+                layer: "(the network)".into(),
+                why: format!(
+                    "{} layers given for a network of {}",
+                    data.len(),
+                    self.layout.layers.len()
+                ),
+            });
+        }
+        for (l, d) in data.iter().enumerate() {
+            self.check_layer(l, d.as_ref().len())?;
+        }
+        Ok(())
+    }
+
+    /// Uploads every layer's `W` or `U` (row-major GEMM views, one per layer, in order):
+    /// one staging upload per chunk, no wait (the queue orders it before later work).
+    pub fn write_all<D: AsRef<[f32]>>(&self, gpu: &Gpu, t: Tensor, data: &[D]) -> Result<()> {
+        self.check_network(data)?;
+        let context = format!("uploading {t:?} of every layer");
+        gpu.scoped(&context, || {
+            for (c, chunk) in self.layout.chunks.iter().enumerate() {
+                let Some(size) = std::num::NonZeroU64::new(chunk.len as u64 * 4) else {
+                    continue;
+                };
+                let buffer = self.chunk_buffer(t, c);
+                let Some(mut view) = gpu.queue.write_buffer_with(buffer, 0, size) else {
+                    // wgpu reported why to the error scope.
+                    return;
+                };
+                // Alignment gaps between pieces are written as zeros: no kernel reads
+                // them, and a staging buffer's bytes are not known to be anything else.
+                let mut at = 0;
+                for p in &self.layout.pieces[chunk.pieces.clone()] {
+                    let spec = &self.layout.layers[p.layer];
+                    let src: &[u8] = bytemuck::cast_slice(&data[p.layer].as_ref()[p.source(spec)]);
+                    let start = p.offset * 4;
+                    view.slice(at..start).fill(0);
+                    view.slice(start..start + src.len()).copy_from_slice(src);
+                    at = start + src.len();
+                }
+                view.slice(at..).fill(0);
+            }
+        })
+    }
+
+    /// Multiplies `U` by `factor` everywhere, on the GPU (the rescale of the scaled dual
+    /// when ρ changes): submitted, not waited for; later work and readbacks see it. Each
+    /// value is rounded as the host's `x *= factor` in f32 ([`crate::cpu::scale_dual`]).
+    pub fn scale_dual(&self, gpu: &Gpu, factor: f32) -> Result<()> {
+        let mut slots = vec![0u8; self.scale_params.size() as usize];
+        for (i, c) in self.chunks.iter().enumerate() {
+            let record = scale_dual::ScaleParams {
+                len: c.len,
+                factor,
+                ..Default::default()
+            };
+            let at = i * self.scale_stride as usize;
+            let bytes = bytemuck::bytes_of(&record);
+            slots[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        gpu.queue.write_buffer(&self.scale_params, 0, &slots);
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(kernels::SCALE_DUAL.label()),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernels::SCALE_DUAL.label()),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipelines.scale_dual);
+            for c in &self.chunks {
+                let (x, y) = scale_dual::workgroups(c.len, self.max_dim);
+                pass.set_bind_group(0, &c.scale, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        gpu.submit(
+            &format!("{} x{}", kernels::SCALE_DUAL.name, self.chunks.len()),
+            encoder.finish(),
+        )?;
         Ok(())
     }
 
@@ -739,14 +872,17 @@ impl NetworkProjection {
                 label: Some("projection"),
             });
         self.record(&mut encoder);
+        let staging =
+            Staging::record_pooled(gpu, &mut encoder, &[self.first_bad_part()], &self.staging);
         let step = format!(
             "projection (block_stats/block_rescale x{c}, radix_histogram/radix_resolve x{p}, pack_states, apply_projection x{c}; set {env}=1 to name the kernel)",
             c = self.chunks.len(),
             p = self.select.len(),
             env = crate::gpu::context::GPU_SYNC_ENV,
         );
-        gpu.submit_and_wait(&step, encoder.finish())?;
-        self.check_finite(gpu)
+        let index = gpu.submit(&step, encoder.finish())?;
+        let bad = staging.finish::<u32>(gpu, &step, index)?.remove(0);
+        self.report_non_finite(gpu, &bad)
     }
 
     /// [`run`](Self::run) with one submission and one bounded wait per kernel dispatch,
@@ -771,11 +907,20 @@ impl NetworkProjection {
         self.check_finite(gpu)
     }
 
+    /// The per-layer non-finite markers written by the statistics kernel.
+    fn first_bad_part(&self) -> (&wgpu::Buffer, u64, u64) {
+        (&self.first_bad, 0, self.layout.layers.len() as u64 * 4)
+    }
+
     /// Reads the per-layer non-finite markers written by the statistics kernel.
     pub fn check_finite(&self, gpu: &Gpu) -> Result<()> {
-        let n = self.layout.layers.len() as u64 * 4;
         let bad: Vec<u32> =
-            read_ranges(gpu, "the non-finite markers", &[(&self.first_bad, 0, n)])?.remove(0);
+            read_ranges(gpu, "the non-finite markers", &[self.first_bad_part()])?.remove(0);
+        self.report_non_finite(gpu, &bad)
+    }
+
+    /// The error naming the first layer whose marker is set (its input value read back).
+    fn report_non_finite(&self, gpu: &Gpu, bad: &[u32]) -> Result<()> {
         let Some((l, &index)) = bad.iter().enumerate().find(|(_, i)| **i != u32::MAX) else {
             return Ok(());
         };
@@ -827,46 +972,175 @@ impl NetworkProjection {
         Ok(read_ranges::<f32>(gpu, &what, &parts)?.concat())
     }
 
-    /// Reads everything the projection produced for one layer.
+    /// Reads every layer's `W`, `U` or `Z` back (row-major GEMM views, one per layer):
+    /// every chunk copied into one staging buffer in one submission, one wait.
+    pub fn read_all(&self, gpu: &Gpu, t: Tensor) -> Result<Vec<Vec<f32>>> {
+        Ok(self.read_tensors(gpu, &[t])?.remove(0))
+    }
+
+    /// [`read_all`](Self::read_all) of several tensors together (one submission, one wait):
+    /// per tensor, one vector per layer, filled straight from the staging buffer.
+    pub fn read_tensors(&self, gpu: &Gpu, ts: &[Tensor]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let parts: Vec<_> = ts.iter().flat_map(|&t| self.chunk_parts(t)).collect();
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        let staging = Staging::record_pooled(gpu, &mut encoder, &parts, &self.staging);
+        let step = format!("reading back {ts:?} of every layer");
+        let index = gpu.submit(&step, encoder.finish())?;
+        let mut out: Vec<Vec<Vec<f32>>> = ts
+            .iter()
+            .map(|_| {
+                let layers = self.layout.layers.iter();
+                layers.map(|l| Vec::with_capacity(l.view.len())).collect()
+            })
+            .collect();
+        let n = self.chunks.len();
+        staging.finish_into(gpu, &step, index, |part, at, bytes| {
+            let (t, c) = (part / n, part % n);
+            self.split_chunk(c, at, bytes, &mut out[t]);
+        })?;
+        Ok(out)
+    }
+
+    /// Appends the values of chunk `c` in `bytes` (from byte `at` of the chunk; chunks
+    /// come in order, each in order) to their layers' vectors.
+    fn split_chunk(&self, c: usize, at: usize, bytes: &[u8], out: &mut [Vec<f32>]) {
+        let (begin, end) = (at, at + bytes.len());
+        for p in &self.layout.pieces[self.layout.chunks[c].pieces.clone()] {
+            let n = p.source(&self.layout.layers[p.layer]).len();
+            let (from, to) = ((p.offset * 4).max(begin), ((p.offset + n) * 4).min(end));
+            if from < to {
+                let b = &bytes[from - begin..to - begin];
+                match bytemuck::try_cast_slice::<u8, f32>(b) {
+                    Ok(v) => out[p.layer].extend_from_slice(v),
+                    Err(_) => out[p.layer].extend(bytemuck::pod_collect_to_vec::<u8, f32>(b)),
+                }
+            }
+        }
+    }
+
+    /// Whole-chunk copies of one tensor: the chunk's pieces, and their alignment gaps.
+    fn chunk_parts(&self, t: Tensor) -> Vec<(&wgpu::Buffer, u64, u64)> {
+        (0..self.chunks.len())
+            .map(|c| {
+                (
+                    self.chunk_buffer(t, c),
+                    0,
+                    self.layout.chunks[c].len as u64 * 4,
+                )
+            })
+            .collect()
+    }
+
+    /// One vector per layer from one tensor's whole chunks.
+    fn split_chunks(&self, chunks: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let mut out: Vec<Vec<f32>> = self
+            .layout
+            .layers
+            .iter()
+            .map(|l| Vec::with_capacity(l.view.len()))
+            .collect();
+        for (c, values) in chunks.iter().enumerate() {
+            self.split_chunk(c, 0, bytemuck::cast_slice(values), &mut out);
+        }
+        out
+    }
+
+    /// Reads everything the projection produced for one layer (one wait).
     pub fn read_layer(&self, gpu: &Gpu, layer: usize) -> Result<ProjectedLayer> {
-        let z = self.read(gpu, Tensor::Z, layer)?;
-        let u = self.read(gpu, Tensor::U, layer)?;
+        self.check_layer(
+            layer,
+            self.layout.layers.get(layer).map_or(0, |l| l.view.len()),
+        )?;
+        let spec = &self.layout.layers[layer];
+        let pieces: Vec<_> = self.layout.pieces_of(layer).collect();
+        let tensor_parts = |t: Tensor| {
+            pieces.iter().map(move |p| {
+                (
+                    self.chunk_buffer(t, p.chunk),
+                    p.offset as u64 * 4,
+                    p.source(spec).len() as u64 * 4,
+                )
+            })
+        };
         let p = &self.layout.placements[layer];
         let (b0, n) = (p.block_start as u64, p.num_blocks as u64);
-        let words = StateMap::word_len(n as usize) as u64 * 4;
-        let name = &self.layout.layers[layer].name;
-        let what = format!("states, magnitudes and signs of layer {name:?}");
-        let mut raw: Vec<Vec<u32>> = read_ranges(
-            gpu,
-            &what,
-            &[
-                // A layer starts at a multiple of BLOCK_PAD, so at a whole word of the map.
-                (
-                    &self.state_map,
-                    StateMap::word_len(b0 as usize) as u64 * 4,
-                    words,
-                ),
-                (&self.magnitude, b0 * 4, n * 4),
-                (
-                    &self.signs,
-                    p.sign_offset as u64 * 4,
-                    n * p.words_per_block as u64 * 4,
-                ),
-            ],
-        )?;
+        let mut parts: Vec<_> = tensor_parts(Tensor::Z)
+            .chain(tensor_parts(Tensor::U))
+            .collect();
+        parts.extend([
+            // A layer starts at a multiple of BLOCK_PAD, so at a whole word of the map.
+            (
+                &self.state_map,
+                StateMap::word_len(b0 as usize) as u64 * 4,
+                StateMap::word_len(n as usize) as u64 * 4,
+            ),
+            (&self.magnitude, b0 * 4, n * 4),
+            (
+                &self.signs,
+                p.sign_offset as u64 * 4,
+                n * p.words_per_block as u64 * 4,
+            ),
+        ]);
+        let what = format!("the projection of layer {:?}", spec.name);
+        let mut raw: Vec<Vec<u32>> = read_ranges(gpu, &what, &parts)?;
         let signs = raw.pop().unwrap_or_default();
-        let magnitudes: Vec<f32> = bytemuck::cast_slice(&raw.pop().unwrap_or_default()).to_vec();
+        let magnitudes = bytemuck::cast_slice(&raw.pop().unwrap_or_default()).to_vec();
         let map = raw.pop().unwrap_or_default();
         let states = StateMap::from_words(&map, n as usize)
-            .map_err(|e| Error::Readback(format!("layer {name:?}: state map: {e}")))?
+            .map_err(|e| Error::Readback(format!("layer {:?}: state map: {e}", spec.name)))?
             .to_vec();
+        let u: Vec<u32> = raw.split_off(pieces.len()).concat();
+        let z: Vec<u32> = raw.concat();
         Ok(ProjectedLayer {
-            z,
-            u,
+            z: bytemuck::cast_slice(&z).to_vec(),
+            u: bytemuck::cast_slice(&u).to_vec(),
             states,
             magnitudes,
             signs,
         })
+    }
+
+    /// Reads everything the projection produced for every layer: `Z` and `U` chunks, the
+    /// whole state map, magnitudes and sign words, in one submission and one wait.
+    pub fn read_outputs(&self, gpu: &Gpu) -> Result<Vec<ProjectedLayer>> {
+        let total = self.layout.total_blocks;
+        let mut parts = self.chunk_parts(Tensor::Z);
+        parts.extend(self.chunk_parts(Tensor::U));
+        parts.extend([
+            (&self.state_map, 0, StateMap::word_len(total) as u64 * 4),
+            (&self.magnitude, 0, total as u64 * 4),
+            (&self.signs, 0, self.layout.total_sign_words as u64 * 4),
+        ]);
+        let mut raw: Vec<Vec<u32>> = read_ranges(gpu, "the projection of every layer", &parts)?;
+        let signs = raw.pop().unwrap_or_default();
+        let magnitudes: Vec<f32> = bytemuck::cast_slice(&raw.pop().unwrap_or_default()).to_vec();
+        let map_words = raw.pop().unwrap_or_default();
+        let map = StateMap::from_words(&map_words, total)
+            .map_err(|e| Error::Readback(format!("the block-state map: {e}")))?;
+        let as_f32 = |v: &[Vec<u32>]| -> Vec<Vec<f32>> {
+            v.iter().map(|c| bytemuck::cast_slice(c).to_vec()).collect()
+        };
+        let u = self.split_chunks(&as_f32(&raw.split_off(self.chunks.len())));
+        let z = self.split_chunks(&as_f32(&raw));
+        Ok(z.into_iter()
+            .zip(u)
+            .zip(&self.layout.placements)
+            .map(|((z, u), p)| {
+                let blocks = p.block_start..p.block_start + p.num_blocks;
+                let words = p.sign_offset..p.sign_offset + p.num_blocks * p.words_per_block;
+                ProjectedLayer {
+                    z,
+                    u,
+                    states: blocks.clone().map(|b| map.get(b)).collect(),
+                    magnitudes: magnitudes[blocks].to_vec(),
+                    signs: signs[words].to_vec(),
+                }
+            })
+            .collect())
     }
 
     /// Block states of every layer, read from the state map.

@@ -88,6 +88,8 @@ struct Run<'a> {
     opt: Optimizer,
     p: Progress,
     z: PerLayer,
+    /// The host's copy of the U the GPU holds (the W-step's target is Z − U), read in the
+    /// same wait as Z after each projection and written back only on a resume.
     u: PerLayer,
     states: Vec<Vec<BlockState>>,
     signs: PerLayer,
@@ -116,21 +118,24 @@ impl Run<'_> {
         self.weights.iter().map(host).collect()
     }
 
-    /// One batched GPU projection of W (+ the U held on the GPU, updated in place).
-    fn project(&mut self, w: &[Vec<f32>]) -> Result<(PerLayer, PerLayer)> {
+    /// One batched GPU projection of W (+ the U held on the GPU, updated in place), then
+    /// `tensors` read back, all layers at once. With `rescale`, U is multiplied by it on
+    /// the GPU before the readback, so the host's copy of U is the GPU's bit for bit.
+    fn project(
+        &mut self,
+        w: &[Vec<f32>],
+        rescale: Option<f32>,
+        tensors: &[Buf],
+    ) -> Result<Vec<PerLayer>> {
         let start = Instant::now();
-        for (l, w) in w.iter().enumerate() {
-            self.net.write(self.gpu, Buf::W, l, w)?;
-        }
+        self.net.write_all(self.gpu, Buf::W, w)?;
         self.net.run(self.gpu).context("the GPU projection")?;
-        let mut z = Vec::new();
-        let mut u = Vec::new();
-        for l in 0..w.len() {
-            z.push(self.net.read(self.gpu, Buf::Z, l)?);
-            u.push(self.net.read(self.gpu, Buf::U, l)?);
+        if let Some(f) = rescale {
+            self.net.scale_dual(self.gpu, f)?;
         }
+        let out = self.net.read_tensors(self.gpu, tensors)?;
         self.p.timings.projection += start.elapsed().as_secs_f64();
-        Ok((z, u))
+        Ok(out)
     }
 
     /// Trains one epoch of `phase` at learning rate `lr` and records it.
@@ -297,13 +302,13 @@ impl Run<'_> {
         };
         self.opt.load_state(&get, c.progress.optimizer_steps)?;
         if c.progress.rounds_done > 0 && !c.progress.projected {
-            for (l, spec) in self.specs.iter().enumerate() {
-                let z = c.tensor(&format!("z.{}", spec.name))?.data.clone();
-                let u = c.tensor(&format!("u.{}", spec.name))?.data.clone();
-                self.net.write(self.gpu, Buf::U, l, &u)?;
-                self.z.push(z);
-                self.u.push(u);
+            for spec in &self.specs {
+                self.z
+                    .push(c.tensor(&format!("z.{}", spec.name))?.data.clone());
+                self.u
+                    .push(c.tensor(&format!("u.{}", spec.name))?.data.clone());
             }
+            self.net.write_all(self.gpu, Buf::U, &self.u)?;
         }
         if c.progress.projected {
             for (l, spec) in self.specs.iter().enumerate() {
@@ -431,7 +436,7 @@ pub fn run(
         r.fresh_optimizer();
         r.net.zero_dual(gpu);
         let w = r.weights_host()?;
-        r.z = r.project(&w)?.0;
+        r.z = r.project(&w, None, &[Buf::Z])?.remove(0);
         r.net.zero_dual(gpu);
         r.u = r.z.iter().map(|z| vec![0.0; z.len()]).collect();
     }
@@ -451,9 +456,16 @@ pub fn run(
             let lr = cfg.admm_schedule.lr(cfg.lr, i, n);
             r.epoch(Phase::Admm, i + 1, lr, Some(rho), obs)?;
         }
-        // Z-step and U-step: one batched projection of W + U for all layers.
+        // Z-step and U-step: one batched projection of W + U for all layers. U is the
+        // scaled dual y/ρ: when ρ changes, y is kept and U rescaled (Boyd et al. 2011,
+        // §3.4.1), on the GPU where U lives, before the host's copy is read.
+        let next_rho = cfg.next_rho(rho);
+        let rescale = (cfg.rescale_dual && next_rho != rho).then_some((rho / next_rho) as f32);
         let w = r.weights_host()?;
-        let (z_new, u_new) = r.project(&w)?;
+        let mut zu = r.project(&w, rescale, &[Buf::Z, Buf::U])?.into_iter();
+        let (Some(z_new), Some(u_new)) = (zu.next(), zu.next()) else {
+            bail!("the GPU projection returned fewer tensors than asked for");
+        };
         kill_point("round");
         let (mut dwz, mut dw, mut dz) = (0.0, 0.0, 0.0);
         for (l, spec) in r.specs.iter().enumerate() {
@@ -479,16 +491,7 @@ pub fn run(
         obs.round(&round);
         r.p.rounds.push(round);
         (r.z, r.u) = (z_new, u_new);
-        r.p.rho = cfg.next_rho(rho);
-        if cfg.rescale_dual && r.p.rho != rho {
-            // U is the scaled dual y/ρ: when ρ changes, y is kept and U rescaled (Boyd et
-            // al. 2011, §3.4.1), on the host copy and on the GPU that reads it next round.
-            let f = (rho / r.p.rho) as f32;
-            for l in 0..r.u.len() {
-                r.u[l].iter_mut().for_each(|x| *x *= f);
-                r.net.write(gpu, Buf::U, l, &r.u[l])?;
-            }
-        }
+        r.p.rho = next_rho;
         r.p.rounds_done += 1;
         r.save(obs)?;
     }
@@ -500,12 +503,10 @@ pub fn run(
     // 3. Hard projection W = Π(W) (U = 0), then a fresh optimizer for the retraining.
     if !r.p.projected {
         r.net.zero_dual(gpu);
-        for (l, w) in r.weights.iter().enumerate() {
-            r.net.write(gpu, Buf::W, l, &host(w)?)?;
-        }
+        r.net.write_all(gpu, Buf::W, &r.weights_host()?)?;
         r.net.run(gpu).context("the hard projection on the GPU")?;
-        for l in 0..r.specs.len() {
-            let p = r.net.read_layer(gpu, l)?;
+        let projected = r.net.read_outputs(gpu)?;
+        for (l, p) in projected.into_iter().enumerate() {
             set_values(&r.weights[l], &p.z)?;
             let mask = Mask::new(&r.specs[l], &p.states, &p.z, device);
             r.signs.push(host(&mask.sign)?);

@@ -28,6 +28,8 @@ pub const RESCALE_WG: u32 = 64;
 pub const RESOLVE_WG: u32 = 64;
 /// Threads per workgroup of the vec4 copy.
 pub const COPY_WG: u32 = 256;
+/// Threads per workgroup of the dual rescale (one weight each).
+pub const SCALE_WG: u32 = 256;
 
 /// Invocations per workgroup of the tiled GEMMs (each owns 8 columns of Y).
 pub const GEMM_WG: u32 = 16;
@@ -74,6 +76,7 @@ pub mod pack_states;
 pub mod pool2d;
 pub mod radix_histogram;
 pub mod radix_resolve;
+pub mod scale_dual;
 
 pub use binding::Bound;
 use reflection::{ReflectedBinding, Reflection, WorkgroupDim};
@@ -165,6 +168,7 @@ pub const RADIX_HISTOGRAM: Kernel = radix_histogram::KERNEL;
 pub const RADIX_RESOLVE: Kernel = radix_resolve::KERNEL;
 pub const PACK_STATES: Kernel = pack_states::KERNEL;
 pub const APPLY_PROJECTION: Kernel = apply_projection::KERNEL;
+pub const SCALE_DUAL: Kernel = scale_dual::KERNEL;
 pub const COPY_VEC4: Kernel = copy_vec4::KERNEL;
 pub const GEMM_DENSE: Kernel = gemm_dense::KERNEL;
 pub const GEMM_MICRO: Kernel = gemm_micro::KERNEL;
@@ -185,6 +189,7 @@ pub const ALL: &[Kernel] = &[
     RADIX_RESOLVE,
     PACK_STATES,
     APPLY_PROJECTION,
+    SCALE_DUAL,
     COPY_VEC4,
     GEMM_DENSE,
     GEMM_MICRO,
@@ -256,13 +261,14 @@ mod tests {
 
     #[test]
     fn every_bindings_struct_matches_its_kernel() {
-        let structs: [(&Kernel, &[(u32, &str)]); 17] = [
+        let structs: [(&Kernel, &[(u32, &str)]); 18] = [
             (&BLOCK_STATS, block_stats::Bindings::FIELDS),
             (&BLOCK_RESCALE, block_rescale::Bindings::FIELDS),
             (&RADIX_HISTOGRAM, radix_histogram::Bindings::FIELDS),
             (&RADIX_RESOLVE, radix_resolve::Bindings::FIELDS),
             (&PACK_STATES, pack_states::Bindings::FIELDS),
             (&APPLY_PROJECTION, apply_projection::Bindings::FIELDS),
+            (&SCALE_DUAL, scale_dual::Bindings::FIELDS),
             (&COPY_VEC4, copy_vec4::Bindings::FIELDS),
             (&GEMM_DENSE, gemm_dense::Bindings::FIELDS),
             (&GEMM_MICRO, gemm_micro::Bindings::FIELDS),
