@@ -70,7 +70,7 @@ struct Act {
 }
 
 enum Step {
-    Gemm { label: String, gemm: Gemm },
+    Gemm { label: String, gemm: Box<Gemm> },
     Kernel(Dispatch),
 }
 
@@ -518,7 +518,7 @@ fn gemm_layer(
                 "dense GEMM"
             }
         ),
-        gemm,
+        gemm: Box::new(gemm),
     });
     Ok((out, took))
 }
