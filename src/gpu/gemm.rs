@@ -331,29 +331,18 @@ pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
             nv: 2,
         };
     }
-    if small {
-        Variant {
-            kernel: kernels::GEMM_DENSE_SMALL,
-            constants: gemm_dense_small::constants(n, WLayout::RowMajor),
-            loops: GemmKernel::DenseSmall { nb: n as u64 },
-            tm: 1,
-            nv: 2,
-        }
-    } else {
-        let tm = kernels::GEMM_TM as usize;
-        Variant {
-            kernel: kernels::GEMM_DENSE,
-            constants: gemm_dense::constants(tm, WLayout::RowMajor),
-            loops: GemmKernel::Dense { tm: tm as u64 },
-            tm,
-            nv: 2,
-        }
-    }
+    cpu_dense_variant(n, small, kernels::GEMM_TM as usize, WLayout::RowMajor)
 }
 
 /// The dense kernel the host builds for an all-dense micro-structured W read in its tile
 /// layout ([`dense_tiles`]), `m_pad` rows of whole block rows.
 pub fn dense_tiles_variant(n: usize, small: bool, m_pad: usize, layout: WLayout) -> Variant {
+    let tm = rows_per_group(m_pad, kernels::GEMM_TM as usize);
+    cpu_dense_variant(n, small, tm, layout)
+}
+
+/// gemm_dense_small, or gemm_dense with `tm` rows per workgroup, reading W in `layout`.
+fn cpu_dense_variant(n: usize, small: bool, tm: usize, layout: WLayout) -> Variant {
     if small {
         Variant {
             kernel: kernels::GEMM_DENSE_SMALL,
@@ -363,7 +352,6 @@ pub fn dense_tiles_variant(n: usize, small: bool, m_pad: usize, layout: WLayout)
             nv: 2,
         }
     } else {
-        let tm = rows_per_group(m_pad, kernels::GEMM_TM as usize);
         Variant {
             kernel: kernels::GEMM_DENSE,
             constants: gemm_dense::constants(tm, layout),
