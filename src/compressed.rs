@@ -162,6 +162,17 @@ impl CompressedMatrix {
         }
         let tile = self.block.len() as u64;
         let (mut dense, mut unified) = (0u64, 0u64);
+        // Columns of block row `r` without an entry must hold pruned blocks.
+        let no_entry_needed = |r: usize, cols: std::ops::Range<usize>| match cols
+            .into_iter()
+            .find(|&c| self.states[r * bcs + c] != BlockState::Pruned)
+        {
+            Some(c) => Err(format!(
+                "block row {r}: the {:?} block in column {c} has no entry",
+                self.states[r * bcs + c]
+            )),
+            None => Ok(()),
+        };
         for r in 0..brs {
             let row = &self.entries[rp[r] as usize..rp[r + 1] as usize];
             let mut next_col = 0usize;
@@ -176,14 +187,7 @@ impl CompressedMatrix {
                         "{at}: block column {col} does not follow the previous entry's"
                     ));
                 }
-                for skipped in next_col..col {
-                    if self.states[r * bcs + skipped] != BlockState::Pruned {
-                        return Err(format!(
-                            "block row {r}: the {:?} block in column {skipped} has no entry",
-                            self.states[r * bcs + skipped]
-                        ));
-                    }
-                }
+                no_entry_needed(r, next_col..col)?;
                 next_col = col + 1;
                 let state = self.states[r * bcs + col];
                 let (kind, want) = if payload & UNIFIED_FLAG == 0 {
@@ -203,14 +207,7 @@ impl CompressedMatrix {
                     ));
                 }
             }
-            for skipped in next_col..bcs {
-                if self.states[r * bcs + skipped] != BlockState::Pruned {
-                    return Err(format!(
-                        "block row {r}: the {:?} block in column {skipped} has no entry",
-                        self.states[r * bcs + skipped]
-                    ));
-                }
-            }
+            no_entry_needed(r, next_col..bcs)?;
         }
         Ok(())
     }
