@@ -1,10 +1,12 @@
-// requires: gemm_params.wgsl
+// requires: gemm_params.wgsl gemm_gather.wgsl
 // gemm_dense: Y = W·X + bias, optional ReLU; the dense, register-blocked baseline that every
 // micro-structured speedup is measured against (the tiled path, for any N; N > 8 in use).
 // Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns; or
 //   a fully dense micro-structured W's tiles, see w_index in gemm_params.wgsl),
 //   1 X (read, K4·4 rows × N4 vec4, zero-padded), 2 bias (read, M_pad f32, zeros when none),
-//   3 Y (read_write, M_pad × N4 vec4), 4 GemmParams (uniform).
+//   3 Y (read_write, M_pad × N4 vec4; one value per vec4 column when pooling), 4 GemmParams
+//   (uniform), 5 koff (read, the conv gather's row offsets; GATHER 0 ignores it).
+// GATHER > 0: X is a convolution's input activation (gemm_gather.wgsl).
 // Dispatch: (ceil(N4 / (2·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations,
 // once per slice of K (gemm_params.wgsl).
 // Each invocation owns GEMM_TM rows × 8 columns (2 vec4) of Y. The rows come from the
@@ -25,6 +27,7 @@ override TILE_C4: u32; // vec4s per tile row
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> p: GemmParams;
+@group(0) @binding(5) var<storage, read> koff: array<u32>;
 
 @compute @workgroup_size(GEMM_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -35,17 +38,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let m0 = wid.y * GEMM_TM;
     var acc: array<vec4<f32>, 16>;
     let ks = slice_range(0u, p.k4);
+    // The conv gather's two vec4 columns (unused without it).
+    let g0 = gather_base(j0);
+    let g1 = gather_base(j0 + 1u);
     for (var k4 = ks.x; k4 < ks.y; k4++) { // loop budget: one slice (src/gpu/loops.rs)
         // Four rows of X, 8 columns each.
-        let xb = k4 * 4u * p.n4 + j0;
-        let a0 = x[xb];
-        let b0 = x[xb + 1u];
-        let a1 = x[xb + p.n4];
-        let b1 = x[xb + p.n4 + 1u];
-        let a2 = x[xb + 2u * p.n4];
-        let b2 = x[xb + 2u * p.n4 + 1u];
-        let a3 = x[xb + 3u * p.n4];
-        let b3 = x[xb + 3u * p.n4 + 1u];
+        var a0: vec4<f32>;
+        var b0: vec4<f32>;
+        var a1: vec4<f32>;
+        var b1: vec4<f32>;
+        var a2: vec4<f32>;
+        var b2: vec4<f32>;
+        var a3: vec4<f32>;
+        var b3: vec4<f32>;
+        if (GATHER == 0u) {
+            let xb = k4 * 4u * p.n4 + j0;
+            a0 = x[xb];
+            b0 = x[xb + 1u];
+            a1 = x[xb + p.n4];
+            b1 = x[xb + p.n4 + 1u];
+            a2 = x[xb + 2u * p.n4];
+            b2 = x[xb + 2u * p.n4 + 1u];
+            a3 = x[xb + 3u * p.n4];
+            b3 = x[xb + 3u * p.n4 + 1u];
+        } else {
+            let k = 4u * k4;
+            a0 = gather_x4(k, g0);
+            b0 = gather_x4(k, g1);
+            a1 = gather_x4(k + 1u, g0);
+            b1 = gather_x4(k + 1u, g1);
+            a2 = gather_x4(k + 2u, g0);
+            b2 = gather_x4(k + 2u, g1);
+            a3 = gather_x4(k + 3u, g0);
+            b3 = gather_x4(k + 3u, g1);
+        }
         for (var i = 0u; i < GEMM_TM; i++) {
             let wv = w[w_index(m0 + i, k4, TILE_BR, TILE_C4)]; // uniform across the workgroup
             var s0 = acc[2u * i];
@@ -79,7 +105,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             v0 = max(v0, vec4(0.0));
             v1 = max(v1, vec4(0.0));
         }
-        y[at] = v0;
-        y[at + 1u] = v1;
+        if (GATHER >= 2u) {
+            store_pooled(m, j0, v0, v1);
+        } else {
+            y[at] = v0;
+            y[at + 1u] = v1;
+        }
     }
 }

@@ -1,4 +1,4 @@
-// requires: gemm_params.wgsl
+// requires: gemm_params.wgsl gemm_gather.wgsl
 // gemm_micro: Y = W·X + bias, optional ReLU, with W micro-structured (docs/METHOD.md §1): per
 // block row only the non-pruned blocks are visited; a dense block does br·bc multiply-adds,
 // a unified block sums its inputs with their signs (±x by its sign bit) per block row and
@@ -9,7 +9,9 @@
 //   zero-padded at edges and to a whole vec4), 3 unified (read, u32: per unified block its magnitude's bits then WPB sign
 //   words, bit r·BC + c set = negative), 4 X (read, block_cols·BC rows × N4 vec4, zero-padded
 //   rows past K), 5 bias (read, M_pad f32), 6 Y (read_write, M_pad × N4 vec4),
-//   7 GemmParams (uniform).
+//   7 GemmParams (uniform), 8 koff (read, the conv gather's row offsets; GATHER 0 ignores
+//   it). GATHER > 0: X is a convolution's input activation and Y may hold pooled values
+//   (gemm_gather.wgsl).
 // Dispatch: (ceil(N4 / (NV·GEMM_WG)), M_pad / GEMM_TM) workgroups of GEMM_WG invocations,
 // once per slice of the block rows' entries (gemm_params.wgsl);
 // a workgroup owns GEMM_TM rows (dividing BR) of one block row, so the block row, its entry
@@ -36,6 +38,10 @@ override WPB: u32; // sign words per block: ceil(BR·BC / 32)
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(7) var<uniform> p: GemmParams;
+@group(0) @binding(8) var<storage, read> koff: array<u32>;
+
+/// The conv gather's start of each of the invocation's vec4 columns (GATHER > 0).
+var<private> gbase: array<u32, 4>;
 
 /// Tile value `i` (the buffer is a vec4 view, zero-padded to whole vec4s).
 fn val(i: u32) -> f32 {
@@ -71,13 +77,20 @@ fn signed4(a_bits: u32, rec: u32, bit: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4(a_bits) ^ (bits & vec4(0x80000000u)));
 }
 
-/// X rows `xb`, `xb + n4`, `xb + 2·n4`, `xb + 3·n4` (4 consecutive K rows), NV vec4s each:
-/// element `4·r + v`.
-fn load_x4(xb: u32) -> array<vec4<f32>, 16> {
+/// Row `k` of X at the invocation's vec4 column `j0 + v`.
+fn x_row(k: u32, j0: u32, v: u32) -> vec4<f32> {
+    if (GATHER == 0u) {
+        return x[k * p.n4 + j0 + v];
+    }
+    return gather_x4(k, gbase[v]);
+}
+
+/// X rows `k..k+4` at the invocation's NV vec4 columns from `j0`: element `4·r + v`.
+fn load_x4(k: u32, j0: u32) -> array<vec4<f32>, 16> {
     var xs: array<vec4<f32>, 16>;
     for (var r = 0u; r < 4u; r++) {
         for (var v = 0u; v < NV; v++) { // NV is a constant at pipeline creation: unrolled
-            xs[4u * r + v] = x[xb + r * p.n4 + v];
+            xs[4u * r + v] = x_row(k + r, j0, v);
         }
     }
     return xs;
@@ -107,6 +120,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r0 = (wid.y % subs) * GEMM_TM; // first row inside the tile
     let m0 = wid.y * GEMM_TM;
     let ri = rows[brow];
+    if (GATHER != 0u) {
+        for (var v = 0u; v < NV; v++) {
+            gbase[v] = gather_base(j0 + v);
+        }
+    }
     var acc: array<vec4<f32>, 16>;
     let c4n = BC / 4u;
     // The next entry is loaded one iteration ahead, so that the tile and X addresses do
@@ -121,7 +139,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Four tile columns at a time: the body of gemm_dense (4 rows of X, then per tile
         // row 4 uniform weights and 4·NV fmas), so an all-dense matrix runs near its speed.
         for (var c4 = 0u; c4 < c4n; c4++) {
-            var xs = load_x4((xr + 4u * c4) * p.n4 + j0);
+            var xs = load_x4(xr + 4u * c4, j0);
             for (var i = 0u; i < GEMM_TM; i++) {
                 let wv = w4(tile + i * BC + 4u * c4);
                 mac_row(&acc, i, wv, &xs);
@@ -131,7 +149,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var i = 0u; i < GEMM_TM; i++) {
                 let wv = vec4(val(tile + i * BC + c));
                 for (var v = 0u; v < NV; v++) {
-                    acc[NV * i + v] = fma(wv, x[(xr + c) * p.n4 + j0 + v], acc[NV * i + v]);
+                    acc[NV * i + v] = fma(wv, x_row(xr + c, j0, v), acc[NV * i + v]);
                 }
             }
         }
@@ -147,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // exactly, in one op), then one multiply by the magnitude per row and column.
         var sg: array<vec4<f32>, 16>;
         for (var c4 = 0u; c4 < c4n; c4++) {
-            var xs = load_x4((xr + 4u * c4) * p.n4 + j0);
+            var xs = load_x4(xr + 4u * c4, j0);
             for (var i = 0u; i < GEMM_TM; i++) {
                 let wv = signed4(ONE_BITS, rec, (r0 + i) * BC + 4u * c4);
                 mac_row(&sg, i, wv, &xs);
@@ -159,7 +177,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let neg = (unified[rec + 1u + bit / 32u] >> (bit % 32u)) & 1u;
                 let g = vec4(select(1.0, -1.0, neg == 1u));
                 for (var v = 0u; v < NV; v++) {
-                    sg[NV * i + v] = fma(g, x[(xr + c) * p.n4 + j0 + v], sg[NV * i + v]);
+                    sg[NV * i + v] = fma(g, x_row(xr + c, j0, v), sg[NV * i + v]);
                 }
             }
         }
@@ -181,7 +199,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (p.relu != 0u && p.last != 0u) {
                 o = max(o, vec4(0.0));
             }
-            y[at] = o;
+            acc[NV * i + v] = o;
+            if (GATHER < 2u) {
+                y[at] = o;
+            }
+        }
+        if (GATHER >= 2u) {
+            for (var v = 0u; v < NV; v += 2u) {
+                store_pooled(m, j0 + v, acc[NV * i + v], acc[NV * i + v + 1u]);
+            }
         }
     }
 }

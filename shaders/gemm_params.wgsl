@@ -18,6 +18,15 @@ struct GemmParams {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+    // The conv gather (gemm_gather.wgsl; zero otherwise):
+    g_w: u32,      // vec4 columns (GATHER 1) or pairs of them (2, 3) per output row
+    g_rows: u32,   // output rows (1) or pooled rows (2, 3) per image
+    in_plane: u32, // values per channel of one input image (H·W)
+    step_y: u32,   // input values between output rows (stride_y · W)
+    cols4: u32,    // real vec4 columns
+    out_w: u32,    // pooled values per pooled row
+    y_stride: u32, // values per row of a pooled Y
+    _pad3: u32,
 }
 
 // The main loop's range [lo, hi) in this slice, of a loop over [begin, end).

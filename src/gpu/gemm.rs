@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::autotune;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
-use crate::gpu::kernels::gemm_dense::WLayout;
+use crate::gpu::conv_gather::{ConvGather, NO_ROW};
+use crate::gpu::kernels::gemm_dense::{Gather, WLayout};
 use crate::gpu::kernels::gemm_dense_tiled::{self, TILES, Tile};
 use crate::gpu::kernels::gemm_params::GemmParams;
 use crate::gpu::kernels::{
@@ -84,12 +85,15 @@ pub struct Gemm {
     /// Whether a micro-structured W whose blocks are all dense runs the dense kernels on
     /// its tiles ([`dense_tiles`]).
     pub on_tiles: bool,
+    /// How X is read: its own buffer, or a convolution's input (`ConvGather`).
+    pub gather: Gather,
     /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
     x_rows: usize,
-    /// vec4s per row of Y (and of X on the tiled path).
+    /// vec4s per row of X on the tiled path (and of Y unless pooled).
     n4: usize,
-    /// Rows of Y as stored.
-    m_pad: usize,
+    /// Values per stored row of Y, and real ones (`n`, or the pooled ones).
+    y_stride: usize,
+    y_cols: usize,
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     pipeline: wgpu::ComputePipeline,
@@ -334,6 +338,28 @@ pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
     cpu_dense_variant(n, small, kernels::GEMM_TM as usize, WLayout::RowMajor)
 }
 
+/// `v` reading X as `gather` says (gemm_dense and gemm_micro only: the others keep their
+/// own X buffer).
+pub fn with_gather(mut v: Variant, gather: Gather) -> Variant {
+    let (name, value) = gather.constant();
+    for c in v.constants.iter_mut().filter(|c| c.0 == name) {
+        c.1 = value;
+    }
+    // A gathered vec4 is two loads and a shift: with 4 vec4 columns per invocation
+    // gemm_micro ran out of registers (2 measured 1.9× faster on lavapipe). The pooled
+    // modes need an even number.
+    if let (Gather::Row | Gather::MaxPool | Gather::AvgPool, GemmKernel::Micro { nv, .. }) =
+        (gather, &mut v.loops)
+    {
+        *nv = 2;
+        v.nv = 2;
+        for c in v.constants.iter_mut().filter(|c| c.0 == "NV") {
+            c.1 = 2.0;
+        }
+    }
+    v
+}
+
 /// The dense kernel the host builds for an all-dense micro-structured W read in its tile
 /// layout ([`dense_tiles`]), `m_pad` rows of whole block rows.
 pub fn dense_tiles_variant(n: usize, small: bool, m_pad: usize, layout: WLayout) -> Variant {
@@ -354,7 +380,7 @@ fn cpu_dense_variant(n: usize, small: bool, tm: usize, layout: WLayout) -> Varia
     } else {
         Variant {
             kernel: kernels::GEMM_DENSE,
-            constants: gemm_dense::constants(tm, layout),
+            constants: gemm_dense::constants(tm, layout, Gather::Buffer),
             loops: GemmKernel::Dense { tm: tm as u64 },
             tm,
             nv: 2,
@@ -413,6 +439,7 @@ pub fn micro_variant(block: BlockShape, n: usize, small: bool, tile: Option<Tile
                 br,
                 bc,
                 wpb,
+                gather: Gather::Buffer,
             }),
             loops: GemmKernel::Micro {
                 tm: tm as u64,
@@ -475,7 +502,38 @@ pub fn all_variants() -> Vec<Variant> {
             }
         }
     }
+    // The conv gather of the two kernels that take it: every mode of each dense variant,
+    // and of the micro ones the fused max pooling (all of gemm_gather.wgsl's code but the
+    // average's one line), the others at the sampled block sides.
+    let gathered: Vec<Variant> = out
+        .iter()
+        .filter(|v| {
+            v.kernel.file == kernels::GEMM_DENSE.file || v.kernel.file == kernels::GEMM_MICRO.file
+        })
+        .flat_map(|v| {
+            let dense = v.kernel.file == kernels::GEMM_DENSE.file;
+            let side = |name: &str| {
+                v.constants
+                    .iter()
+                    .find(|c| c.0 == name)
+                    .is_some_and(|c| [1.0, 3.0, 4.0, 8.0].contains(&c.1))
+            };
+            let all = dense || (side("BR") && side("BC"));
+            Gather::ALL[1..]
+                .iter()
+                .filter(move |&&g| all || g == Gather::MaxPool)
+                .map(|&g| with_gather(v.clone(), g))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.extend(gathered);
     out
+}
+
+/// A GEMM that reads its own X always builds ([`Gemm::build`] declines fused poolings
+/// only).
+fn built(g: Option<Gemm>) -> Result<Gemm> {
+    g.ok_or_else(|| bad("a GEMM without a fused pooling declined to build".into()))
 }
 
 /// The output tile of the workgroup-tiled kernels, when `path` is theirs.
@@ -517,6 +575,8 @@ struct Plan<'a> {
     main_trips: usize,
     weights: Weights<'a>,
     epi: &'a Epilogue<'a>,
+    /// The convolution whose input activation X is (read in place), when gathered.
+    gather: Option<(&'a ConvGather, &'a wgpu::Buffer)>,
 }
 
 impl Gemm {
@@ -537,12 +597,49 @@ impl Gemm {
             })?,
             p => p,
         };
+        Self::dense_with(gpu, m, k, w, n, epi, path, None).and_then(built)
+    }
+
+    /// A convolution's `Y = W·X` reading X from its input activation `input` (`conv`
+    /// says how): W dense (`m × C·kh·kw`, rows in `conv`'s layout). `None` when the
+    /// gather cannot take this convolution (`ConvGather::takes`, or a fused pooling of a
+    /// K that needs more than one slice): the caller runs an im2col and [`Gemm::dense`].
+    pub fn conv_dense(
+        gpu: &Gpu,
+        m: usize,
+        w: &[f32],
+        conv: &ConvGather,
+        input: &wgpu::Buffer,
+        epi: &Epilogue,
+    ) -> Result<Option<Self>> {
+        let (k, n) = (conv.rows(), 4 * conv.cols4());
+        if !conv.takes() {
+            return Ok(None);
+        }
+        check_shapes(m, k, n, Some(w.len()), None, epi)?;
+        Self::dense_with(gpu, m, k, w, n, epi, Path::Tiled, Some((conv, input)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dense_with(
+        gpu: &Gpu,
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+        gather: Option<(&ConvGather, &wgpu::Buffer)>,
+    ) -> Result<Option<Self>> {
         let small = choose_small(path, n, None)?;
         let tile = match path {
             Path::Workgroup(t) if !small => Some(t),
             _ => None,
         };
-        let v = dense_variant(n, small, tile);
+        let mut v = dense_variant(n, small, tile);
+        if let Some((c, _)) = gather {
+            v = with_gather(v, c.mode);
+        }
         let k4 = match tile {
             Some(_) => k.next_multiple_of(gemm_dense_tiled::BK) / 4,
             None => k.div_ceil(4),
@@ -579,6 +676,7 @@ impl Gemm {
                     w: bytemuck::cast_slice(&wp),
                 },
                 epi,
+                gather,
             },
         )
     }
@@ -598,7 +696,7 @@ impl Gemm {
         if !matches!(path, Path::Workgroup(_))
             && let Some(layout) = dense_tiles(w)
         {
-            return Self::dense_on_tiles(gpu, w, layout, n, epi, path);
+            return Self::dense_on_tiles(gpu, w, layout, n, epi, path, None).and_then(built);
         }
         let (br, bc) = (w.block().rows, w.block().cols);
         let path = match path {
@@ -608,6 +706,45 @@ impl Gemm {
             }
             p => p,
         };
+        Self::micro_with(gpu, w, n, epi, path, None).and_then(built)
+    }
+
+    /// [`Gemm::conv_dense`] with a micro-structured W.
+    pub fn conv_micro(
+        gpu: &Gpu,
+        w: &CompressedMatrix,
+        conv: &ConvGather,
+        input: &wgpu::Buffer,
+        epi: &Epilogue,
+    ) -> Result<Option<Self>> {
+        let (m, k, n) = (w.view().rows, w.view().cols, 4 * conv.cols4());
+        if !conv.takes() {
+            return Ok(None);
+        }
+        if k != conv.rows() {
+            return Err(bad(format!(
+                "the convolution gathers {} rows of X, W has {k} columns",
+                conv.rows()
+            )));
+        }
+        check_shapes(m, k, n, None, None, epi)?;
+        let gather = Some((conv, input));
+        match dense_tiles(w) {
+            Some(layout) => Self::dense_on_tiles(gpu, w, layout, n, epi, Path::Tiled, gather),
+            None => Self::micro_with(gpu, w, n, epi, Path::Tiled, gather),
+        }
+    }
+
+    fn micro_with(
+        gpu: &Gpu,
+        w: &CompressedMatrix,
+        n: usize,
+        epi: &Epilogue,
+        path: Path,
+        gather: Option<(&ConvGather, &wgpu::Buffer)>,
+    ) -> Result<Option<Self>> {
+        let (m, k) = (w.view().rows, w.view().cols);
+        let bc = w.block().cols;
         let small = choose_small(path, n, Some(bc))?;
         let mb = micro_buffers(w);
         let grid = w.grid();
@@ -615,7 +752,10 @@ impl Gemm {
             Path::Workgroup(t) if !small => Some(t),
             _ => None,
         };
-        let v = micro_variant(w.block(), n, small, tile);
+        let mut v = micro_variant(w.block(), n, small, tile);
+        if let Some((c, _)) = gather {
+            v = with_gather(v, c.mode);
+        }
         let mut values = w.values().to_vec();
         values.resize(values.len().next_multiple_of(4), 0.0);
         let main_trips = mb
@@ -644,7 +784,7 @@ impl Gemm {
                 k,
                 n,
                 x_rows: grid.block_cols() * bc,
-                m_pad: grid.block_rows() * br,
+                m_pad: grid.block_rows() * w.block().rows,
                 tm: v.tm,
                 nv: v.nv,
                 kernel: v.kernel,
@@ -653,11 +793,13 @@ impl Gemm {
                 main_trips,
                 weights,
                 epi,
+                gather,
             },
         )
     }
 
     /// [`Gemm::micro`] of a W that [`dense_tiles`] takes: the dense kernels on its values.
+    #[allow(clippy::too_many_arguments)]
     fn dense_on_tiles(
         gpu: &Gpu,
         w: &CompressedMatrix,
@@ -665,7 +807,8 @@ impl Gemm {
         n: usize,
         epi: &Epilogue,
         path: Path,
-    ) -> Result<Self> {
+        gather: Option<(&ConvGather, &wgpu::Buffer)>,
+    ) -> Result<Option<Self>> {
         let (m, k) = (w.view().rows, w.view().cols);
         let grid = w.grid();
         let small = choose_small(path, n, None)?;
@@ -676,7 +819,10 @@ impl Gemm {
         // Whole tiles are multiples of 4 values (bc is), so `values` is a vec4 array as it is.
         let values: &[u8] = bytemuck::cast_slice(w.values());
         fits(gpu, "values", values.len() as u64)?;
-        let v = dense_tiles_variant(n, small, m_pad, layout);
+        let mut v = dense_tiles_variant(n, small, m_pad, layout);
+        if let Some((c, _)) = gather {
+            v = with_gather(v, c.mode);
+        }
         Self::build(
             gpu,
             Plan {
@@ -697,23 +843,41 @@ impl Gemm {
                 main_trips: x_rows / 4,
                 weights: Weights::Dense { w: values },
                 epi,
+                gather,
             },
         )
     }
 
-    fn build(gpu: &Gpu, p: Plan) -> Result<Self> {
+    /// `None` for a fused pooling whose main loop needs more than one slice (its
+    /// epilogue needs the complete sums).
+    fn build(gpu: &Gpu, p: Plan) -> Result<Option<Self>> {
+        let gather = p.gather.map_or(Gather::Buffer, |g| g.0.mode);
+        let (slice_len, slices) = slicing(p.loops, p.main_trips);
+        if gather.pools() && slices > 1 {
+            return Ok(None);
+        }
         let n4 = match p.loops {
             _ if p.small => p.n.div_ceil(4),
             GemmKernel::DenseTiled(t) => p.n.next_multiple_of(t.bn) / 4,
             GemmKernel::MicroTiled(s) => p.n.next_multiple_of(s.bn) / 4,
             _ => p.n.div_ceil(4 * p.nv) * p.nv,
         };
-        let x_bytes = if p.small {
+        let x_bytes = if p.gather.is_some() {
+            0
+        } else if p.small {
             p.n * p.x_rows * 4
         } else {
             p.x_rows * n4 * 16
         } as u64;
-        let y_bytes = (p.m_pad * n4 * 16) as u64;
+        // A pooled Y holds the pooled activation: (stride, real values) per row.
+        let (y_stride, y_cols) = match p.gather {
+            Some((c, _)) if gather.pools() => {
+                let [ph, pw] = c.positions();
+                (c.pooled_stride(), c.batch * ph * pw)
+            }
+            _ => (n4 * 4, p.n),
+        };
+        let y_bytes = (p.m_pad * y_stride * 4) as u64;
         fits(gpu, "X", x_bytes)?;
         fits(gpu, "Y", y_bytes)?;
         let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
@@ -760,28 +924,39 @@ impl Gemm {
         if let Some(b) = p.epi.bias {
             bias[..p.m].copy_from_slice(b);
         }
-        let (slice_len, slices) = slicing(p.loops, p.main_trips);
+        let koff = match p.gather {
+            Some((c, _)) => c.row_offsets(p.x_rows),
+            None => vec![NO_ROW; 4],
+        };
         let params: Vec<GemmParams> = (0..slices)
-            .map(|i| GemmParams {
-                m: p.m_pad as u32,
-                k4: (p.x_rows / 4) as u32,
-                n4: n4 as u32,
-                n: p.n as u32,
-                groups: groups as u32,
-                relu: u32::from(p.epi.relu),
-                slice_len: slice_len as u32,
-                slice: i as u32,
-                last: u32::from(i + 1 == slices),
-                _pad0: 0,
-                _pad1: 0,
-                _pad2: 0,
+            .map(|i| {
+                let mut params = GemmParams {
+                    m: p.m_pad as u32,
+                    k4: (p.x_rows / 4) as u32,
+                    n4: n4 as u32,
+                    n: p.n as u32,
+                    groups: groups as u32,
+                    relu: u32::from(p.epi.relu),
+                    slice_len: slice_len as u32,
+                    slice: i as u32,
+                    last: u32::from(i + 1 == slices),
+                    ..Default::default()
+                };
+                if let Some((c, _)) = p.gather {
+                    c.params(&mut params);
+                }
+                params
             })
             .collect();
         let stride = uniform_stride::<GemmParams>(gpu);
         let weight_bytes = p.weights.parts().iter().map(|w| w.1.len() as u64).sum();
         gpu.scoped(&format!("allocating {label}"), || {
             let weights = p.weights.upload(gpu);
-            let x = storage(gpu, "gemm X", x_bytes);
+            let x = match p.gather {
+                Some((_, input)) => input.clone(),
+                None => storage(gpu, "gemm X", x_bytes),
+            };
+            let koff = storage_init(gpu, "gemm gather offsets", &koff);
             let y = storage(gpu, "gemm Y", y_bytes);
             let table = with_table.then(|| storage(gpu, "gemm signed-sum table", table_bytes));
             let bias = storage_init(gpu, "gemm bias", &bias);
@@ -838,6 +1013,7 @@ impl Gemm {
                         bias,
                         y,
                         p: p_i,
+                        koff: Bound::whole(&koff),
                     }
                     .bind_group(gpu, &pipeline, &label),
                     (
@@ -877,6 +1053,7 @@ impl Gemm {
                         bias,
                         y,
                         p: p_i,
+                        koff: Bound::whole(&koff),
                     }
                     .bind_group(gpu, &pipeline, &label),
                     (WeightBuffers::Dense { .. }, Some(_)) => {
@@ -898,7 +1075,7 @@ impl Gemm {
                     Some((tp, bind, groups))
                 }
             };
-            Ok(Self {
+            Ok(Some(Self {
                 m: p.m,
                 k: p.k,
                 n: p.n,
@@ -906,9 +1083,11 @@ impl Gemm {
                 small: p.small,
                 path: p.path,
                 on_tiles: p.on_tiles,
+                gather,
                 x_rows: p.x_rows,
                 n4,
-                m_pad: p.m_pad,
+                y_stride,
+                y_cols,
                 x,
                 y,
                 pipeline,
@@ -917,13 +1096,18 @@ impl Gemm {
                 table,
                 weight_bytes,
                 label: label.clone(),
-            })
+            }))
         })?
     }
 
     /// Uploads X (`k×n` row-major), zero-padded (and transposed on the small-batch path).
     pub fn write_x(&self, gpu: &Gpu, x: &[f32]) -> Result<()> {
         let (k, n) = (self.k, self.n);
+        if self.gather != Gather::Buffer {
+            return Err(bad(
+                "a gathered GEMM reads X from its convolution's input".into()
+            ));
+        }
         if x.len() != k * n {
             return Err(bad(format!(
                 "X has {} values, expected {k}x{n} = {}",
@@ -1002,17 +1186,19 @@ impl Gemm {
         self.run_times(gpu, 1)
     }
 
-    /// Y (`m×n` row-major) back from the GPU.
+    /// Y (`m×n` row-major, or `m×` the pooled values when a pooling is fused) back from
+    /// the GPU.
     pub fn read_y(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let all = read_ranges::<f32>(
             gpu,
             &format!("Y of {}", self.label),
-            &[(&self.y, 0, (self.m_pad * self.n4 * 16) as u64)],
+            &[(&self.y, 0, self.y.size())],
         )?
         .swap_remove(0);
-        let stride = self.n4 * 4;
+        let stride = self.y_stride();
+        let cols = self.y_cols;
         Ok((0..self.m)
-            .flat_map(|r| all[r * stride..r * stride + self.n].iter().copied())
+            .flat_map(|r| all[r * stride..r * stride + cols].iter().copied())
             .collect())
     }
 
@@ -1051,7 +1237,7 @@ impl Gemm {
 
     /// Values per stored row of Y.
     pub fn y_stride(&self) -> usize {
-        self.n4 * 4
+        self.y_stride
     }
 
     /// `2·m·k·n`: the dense product's floating-point operations.

@@ -248,7 +248,11 @@ pub fn gemm(k: GemmKernel, slice: u64) -> Vec<Node> {
                 )
             };
             let signed4 = uniform_if(vec![], vec![lp("sign bits", 4, vec![])]);
+            // The conv gather (GATHER > 0): column starts, and the pooled epilogue's pairs.
+            let gather_bases = uniform_if(vec![lp("gathered vec4 columns", nv, vec![])], vec![]);
+            let pooled = uniform_if(vec![lp("pooled column pairs", nv / 2, vec![])], vec![]);
             vec![
+                gather_bases,
                 lp(
                     "dense entries",
                     slice,
@@ -274,7 +278,11 @@ pub fn gemm(k: GemmKernel, slice: u64) -> Vec<Node> {
                         lp("partial sums", tm * nv, vec![]),
                     ],
                 ),
-                lp("rows (epilogue)", tm, vec![lp("vec4 columns", nv, vec![])]),
+                lp(
+                    "rows (epilogue)",
+                    tm,
+                    vec![lp("vec4 columns", nv, vec![]), pooled],
+                ),
             ]
         }
         GemmKernel::MicroSmall { rl, bc, nb } => {

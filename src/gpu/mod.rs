@@ -4,6 +4,7 @@ pub mod autotune;
 pub mod buffers;
 pub mod compress;
 pub mod context;
+pub mod conv_gather;
 pub mod copy;
 pub mod gemm;
 pub mod kernels;

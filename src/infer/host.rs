@@ -15,8 +15,10 @@ use crate::cpu::gemm::Epilogue;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::buffers::{read_ranges, storage, storage_init};
+use crate::gpu::conv_gather::ConvGather;
 use crate::gpu::gemm::{Gemm, Path};
 use crate::gpu::kernels::argmax::ArgmaxParams;
+use crate::gpu::kernels::gemm_dense::Gather;
 use crate::gpu::kernels::im2col::Im2colParams;
 use crate::gpu::kernels::pool2d::Pool2dParams;
 use crate::infer::network::{Layer, Network, Op, PoolKind, Weight};
@@ -117,8 +119,8 @@ fn pending_buffers(gpu: &Gpu, label: &str, p: &Pending) -> (wgpu::Buffer, wgpu::
     )
 }
 
-/// What a GEMM layer needs of its layer list: geometry of its gather.
-struct Gather {
+/// What a GEMM layer needs of its layer list: geometry of its window.
+struct Window {
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
@@ -159,7 +161,7 @@ impl Plan {
                     padding,
                 } => {
                     let s = weight.shape();
-                    let g = Gather {
+                    let g = Window {
                         kernel: [s[2], s[3]],
                         stride: *stride,
                         padding: *padding,
@@ -182,7 +184,7 @@ impl Plan {
                 }
                 Op::Linear { weight, bias } => {
                     let [_, ph, pw] = act.phys;
-                    let g = Gather {
+                    let g = Window {
                         kernel: [ph, pw],
                         stride: [1, 1],
                         padding: [0, 0],
@@ -425,7 +427,7 @@ fn gemm_layer(
     weight: &Weight,
     bias: Option<&[f32]>,
     next: &[Layer],
-    g: Gather,
+    g: Window,
     act: Act,
     batch: usize,
     mode: WeightMode,
@@ -442,35 +444,87 @@ fn gemm_layer(
         Weight::Compressed(l) if mode == WeightMode::Compressed => Some(l),
         _ => None,
     };
-    let gemm = match compressed {
-        Some(l) => {
-            let relu = act_relu_next(next, &mut took);
-            let epi = Epilogue {
-                bias: Some(&bias),
-                relu,
-            };
-            Gemm::micro(gpu, &l.matrix, n, &epi, Path::Auto)
-        }
-        None => {
-            let mut wv = weight.dense();
-            if let Some(Op::BatchNorm(bn)) = next.first().map(|l| &l.op) {
-                let (s, t) = bn.affine();
-                for r in 0..rows {
-                    wv[r * k..(r + 1) * k].iter_mut().for_each(|v| *v *= s[r]);
-                    bias[r] = bias[r].mul_add(s[r], t[r]);
-                }
-                took = 1;
+    // A BatchNorm right after a dense weight folds into it; then a ReLU fuses.
+    let mut wv = Vec::new();
+    if compressed.is_none() {
+        wv = weight.dense();
+        if let Some(Op::BatchNorm(bn)) = next.first().map(|l| &l.op) {
+            let (s, t) = bn.affine();
+            for r in 0..rows {
+                wv[r * k..(r + 1) * k].iter_mut().for_each(|v| *v *= s[r]);
+                bias[r] = bias[r].mul_add(s[r], t[r]);
             }
-            let relu = act_relu_next(&next[took..], &mut took);
-            let epi = Epilogue {
-                bias: Some(&bias),
-                relu,
-            };
-            Gemm::dense(gpu, rows, k, &wv, n, &epi, Path::Auto)
+            took = 1;
         }
     }
-    .map_err(|e| shape_err(label, format!("its GEMM: {e}")))?;
+    let relu = act_relu_next(&next[took..], &mut took);
+    let epi = Epilogue {
+        bias: Some(&bias),
+        relu,
+    };
     let position_major = compressed.is_some_and(|l| l.layout == ConvLayout::PositionMajor);
+    let kind = if compressed.is_some() {
+        "micro GEMM"
+    } else {
+        "dense GEMM"
+    };
+    let err = |e: Error| shape_err(label, format!("its GEMM: {e}"));
+    // The gather reads X in place where it can (no padding, nothing pending), with a 2×2
+    // pooling right after fused when there is one.
+    if g.padding == [0, 0] && act.pending.is_identity() {
+        let pool = match next.get(took).map(|l| &l.op) {
+            Some(Op::Pool {
+                kind,
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+            }) => Some(match kind {
+                PoolKind::Max => Gather::MaxPool,
+                PoolKind::Average => Gather::AvgPool,
+            }),
+            _ => None,
+        };
+        for mode in pool.into_iter().chain([Gather::Row]) {
+            let conv = ConvGather {
+                input: act.phys,
+                in_stride: act.stride,
+                batch,
+                kernel: g.kernel,
+                stride: g.stride,
+                out: g.out,
+                position_major,
+                mode,
+            };
+            let gemm = match compressed {
+                Some(l) => Gemm::conv_micro(gpu, &l.matrix, &conv, &act.buffer, &epi),
+                None => Gemm::conv_dense(gpu, rows, &wv, &conv, &act.buffer, &epi),
+            }
+            .map_err(err)?;
+            if let Some(gemm) = gemm {
+                let [oh, ow] = conv.positions();
+                let out = Act {
+                    buffer: gemm.y_buffer().clone(),
+                    stride: gemm.y_stride(),
+                    phys: [rows, oh, ow],
+                    pending: Pending::identity(rows),
+                };
+                check_u32(label, "the output", rows * out.stride)?;
+                steps.push(Step::Gemm {
+                    label: format!(
+                        "{label} {kind} (gathered{})",
+                        if mode.pools() { ", pooled" } else { "" }
+                    ),
+                    gemm: Box::new(gemm),
+                });
+                return Ok((out, took + usize::from(mode.pools())));
+            }
+        }
+    }
+    let gemm = match compressed {
+        Some(l) => Gemm::micro(gpu, &l.matrix, n, &epi, Path::Auto),
+        None => Gemm::dense(gpu, rows, k, &wv, n, &epi, Path::Auto),
+    }
+    .map_err(err)?;
     let p = Im2colParams {
         channels: c as u32,
         height: h as u32,
@@ -509,15 +563,7 @@ fn gemm_layer(
     };
     check_u32(label, "the output", rows * out.stride)?;
     steps.push(Step::Gemm {
-        label: format!(
-            "{} {}",
-            label,
-            if compressed.is_some() {
-                "micro GEMM"
-            } else {
-                "dense GEMM"
-            }
-        ),
+        label: format!("{label} {kind}"),
         gemm: Box::new(gemm),
     });
     Ok((out, took))

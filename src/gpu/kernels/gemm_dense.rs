@@ -12,6 +12,7 @@ pub const KERNEL: Kernel = Kernel::new(
         ("GEMM_TM", GEMM_TM as f64),
         ("TILE_BR", 0.0),
         ("TILE_C4", 1.0),
+        ("GATHER", 0.0),
     ],
 );
 
@@ -35,12 +36,50 @@ impl WLayout {
     }
 }
 
-/// The override constants of a pipeline with `tm` rows per workgroup (at most 8) and W
-/// laid out as `layout` says.
-pub fn constants(tm: usize, layout: WLayout) -> Vec<(&'static str, f64)> {
+/// The override constants of a pipeline with `tm` rows per workgroup (at most 8), W laid
+/// out as `layout` says, and X read as `gather` says.
+pub fn constants(tm: usize, layout: WLayout, gather: Gather) -> Vec<(&'static str, f64)> {
     let mut c = vec![("GEMM_WG", GEMM_WG as f64), ("GEMM_TM", tm as f64)];
     c.extend(layout.constants());
+    c.push(gather.constant());
     c
+}
+
+/// How gemm_dense and gemm_micro read X (shaders/gemm_gather.wgsl): their own buffer, or a
+/// convolution's input activation, each vec4 column 4 output positions along x or one
+/// 2×2 window of a max or average pooling fused into the epilogue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Gather {
+    #[default]
+    Buffer,
+    Row,
+    MaxPool,
+    AvgPool,
+}
+
+impl Gather {
+    pub const ALL: [Gather; 4] = [
+        Gather::Buffer,
+        Gather::Row,
+        Gather::MaxPool,
+        Gather::AvgPool,
+    ];
+
+    /// The `GATHER` override constant.
+    pub fn constant(self) -> (&'static str, f64) {
+        let g = match self {
+            Gather::Buffer => 0,
+            Gather::Row => 1,
+            Gather::MaxPool => 2,
+            Gather::AvgPool => 3,
+        };
+        ("GATHER", f64::from(g))
+    }
+
+    /// Whether Y holds one pooled value per vec4 column.
+    pub fn pools(self) -> bool {
+        matches!(self, Gather::MaxPool | Gather::AvgPool)
+    }
 }
 
 bindings! {
@@ -50,6 +89,7 @@ bindings! {
         2 => bias,
         3 => y,
         4 => p,
+        5 => koff,
     }
 }
 

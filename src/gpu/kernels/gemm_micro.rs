@@ -2,6 +2,7 @@
 //! lanes along N (any N).
 
 use super::binding::bindings;
+use super::gemm_dense::Gather;
 use super::reflection::generated;
 use super::{GEMM_WG, Kernel};
 
@@ -14,6 +15,7 @@ pub const KERNEL: Kernel = Kernel::new(
         ("BR", 4.0),
         ("BC", 4.0),
         ("WPB", 1.0),
+        ("GATHER", 0.0),
     ],
 );
 
@@ -28,6 +30,8 @@ pub struct Shape {
     pub br: usize,
     pub bc: usize,
     pub wpb: usize,
+    /// How X is read.
+    pub gather: Gather,
 }
 
 /// The override constants of a pipeline of `shape`.
@@ -39,6 +43,7 @@ pub fn constants(s: Shape) -> Vec<(&'static str, f64)> {
         ("BR", s.br as f64),
         ("BC", s.bc as f64),
         ("WPB", s.wpb as f64),
+        s.gather.constant(),
     ]
 }
 
@@ -52,6 +57,7 @@ bindings! {
         5 => bias,
         6 => y,
         7 => p,
+        8 => koff,
     }
 }
 

@@ -2,7 +2,7 @@
 
 /// WGSL `GemmParams`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GemmParams {
     pub m: u32,
     pub k4: u32,
@@ -16,6 +16,20 @@ pub struct GemmParams {
     pub _pad0: u32,
     pub _pad1: u32,
     pub _pad2: u32,
+    /// The conv gather (shaders/gemm_gather.wgsl), zero without it: vec4 columns (or
+    /// pairs of them, pooled) per output row, and output (pooled) rows per image.
+    pub g_w: u32,
+    pub g_rows: u32,
+    /// Values per channel of one input image.
+    pub in_plane: u32,
+    /// Input values between output rows.
+    pub step_y: u32,
+    /// Real vec4 columns.
+    pub cols4: u32,
+    /// Pooled values per pooled row, and per row of a pooled Y.
+    pub out_w: u32,
+    pub y_stride: u32,
+    pub _pad3: u32,
 }
 
 #[cfg(test)]

@@ -1,0 +1,212 @@
+//! gemm_dense and gemm_micro reading a convolution's X in place (shaders/gemm_gather.wgsl),
+//! with and without the fused 2×2 pooling, against the CPU twins in sequence: im2col, the
+//! f64 GEMM, pool2d. Awkward geometries (1×1 kernels, prime channel counts, odd pooled
+//! widths, rows of X past K inside a block, strided rows, batch 1), both row layouts,
+//! several block shapes, Y poisoned, and the gaps between the input's channels NaN so that
+//! a read outside the convolution's window shows.
+
+mod common;
+
+use microunify::bench::random_compressed;
+use microunify::block::BlockShape;
+use microunify::cpu;
+use microunify::cpu::gemm::{Epilogue, abs_sums};
+use microunify::gpu::buffers::{POISON, storage_init};
+use microunify::gpu::conv_gather::ConvGather;
+use microunify::gpu::gemm::Gemm;
+use microunify::gpu::kernels::gemm_dense::Gather;
+use microunify::gpu::kernels::im2col::Im2colParams;
+use microunify::gpu::kernels::pool2d::Pool2dParams;
+use rand::Rng;
+
+/// (channels, height, width, batch, kh, kw, stride_y, mode)
+type Case = (usize, usize, usize, usize, usize, usize, usize, Gather);
+
+const CASES: [Case; 9] = [
+    (1, 28, 28, 2, 5, 5, 1, Gather::MaxPool),
+    (3, 12, 12, 1, 5, 5, 1, Gather::AvgPool),
+    // Odd pooled width (the last pair's second window does not exist), stride 2 in y.
+    (2, 9, 8, 3, 2, 3, 2, Gather::MaxPool),
+    (5, 5, 4, 1, 1, 1, 1, Gather::Row),
+    (7, 7, 12, 2, 3, 5, 2, Gather::Row),
+    // K = 21: rows of X past K inside the last block column.
+    (7, 6, 8, 2, 3, 1, 1, Gather::AvgPool),
+    (20, 12, 12, 1, 5, 5, 1, Gather::MaxPool),
+    (13, 3, 4, 5, 2, 1, 1, Gather::Row),
+    (2, 3, 4, 1, 2, 3, 1, Gather::MaxPool),
+];
+
+const BLOCKS: [(usize, usize); 5] = [(4, 4), (2, 4), (3, 3), (1, 1), (5, 2)];
+
+#[test]
+fn a_gathered_conv_matches_im2col_gemm_and_pool() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(41);
+    for (i, &(c, h, w, batch, kh, kw, sy, mode)) in CASES.iter().enumerate() {
+        let (oh, ow) = ((h - kh) / sy + 1, w - kw + 1);
+        let cols = batch * h * w;
+        // Channels 4 values apart, the gap NaN.
+        let in_stride = cols + 4;
+        let mut input = vec![f32::NAN; c * in_stride];
+        for ch in 0..c {
+            for v in &mut input[ch * in_stride..ch * in_stride + cols] {
+                *v = rng.random_range(-2.0f32..2.0);
+            }
+        }
+        let buffer = storage_init(&gpu, "conv input", &input);
+        let k = c * kh * kw;
+        let m = rng.random_range(1..=9);
+        let bias: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for (micro, position_major, relu) in [
+            (false, false, false),
+            (true, false, true),
+            (true, true, false),
+            (false, true, true),
+        ] {
+            let (br, bc) = BLOCKS[(i + usize::from(position_major)) % BLOCKS.len()];
+            let block = BlockShape::new(br, bc).unwrap();
+            let cm = random_compressed(i as u64, m, k, block, 0.3, 0.3).unwrap();
+            let wv = if micro {
+                cm.to_dense()
+            } else {
+                common::weights(&mut rng, m * k)
+            };
+            let epi = Epilogue {
+                bias: Some(&bias),
+                relu,
+            };
+            let conv = ConvGather {
+                input: [c, h, w],
+                in_stride,
+                batch,
+                kernel: [kh, kw],
+                stride: [sy, 1],
+                out: [oh, ow],
+                position_major,
+                mode,
+            };
+            let what = format!(
+                "case {i} {conv:?}, {m} rows, {}, relu {relu}",
+                if micro {
+                    format!("micro {br}x{bc}")
+                } else {
+                    "dense".into()
+                }
+            );
+            let gemm = if micro {
+                Gemm::conv_micro(&gpu, &cm, &conv, &buffer, &epi)
+            } else {
+                Gemm::conv_dense(&gpu, m, &wv, &conv, &buffer, &epi)
+            }
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: the gather declined"));
+            gemm.fill_y(&gpu, POISON);
+            gemm.run(&gpu).unwrap();
+            let got = gemm.read_y(&gpu).unwrap();
+
+            let n = batch * oh * ow;
+            let p = Im2colParams {
+                channels: c as u32,
+                height: h as u32,
+                width: w as u32,
+                batch: batch as u32,
+                kh: kh as u32,
+                kw: kw as u32,
+                stride_y: sy as u32,
+                stride_x: 1,
+                out_h: oh as u32,
+                out_w: ow as u32,
+                in_stride: in_stride as u32,
+                rows: k as u32,
+                cols: n as u32,
+                out_stride: n as u32,
+                total: (k * n) as u32,
+                position_major: u32::from(position_major),
+                ..Default::default()
+            };
+            let ones = vec![1.0f32; c.max(m)];
+            let zeros = vec![0.0f32; c.max(m)];
+            let x = cpu::im2col::im2col(&p, &input, &ones, &zeros);
+            let y = cpu::gemm::gemm(m, k, n, &wv, &x, &epi).unwrap();
+            let scale = abs_sums(m, k, n, &wv, &x, &epi).unwrap();
+            let (want, scale) = if mode.pools() {
+                let (ph, pw) = (oh / 2, ow / 2);
+                let pooled = batch * ph * pw;
+                let pp = Pool2dParams {
+                    channels: m as u32,
+                    height: oh as u32,
+                    width: ow as u32,
+                    batch: batch as u32,
+                    kh: 2,
+                    kw: 2,
+                    stride_y: 2,
+                    stride_x: 2,
+                    out_h: ph as u32,
+                    out_w: pw as u32,
+                    in_stride: n as u32,
+                    out_stride: pooled as u32,
+                    total: (m * pooled) as u32,
+                    average: u32::from(mode == Gather::AvgPool),
+                    ..Default::default()
+                };
+                let s32: Vec<f32> = scale.iter().map(|&v| v as f32).collect();
+                let pool = |v: &[f32], average: u32| {
+                    let q = Pool2dParams { average, ..pp };
+                    cpu::pool2d::pool2d(&q, v, &ones, &zeros, m * pooled, 0.0)
+                };
+                let ps = pool(&s32, 0).iter().map(|&v| f64::from(v)).collect();
+                (pool(&y, pp.average), ps)
+            } else {
+                (y, scale)
+            };
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                let err = (f64::from(*g) - f64::from(*w)).abs();
+                assert!(
+                    err <= 1e-5 * s.max(1e-30),
+                    "{what}: output {j}: GPU {g} ({:#x}), CPU {w}, scale {s}",
+                    g.to_bits()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_gather_declines_what_it_cannot_read_in_place() {
+    let Some(gpu) = common::gpu() else { return };
+    let buffer = storage_init(&gpu, "conv input", &[0.0f32; 4 * 64]);
+    let base = ConvGather {
+        input: [1, 8, 8],
+        in_stride: 64,
+        batch: 1,
+        kernel: [3, 3],
+        stride: [1, 1],
+        out: [6, 6],
+        position_major: false,
+        mode: Gather::Row,
+    };
+    let w = vec![0.5f32; 9];
+    let epi = Epilogue {
+        bias: None,
+        relu: false,
+    };
+    // Six positions per row are not whole vec4s; stride 2 along x; a width of 6.
+    for conv in [
+        base,
+        ConvGather {
+            stride: [1, 2],
+            out: [6, 3],
+            mode: Gather::MaxPool,
+            ..base
+        },
+        ConvGather {
+            input: [1, 8, 6],
+            out: [6, 4],
+            ..base
+        },
+    ] {
+        let g = Gemm::conv_dense(&gpu, 1, &w, &conv, &buffer, &epi).unwrap();
+        assert!(g.is_none(), "{conv:?}");
+    }
+}
