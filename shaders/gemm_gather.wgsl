@@ -41,10 +41,9 @@ fn gather_base(j: u32) -> u32 {
 
 /// Row `k` of X at the vec4 column starting at `base` (a multiple of 4).
 fn gather_x4(k: u32, base: u32) -> vec4<f32> {
-    let o = koff[k];
-    if (o == NO_ROW) {
-        return vec4(0.0);
-    }
+    let raw = koff[k];
+    let none = raw == NO_ROW;
+    let o = select(raw, 0u, none);
     let q = (o >> 2u) + (base >> 2u);
     let lo = x[q];
     let hi = x[q + 1u];
@@ -52,7 +51,8 @@ fn gather_x4(k: u32, base: u32) -> vec4<f32> {
     let one = vec4(lo.yzw, hi.x);
     let two = vec4(lo.zw, hi.xy);
     let three = vec4(lo.w, hi.xyz);
-    return select(select(select(three, two, s == 2u), one, s == 1u), lo, s == 0u);
+    let v = select(select(select(three, two, s == 2u), one, s == 1u), lo, s == 0u);
+    return select(v, vec4(0.0), none);
 }
 
 fn y_scalar(q: u32, v: f32) {

@@ -14,6 +14,7 @@ use crate::block::ConvLayout;
 use crate::cpu::gemm::Epilogue;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::autotune;
 use crate::gpu::buffers::{read_ranges, storage, storage_init};
 use crate::gpu::conv_gather::ConvGather;
 use crate::gpu::gemm::{Gemm, Path};
@@ -410,6 +411,11 @@ impl Plan {
             .collect()
     }
 
+    /// What each step runs, in order (the kernels `--profile` times).
+    pub fn step_labels(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.label().to_string()).collect()
+    }
+
     /// Whether any BatchNorm stays pending on the logits (the test's logits then go
     /// through the host's transform too).
     pub fn logits_pending(&self) -> bool {
@@ -500,6 +506,28 @@ fn gemm_layer(
                 None => Gemm::conv_dense(gpu, rows, &wv, &conv, &act.buffer, &epi),
             }
             .map_err(err)?;
+            let mut kind = kind.to_string();
+            // A weight that is mostly dense blocks can run faster through the dense kernel
+            // on its reconstruction (the same values): with the autotuner on, both are
+            // timed once and the faster one runs.
+            let gemm = match (gemm, compressed) {
+                (Some(micro), Some(l)) if autotune::Mode::from_env()? != autotune::Mode::Off => {
+                    let wr = l.matrix.to_dense();
+                    let dense =
+                        Gemm::conv_dense(gpu, rows, &wr, &conv, &act.buffer, &epi).map_err(err)?;
+                    match dense {
+                        Some(dense)
+                            if autotune::time_product(gpu, &dense)?
+                                < autotune::time_product(gpu, &micro)? =>
+                        {
+                            kind = "dense GEMM of the reconstruction (timed faster)".into();
+                            Some(dense)
+                        }
+                        _ => Some(micro),
+                    }
+                }
+                (g, _) => g,
+            };
             if let Some(gemm) = gemm {
                 let [oh, ow] = conv.positions();
                 let out = Act {
