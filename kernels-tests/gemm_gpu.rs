@@ -13,7 +13,7 @@ use microunify::compressed::CompressedMatrix;
 use microunify::cpu::gemm::{Epilogue, abs_sums, compare as gemm_compare, gemm, gemm_compressed};
 use microunify::gpu::Gpu;
 use microunify::gpu::buffers::POISON;
-use microunify::gpu::gemm::{Gemm, Path, candidates, small_batch_takes};
+use microunify::gpu::gemm::{Gemm, Path, candidates};
 use microunify::gpu::kernels::gemm_dense_tiled::TILES;
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -388,15 +388,14 @@ fn all_dense_micro_runs_the_dense_kernels_on_its_tiles() {
                 bias: bias.as_deref(),
                 relu,
             };
-            let on_tiles = bc % 4 == 0;
             let mut paths = vec![Path::Tiled, Path::Auto];
-            if n <= 8 && (on_tiles || small_batch_takes(n, Some(bc))) {
+            if n <= 8 {
                 paths.push(Path::SmallBatch);
             }
             for path in paths {
                 let what = format!("all dense {br}x{bc} M={m} K={k} N={n} {path:?}");
                 let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
-                assert_eq!(g.on_tiles, on_tiles, "{what}");
+                assert!(g.as_dense, "{what}");
                 check_run(&gpu, &what, &g, &cm.to_dense(), &epi, &mut rng);
             }
         }
@@ -406,7 +405,7 @@ fn all_dense_micro_runs_the_dense_kernels_on_its_tiles() {
         let cm = random_compressed(450, 64, 64, block, prune, unify).unwrap();
         for n in [1, 16] {
             let g = Gemm::micro(&gpu, &cm, n, &Epilogue::default(), Path::Auto).unwrap();
-            assert!(!g.on_tiles, "prune {prune} unify {unify} N={n}");
+            assert!(!g.as_dense, "prune {prune} unify {unify} N={n}");
         }
     }
     for ((br, bc), n, path) in [((2, 8), 16, Path::Tiled), ((4, 4), 3, Path::SmallBatch)] {
@@ -420,7 +419,7 @@ fn all_dense_micro_runs_the_dense_kernels_on_its_tiles() {
         let g = Gemm::micro(&gpu, &cm, n, &epi, path).unwrap();
         let what = format!("all dense {br}x{bc} {m}x{k}x{n} {path:?}");
         assert!(
-            g.on_tiles && g.slices() > 1,
+            g.as_dense && g.slices() > 1,
             "{what}: {} slices",
             g.slices()
         );

@@ -1,8 +1,7 @@
 // requires: gemm_params.wgsl gemm_gather.wgsl
 // gemm_dense: Y = W·X + bias, optional ReLU; the dense, register-blocked baseline that every
 // micro-structured speedup is measured against (the tiled path, for any N; N > 8 in use).
-// Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns; or
-//   a fully dense micro-structured W's tiles, see w_index in gemm_params.wgsl),
+// Bindings: 0 W (read, M_pad × K4 vec4, rows zero-padded to a multiple of 4 columns),
 //   1 X (read, K4·4 rows × N4 vec4, zero-padded), 2 bias (read, M_pad f32, zeros when none),
 //   3 Y (read_write, M_pad × N4 vec4; one value per vec4 column when pooling), 4 GemmParams
 //   (uniform), 5 koff (read, the conv gather's row offsets; GATHER 0 ignores it).
@@ -19,8 +18,6 @@
 
 override GEMM_WG: u32;
 override GEMM_TM: u32; // rows per workgroup, at most 8 (the accumulator holds 8 × 2 vec4)
-override TILE_BR: u32; // 0: W row-major; else W in tiles of TILE_BR rows (w_index)
-override TILE_C4: u32; // vec4s per tile row
 
 @group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -73,7 +70,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             b3 = gather_x4(k + 3u, g1);
         }
         for (var i = 0u; i < GEMM_TM; i++) {
-            let wv = w[w_index(m0 + i, k4, TILE_BR, TILE_C4)]; // uniform across the workgroup
+            let wv = w[(m0 + i) * p.k4 + k4]; // uniform across the workgroup
             var s0 = acc[2u * i];
             var s1 = acc[2u * i + 1u];
             s0 = fma(vec4(wv.x), a0, s0);

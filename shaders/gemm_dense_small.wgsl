@@ -2,8 +2,7 @@
 // gemm_dense_small: Y = W·X + bias, optional ReLU, for small batches (N ≤ 8): the dense
 // comparison point of the micro-structured small-batch path. At small N the time is the
 // bytes of W, so each invocation streams one row of W as vec4s and keeps N vec4 partial sums.
-// Bindings: 0 W (read, M × K4 vec4, rows zero-padded; or a fully dense micro-structured W's
-//   tiles, see w_index in gemm_params.wgsl), 1 XT (read, X transposed: NB rows ×
+// Bindings: 0 W (read, M × K4 vec4, rows zero-padded), 1 XT (read, X transposed: NB rows ×
 //   K4 vec4, zero-padded), 2 bias (read, M f32), 3 Y (read_write, f32, M rows of N4·4),
 //   4 GemmParams (uniform).
 // Dispatch: ceil(M / SMALL_WG) workgroups (2-D when needed) of SMALL_WG invocations, one row
@@ -14,8 +13,6 @@
 
 override SMALL_WG: u32;
 override NB: u32; // columns of X and Y, 1..8
-override TILE_BR: u32; // 0: W row-major; else W in tiles of TILE_BR rows (w_index)
-override TILE_C4: u32; // vec4s per tile row
 
 @group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> xt: array<vec4<f32>>;
@@ -33,7 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc: array<vec4<f32>, 8>;
     let ks = slice_range(0u, p.k4);
     for (var k4 = ks.x; k4 < ks.y; k4++) { // loop budget: one slice (src/gpu/loops.rs)
-        let wv = w[w_index(m, k4, TILE_BR, TILE_C4)];
+        let wv = w[m * p.k4 + k4];
         for (var n = 0u; n < NB; n++) {
             acc[n] = fma(wv, xt[n * p.k4 + k4], acc[n]);
         }

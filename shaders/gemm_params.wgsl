@@ -34,15 +34,3 @@ fn slice_range(begin: u32, end: u32) -> vec2<u32> {
     let lo = min(begin + p.slice * p.slice_len, end);
     return vec2<u32>(lo, min(lo + p.slice_len, end));
 }
-
-// The vec4 of W at row m, vec4 column k4 for the dense kernels: W row-major (tile_br = 0),
-// or in full tile_br × 4·tile_c4 tiles stored tile after tile in block order, a
-// micro-structured W's values when every block is dense (src/gpu/gemm.rs). Called with
-// override constants, so the branch and the divisions fold at pipeline creation.
-fn w_index(m: u32, k4: u32, tile_br: u32, tile_c4: u32) -> u32 {
-    if (tile_br == 0u) {
-        return m * p.k4 + k4;
-    }
-    let tile = (m / tile_br) * (p.k4 / tile_c4) + k4 / tile_c4;
-    return tile * tile_br * tile_c4 + (m % tile_br) * tile_c4 + k4 % tile_c4;
-}

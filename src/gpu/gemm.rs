@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::gpu::autotune;
 use crate::gpu::buffers::{read_ranges, storage, storage_init, uniform_slots, uniform_stride};
 use crate::gpu::conv_gather::{ConvGather, NO_ROW};
-use crate::gpu::kernels::gemm_dense::{Gather, WLayout};
+use crate::gpu::kernels::gemm_dense::Gather;
 use crate::gpu::kernels::gemm_dense_tiled::{self, TILES, Tile};
 use crate::gpu::kernels::gemm_params::GemmParams;
 use crate::gpu::kernels::{
@@ -83,8 +83,8 @@ pub struct Gemm {
     /// The path that runs (never [`Path::Auto`]: the choice it resolved to).
     pub path: Path,
     /// Whether a micro-structured W whose blocks are all dense runs the dense kernels on
-    /// its tiles ([`dense_tiles`]).
-    pub on_tiles: bool,
+    /// its reconstruction ([`all_dense`]).
+    pub as_dense: bool,
     /// How X is read: its own buffer, or a convolution's input (`ConvGather`).
     pub gather: Gather,
     /// Rows of X as stored (K padded with zero rows); the X^T row length when `small`.
@@ -168,24 +168,17 @@ fn rows_per_group(br: usize, cap: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// The tile layout of `w` when the dense kernels can read its values as they are: every
-/// block dense, the tiles stored in block order (so tile `(R, C)` at `(R·cols + C)·br·bc`)
-/// and 4 columns per vec4 of a tile row. Such a W needs no entry decoding at all: the dense
-/// kernels' inner loop runs on its values (`w_index` in gemm_params.wgsl).
-pub fn dense_tiles(w: &CompressedMatrix) -> Option<WLayout> {
-    let (br, bc) = (w.block().rows, w.block().cols);
-    let tile = (br * bc) as u32;
-    let blocks = w.grid().num_blocks();
-    // All dense: then every block row holds all block columns, so entry i is in block row
-    // i / cols.
-    let in_order = w.counts()[0] == blocks
-        && w.entries().len() == blocks
-        && w.entries().iter().enumerate().all(|(i, &[col, payload])| {
-            payload & UNIFIED_FLAG == 0
-                && col as usize == i % w.grid().block_cols()
-                && payload == i as u32 * tile
-        });
-    (bc.is_multiple_of(4) && in_order).then_some(WLayout::Tiles { br, c4: bc / 4 })
+/// Whether every block of `w` is dense: nothing to skip, so the dense kernels run it on
+/// its row-major reconstruction (the same values), at the dense GEMM's speed.
+pub fn all_dense(w: &CompressedMatrix) -> bool {
+    w.counts()[0] == w.grid().num_blocks()
+}
+
+/// A micro-structured W's GEMM that runs the dense kernels ([`all_dense`]).
+fn as_dense(mut g: Gemm) -> Gemm {
+    g.micro = true;
+    g.as_dense = true;
+    g
 }
 
 /// Refuses a buffer larger than one storage binding, naming the adapter's limit.
@@ -335,7 +328,7 @@ pub fn dense_variant(n: usize, small: bool, tile: Option<Tile>) -> Variant {
             nv: 2,
         };
     }
-    cpu_dense_variant(n, small, kernels::GEMM_TM as usize, WLayout::RowMajor)
+    cpu_dense_variant(n, small, kernels::GEMM_TM as usize)
 }
 
 /// `v` reading X as `gather` says (gemm_dense and gemm_micro only: the others keep their
@@ -360,19 +353,12 @@ pub fn with_gather(mut v: Variant, gather: Gather) -> Variant {
     v
 }
 
-/// The dense kernel the host builds for an all-dense micro-structured W read in its tile
-/// layout ([`dense_tiles`]), `m_pad` rows of whole block rows.
-pub fn dense_tiles_variant(n: usize, small: bool, m_pad: usize, layout: WLayout) -> Variant {
-    let tm = rows_per_group(m_pad, kernels::GEMM_TM as usize);
-    cpu_dense_variant(n, small, tm, layout)
-}
-
-/// gemm_dense_small, or gemm_dense with `tm` rows per workgroup, reading W in `layout`.
-fn cpu_dense_variant(n: usize, small: bool, tm: usize, layout: WLayout) -> Variant {
+/// gemm_dense_small, or gemm_dense with `tm` rows per workgroup.
+fn cpu_dense_variant(n: usize, small: bool, tm: usize) -> Variant {
     if small {
         Variant {
             kernel: kernels::GEMM_DENSE_SMALL,
-            constants: gemm_dense_small::constants(n, layout),
+            constants: gemm_dense_small::constants(n),
             loops: GemmKernel::DenseSmall { nb: n as u64 },
             tm: 1,
             nv: 2,
@@ -380,7 +366,7 @@ fn cpu_dense_variant(n: usize, small: bool, tm: usize, layout: WLayout) -> Varia
     } else {
         Variant {
             kernel: kernels::GEMM_DENSE,
-            constants: gemm_dense::constants(tm, layout, Gather::Buffer),
+            constants: gemm_dense::constants(tm, Gather::Buffer),
             loops: GemmKernel::Dense { tm: tm as u64 },
             tm,
             nv: 2,
@@ -489,15 +475,6 @@ pub fn all_variants() -> Vec<Variant> {
                     if let Ok(small) = choose_small(path, n, Some(bc)) {
                         add(micro_variant(block, n, small, tile));
                     }
-                    // An all-dense W of these blocks on the dense kernels, at each row
-                    // tiling a whole number of block rows gives (m_pad = br · block rows).
-                    if tile.is_none() && bc.is_multiple_of(4) {
-                        let layout = WLayout::Tiles { br, c4: bc / 4 };
-                        let small = choose_small(path, n, None).unwrap_or(false);
-                        for rows in 1..=kernels::GEMM_TM as usize {
-                            add(dense_tiles_variant(n, small, br * rows, layout));
-                        }
-                    }
                 }
             }
         }
@@ -557,7 +534,6 @@ struct Plan<'a> {
     micro: bool,
     small: bool,
     path: Path,
-    on_tiles: bool,
     m: usize,
     k: usize,
     n: usize,
@@ -660,7 +636,6 @@ impl Gemm {
                 micro: false,
                 small,
                 path: resolved(path, small),
-                on_tiles: false,
                 m,
                 k,
                 n,
@@ -693,10 +668,8 @@ impl Gemm {
         check_shapes(m, k, n, None, None, epi)?;
         // The workgroup-tiled kernels read W in their own layout: an explicit request for
         // them runs them.
-        if !matches!(path, Path::Workgroup(_))
-            && let Some(layout) = dense_tiles(w)
-        {
-            return Self::dense_on_tiles(gpu, w, layout, n, epi, path, None).and_then(built);
+        if !matches!(path, Path::Workgroup(_)) && all_dense(w) {
+            return Self::dense(gpu, m, k, &w.to_dense(), n, epi, path).map(as_dense);
         }
         let (br, bc) = (w.block().rows, w.block().cols);
         let path = match path {
@@ -729,10 +702,10 @@ impl Gemm {
         }
         check_shapes(m, k, n, None, None, epi)?;
         let gather = Some((conv, input));
-        match dense_tiles(w) {
-            Some(layout) => Self::dense_on_tiles(gpu, w, layout, n, epi, Path::Tiled, gather),
-            None => Self::micro_with(gpu, w, n, epi, Path::Tiled, gather),
+        if all_dense(w) {
+            return Ok(Self::conv_dense(gpu, m, &w.to_dense(), conv, input, epi)?.map(as_dense));
         }
+        Self::micro_with(gpu, w, n, epi, Path::Tiled, gather)
     }
 
     fn micro_with(
@@ -779,7 +752,6 @@ impl Gemm {
                 micro: true,
                 small,
                 path: resolved(path, small),
-                on_tiles: false,
                 m,
                 k,
                 n,
@@ -792,56 +764,6 @@ impl Gemm {
                 loops: v.loops,
                 main_trips,
                 weights,
-                epi,
-                gather,
-            },
-        )
-    }
-
-    /// [`Gemm::micro`] of a W that [`dense_tiles`] takes: the dense kernels on its values.
-    #[allow(clippy::too_many_arguments)]
-    fn dense_on_tiles(
-        gpu: &Gpu,
-        w: &CompressedMatrix,
-        layout: WLayout,
-        n: usize,
-        epi: &Epilogue,
-        path: Path,
-        gather: Option<(&ConvGather, &wgpu::Buffer)>,
-    ) -> Result<Option<Self>> {
-        let (m, k) = (w.view().rows, w.view().cols);
-        let grid = w.grid();
-        let small = choose_small(path, n, None)?;
-        let (m_pad, x_rows) = (
-            grid.block_rows() * w.block().rows,
-            grid.block_cols() * w.block().cols,
-        );
-        // Whole tiles are multiples of 4 values (bc is), so `values` is a vec4 array as it is.
-        let values: &[u8] = bytemuck::cast_slice(w.values());
-        fits(gpu, "values", values.len() as u64)?;
-        let mut v = dense_tiles_variant(n, small, m_pad, layout);
-        if let Some((c, _)) = gather {
-            v = with_gather(v, c.mode);
-        }
-        Self::build(
-            gpu,
-            Plan {
-                micro: true,
-                small,
-                path: resolved(path, small),
-                on_tiles: true,
-                m,
-                k,
-                n,
-                x_rows,
-                m_pad,
-                tm: v.tm,
-                nv: v.nv,
-                kernel: v.kernel,
-                constants: v.constants,
-                loops: v.loops,
-                main_trips: x_rows / 4,
-                weights: Weights::Dense { w: values },
                 epi,
                 gather,
             },
@@ -1082,7 +1004,7 @@ impl Gemm {
                 micro: p.micro,
                 small: p.small,
                 path: p.path,
-                on_tiles: p.on_tiles,
+                as_dense: false,
                 gather,
                 x_rows: p.x_rows,
                 n4,

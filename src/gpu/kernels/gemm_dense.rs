@@ -10,39 +10,18 @@ pub const KERNEL: Kernel = Kernel::new(
     &[
         ("GEMM_WG", GEMM_WG as f64),
         ("GEMM_TM", GEMM_TM as f64),
-        ("TILE_BR", 0.0),
-        ("TILE_C4", 1.0),
         ("GATHER", 0.0),
     ],
 );
 
-/// How the dense kernels find W: row-major, or as the full `br × 4·c4` tiles of a
-/// micro-structured W whose blocks are all dense, stored tile after tile in block order
-/// (`w_index` in gemm_params.wgsl).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WLayout {
-    RowMajor,
-    Tiles { br: usize, c4: usize },
-}
-
-impl WLayout {
-    /// The `TILE_BR` and `TILE_C4` override constants.
-    pub fn constants(self) -> [(&'static str, f64); 2] {
-        let (br, c4) = match self {
-            WLayout::RowMajor => (0, 1),
-            WLayout::Tiles { br, c4 } => (br, c4),
-        };
-        [("TILE_BR", br as f64), ("TILE_C4", c4 as f64)]
-    }
-}
-
-/// The override constants of a pipeline with `tm` rows per workgroup (at most 8), W laid
-/// out as `layout` says, and X read as `gather` says.
-pub fn constants(tm: usize, layout: WLayout, gather: Gather) -> Vec<(&'static str, f64)> {
-    let mut c = vec![("GEMM_WG", GEMM_WG as f64), ("GEMM_TM", tm as f64)];
-    c.extend(layout.constants());
-    c.push(gather.constant());
-    c
+/// The override constants of a pipeline with `tm` rows per workgroup (at most 8) and X
+/// read as `gather` says.
+pub fn constants(tm: usize, gather: Gather) -> Vec<(&'static str, f64)> {
+    vec![
+        ("GEMM_WG", GEMM_WG as f64),
+        ("GEMM_TM", tm as f64),
+        gather.constant(),
+    ]
 }
 
 /// How gemm_dense and gemm_micro read X (shaders/gemm_gather.wgsl): their own buffer, or a

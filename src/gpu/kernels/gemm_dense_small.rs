@@ -2,27 +2,18 @@
 //! W per invocation, X transposed.
 
 use super::binding::bindings;
-use super::gemm_dense::WLayout;
 use super::reflection::generated;
 use super::{Kernel, SMALL_WG};
 use crate::gpu::grid;
 
 pub const KERNEL: Kernel = Kernel::new(
     &generated::GEMM_DENSE_SMALL,
-    &[
-        ("SMALL_WG", SMALL_WG as f64),
-        ("NB", 1.0),
-        ("TILE_BR", 0.0),
-        ("TILE_C4", 1.0),
-    ],
+    &[("SMALL_WG", SMALL_WG as f64), ("NB", 1.0)],
 );
 
-/// The override constants of a pipeline for `nb` columns of X and W laid out as `layout`
-/// says.
-pub fn constants(nb: usize, layout: WLayout) -> Vec<(&'static str, f64)> {
-    let mut c = vec![("SMALL_WG", SMALL_WG as f64), ("NB", nb as f64)];
-    c.extend(layout.constants());
-    c
+/// The override constants of a pipeline for `nb` columns of X.
+pub fn constants(nb: usize) -> Vec<(&'static str, f64)> {
+    vec![("SMALL_WG", SMALL_WG as f64), ("NB", nb as f64)]
 }
 
 bindings! {
