@@ -832,7 +832,9 @@ impl Gemm {
         };
         let label = format!("{variant} {}x{}x{}", p.m, p.k, p.n);
         let pipeline = gpu.pipeline_with(&p.kernel, &p.constants)?;
-        let with_table = matches!(p.loops, GemmKernel::MicroSmall { .. });
+        let micro_small = matches!(p.loops, GemmKernel::MicroSmall { .. });
+        let with_table = matches!(p.loops, GemmKernel::MicroSmall { rl, nb, .. }
+            if gemm_micro_small::reads_table(rl as usize, nb as usize));
         let table_pipeline = if with_table {
             Some(gpu.pipeline(&kernels::GEMM_SIGN_TABLE)?)
         } else {
@@ -880,7 +882,11 @@ impl Gemm {
             };
             let koff = storage_init(gpu, "gemm gather offsets", &koff);
             let y = storage(gpu, "gemm Y", y_bytes);
-            let table = with_table.then(|| storage(gpu, "gemm signed-sum table", table_bytes));
+            // The micro small-batch kernel binds a table even where it reads none.
+            let table = micro_small.then(|| {
+                let bytes = if with_table { table_bytes } else { 16 };
+                storage(gpu, "gemm signed-sum table", bytes)
+            });
             let bias = storage_init(gpu, "gemm bias", &bias);
             let uniform = uniform_slots(gpu, "gemm params", &params, stride);
             // Slice i reads record i of the uniform buffer.
