@@ -855,7 +855,7 @@ fn gpu_projection_builds_the_same_matrix_as_from_dense() {
         for (l, w) in w.iter().enumerate() {
             net.write(&gpu, Tensor::W, l, w).unwrap();
         }
-        net.zero_dual(&gpu);
+        net.zero_dual(&gpu).unwrap();
         net.run(&gpu).unwrap();
         let mut file = CompressedFile::default();
         for (l, (spec, (_, shape, _))) in specs.iter().zip(&shapes).enumerate() {

@@ -189,7 +189,7 @@ fn non_finite_input_names_layer_and_index() {
         w[2 * cols + 7] = f32::NAN;
         w[4 * cols + 5] = f32::INFINITY;
         net.write(&gpu, Tensor::W, 1, &w).unwrap();
-        net.zero_dual(&gpu);
+        net.zero_dual(&gpu).unwrap();
         let e = net.run(&gpu).unwrap_err().to_string();
         let want = format!("index {} (row 2, col 7)", 2 * cols + 7);
         assert!(e.contains("\"bad\"") && e.contains(&want), "{e}");
@@ -837,7 +837,7 @@ fn a_chunk_of_millions_of_blocks_allocates_and_runs() {
     let mut rng = common::rng(0x42);
     net.write(&gpu, Tensor::W, 0, &common::weights(&mut rng, blocks))
         .unwrap();
-    net.zero_dual(&gpu);
+    net.zero_dual(&gpu).unwrap();
     net.run(&gpu).unwrap();
     let states = net.states(&gpu).unwrap();
     let pruned = states[0]

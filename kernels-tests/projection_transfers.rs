@@ -215,7 +215,7 @@ fn round_waits(gpu: &Gpu, layers: Vec<LayerSpec>) -> u64 {
         .enumerate()
         .map(|(l, s)| microunify::bench::random_weights(l as u64, s.view.len()))
         .collect();
-    net.zero_dual(gpu);
+    net.zero_dual(gpu).unwrap();
     let waits = [round(gpu, &net, &w, None), round(gpu, &net, &w, Some(0.5))];
     assert_eq!(waits[0], waits[1], "with and without the rescale");
     waits[0]
@@ -284,7 +284,7 @@ fn round_waits_and_times_on_real_shapes() {
             .enumerate()
             .map(|(l, s)| microunify::bench::random_weights(l as u64, s.view.len()))
             .collect();
-        net.zero_dual(&gpu);
+        net.zero_dual(&gpu).unwrap();
         // Interleaved, medians of five: other work on the machine drifts.
         let timed = |f: &dyn Fn() -> u64| {
             let start = std::time::Instant::now();

@@ -424,7 +424,7 @@ fn refusals_are_clear_errors() {
     std::fs::write(other.join("notes.txt"), "mine").unwrap();
     fails_with(
         &args(&other, "4", &[]),
-        "holds what train-gpu sensitivity does not write (notes.txt)",
+        "holds files train-gpu sensitivity does not write (notes.txt)",
     );
     succeeds(&args(&other, "4", &["--force"]));
     assert_eq!(

@@ -401,10 +401,8 @@ pub fn gemm_sign_table() -> Vec<Node> {
     vec![lp("sign patterns of the upper pair", 4, vec![])]
 }
 
-/// The largest pooling window side pool2d takes (the network check refuses more).
-pub const MAX_POOL_SIDE: u64 = 32;
-/// The most classes argmax takes (the network check refuses more).
-pub const MAX_CLASSES: u64 = 16_384;
+/// The network check's limits, which bound pool2d's and argmax's loops.
+pub use crate::infer::network::{MAX_CLASSES, MAX_POOL_SIDE};
 
 /// The loops of im2col: one column of X over at most `IM2COL_ROWS` rows.
 pub fn im2col() -> Vec<Node> {

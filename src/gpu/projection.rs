@@ -714,12 +714,13 @@ impl NetworkProjection {
     }
 
     /// Sets `U` to zero everywhere (a one-shot projection, or the start of ADMM).
-    pub fn zero_dual(&self, gpu: &Gpu) {
+    pub fn zero_dual(&self, gpu: &Gpu) -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for c in &self.chunks {
             enc.clear_buffer(&c.u, 0, None);
         }
-        gpu.queue.submit([enc.finish()]);
+        gpu.submit("clearing U", enc.finish())?;
+        Ok(())
     }
 
     /// Fills every output buffer with `bits`, so that a kernel that skips a write is caught.

@@ -6,8 +6,13 @@
 
 use crate::error::{Error, Result};
 use crate::format::{CompressedFile, CompressedLayer, dtype};
-use crate::gpu::loops::{MAX_CLASSES, MAX_POOL_SIDE};
 use serde::{Deserialize, Serialize};
+
+/// The largest pooling window side a network may have: pool2d's loops run over the window,
+/// and src/gpu/loops.rs checks them against CPU drivers' loop budget at this size.
+pub const MAX_POOL_SIDE: u64 = 32;
+/// The most classes a network may output: argmax loops over them (checked the same way).
+pub const MAX_CLASSES: u64 = 16_384;
 
 /// One side for both axes, or `[y, x]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

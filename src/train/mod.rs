@@ -12,6 +12,7 @@ pub mod mask;
 pub mod models;
 pub mod network;
 pub mod optim;
+pub mod outdir;
 pub mod pipeline;
 pub mod report;
 pub mod rundir;

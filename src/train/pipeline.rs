@@ -434,10 +434,10 @@ pub fn run(
     // it depends on W alone.)
     if cfg.rounds > 0 && r.p.rounds_done == 0 && !r.p.projected {
         r.fresh_optimizer();
-        r.net.zero_dual(gpu);
+        r.net.zero_dual(gpu)?;
         let w = r.weights_host()?;
         r.z = r.project(&w, None, &[Buf::Z])?.remove(0);
-        r.net.zero_dual(gpu);
+        r.net.zero_dual(gpu)?;
         r.u = r.z.iter().map(|z| vec![0.0; z.len()]).collect();
     }
     if r.p.rounds_done < cfg.rounds && !r.p.projected {
@@ -502,7 +502,7 @@ pub fn run(
 
     // 3. Hard projection W = Π(W) (U = 0), then a fresh optimizer for the retraining.
     if !r.p.projected {
-        r.net.zero_dual(gpu);
+        r.net.zero_dual(gpu)?;
         r.net.write_all(gpu, Buf::W, &r.weights_host()?)?;
         r.net.run(gpu).context("the hard projection on the GPU")?;
         let projected = r.net.read_outputs(gpu)?;

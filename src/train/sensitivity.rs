@@ -17,18 +17,19 @@ pub mod knapsack;
 
 use crate::block::{LayerSpec, Ratios, SelectionMode, storage_bits};
 use crate::cpu::projection::project;
-use crate::fsio::{FolderLock, LOCK_FILE, remove_stale_temps, write_atomic};
+use crate::fsio::write_atomic;
 use crate::plots::{SensitivityCurve, sensitivity_plot};
 use crate::train::config::{Targets, Task};
 use crate::train::data::TensorSet;
 use crate::train::fit::{Score, evaluate};
 use crate::train::network::Model;
+use crate::train::outdir::{OutDir, Owned};
 use crate::train::settings::{FileConfig, Settings};
 use crate::train::tensors::set_values;
 use anyhow::{Context, Result, bail};
 use knapsack::Choice;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const SENSITIVITY_CSV: &str = "sensitivity.csv";
 pub const SENSITIVITY_PNG: &str = "sensitivity.png";
@@ -403,60 +404,28 @@ pub fn proposal_toml(settings: &Settings, header: &[String], origin: &Path) -> R
     Ok(text)
 }
 
-/// The folder `train-gpu sensitivity` writes into, locked by this process while this
-/// value lives (like a run folder). It is created when missing; one holding anything
-/// but earlier sensitivity outputs is refused, naming what it holds, unless `force`
-/// (then the rest is kept). A folder or link bearing an output's name is refused always.
+/// The folder `train-gpu sensitivity` writes into, locked while this value lives (see
+/// [`OutDir`]: earlier sensitivity outputs may be replaced, anything else is kept).
 #[derive(Debug)]
-pub struct OutputDir {
-    pub path: PathBuf,
-    _lock: FolderLock,
+pub struct OutputDir(pub OutDir);
+
+impl std::ops::Deref for OutputDir {
+    type Target = OutDir;
+
+    fn deref(&self) -> &OutDir {
+        &self.0
+    }
 }
 
 impl OutputDir {
     pub fn open(path: &Path, force: bool) -> Result<Self> {
-        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let lock = FolderLock::acquire(path)?;
-        remove_stale_temps(path, &SENSITIVITY_FILES)?;
-        let mut others = Vec::new();
-        for entry in
-            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
-        {
-            let entry = entry.with_context(|| format!("reading {}", path.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kind = entry
-                .file_type()
-                .with_context(|| format!("reading {}", entry.path().display()))?;
-            if SENSITIVITY_FILES.contains(&name.as_str()) {
-                if !kind.is_file() {
-                    bail!(
-                        "{} is not a regular file, where train-gpu sensitivity writes one: \
-                         move it away",
-                        entry.path().display()
-                    );
-                }
-            } else if name != LOCK_FILE {
-                others.push(name);
-            }
-        }
-        others.sort();
-        if !others.is_empty() && !force {
-            bail!(
-                "{} holds what train-gpu sensitivity does not write ({}): give a missing or \
-                 empty folder or an earlier sensitivity's, or add --force to write beside \
-                 them (they are kept)",
-                path.display(),
-                others.join(", ")
-            );
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            _lock: lock,
-        })
-    }
-
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+        let owned = Owned {
+            who: "train-gpu sensitivity",
+            earlier: "an earlier sensitivity's",
+            files: &SENSITIVITY_FILES,
+            subfolders: false,
+        };
+        Ok(Self(OutDir::open(path, force, owned)?))
     }
 
     /// Writes `sensitivity.csv` and `sensitivity.png` (each atomically), first removing

@@ -22,14 +22,15 @@
 //! blocks unevenly; the achieved ratio is what the CSV and plot show.
 
 use crate::block::{LayerSpec, Ratios};
-use crate::fsio::{FolderLock, LOCK_FILE, remove_stale_temps, write_atomic};
+use crate::fsio::write_atomic;
 use crate::plots::{SweepPoint, sweep_plot};
 use crate::train::config::{AdmmConfig, Targets};
+use crate::train::outdir::{OutDir, Owned};
 use crate::train::report::Report;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How a layer's compressed blocks are split between pruning and unification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -470,58 +471,28 @@ pub const SWEEP_PNG: &str = "sweep.png";
 /// The files a sweep writes into its folder (besides one run folder per sub-run).
 pub const SWEEP_FILES: [&str; 3] = [SWEEP_CSV, SWEEP_MD, SWEEP_PNG];
 
-/// A sweep's folder, locked by this process while this value lives (as a run folder is,
-/// see [`crate::train::rundir`]): it holds the sweep's own files and one run folder per
-/// sub-run, each of which follows the run folder's rules when it is used.
+/// A sweep's folder, locked while this value lives (see [`OutDir`]): its own files and one
+/// run folder per sub-run, each of which follows the run folder's rules when it is used.
 #[derive(Debug)]
-pub struct SweepDir {
-    pub path: PathBuf,
-    _lock: FolderLock,
-}
+pub struct SweepDir(pub OutDir);
 
 impl SweepDir {
-    /// Creates (if missing) and locks the sweep folder, and removes the stale temporary
-    /// files of its own files. A sweep runs in a missing or empty folder or in an earlier
-    /// sweep's (its files and sub-run folders); any other file there is refused, named,
-    /// unless `force` (then it is kept: a sweep only ever writes its own files). A folder
-    /// or link bearing a sweep file's name is refused whatever the flags.
     pub fn open(path: &Path, force: bool) -> Result<Self> {
-        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let lock = FolderLock::acquire(path)?;
-        remove_stale_temps(path, &SWEEP_FILES)?;
-        let mut others = Vec::new();
-        for entry in
-            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
-        {
-            let entry = entry.with_context(|| format!("reading {}", path.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kind = entry
-                .file_type()
-                .with_context(|| format!("reading {}", entry.path().display()))?;
-            if SWEEP_FILES.contains(&name.as_str()) {
-                if !kind.is_file() {
-                    bail!(
-                        "{} is not a regular file, where a sweep keeps a file of its own: move it away",
-                        entry.path().display()
-                    );
-                }
-            } else if name != LOCK_FILE && !kind.is_dir() {
-                others.push(name);
-            }
-        }
-        others.sort();
-        if !others.is_empty() && !force {
-            bail!(
-                "{} holds files a sweep does not write ({}): sweep into a missing or empty \
-                 folder or an earlier sweep's, or add --force to sweep beside them (they are kept)",
-                path.display(),
-                others.join(", ")
-            );
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            _lock: lock,
-        })
+        let owned = Owned {
+            who: "a sweep",
+            earlier: "an earlier sweep's",
+            files: &SWEEP_FILES,
+            subfolders: true,
+        };
+        Ok(Self(OutDir::open(path, force, owned)?))
+    }
+}
+
+impl std::ops::Deref for SweepDir {
+    type Target = OutDir;
+
+    fn deref(&self) -> &OutDir {
+        &self.0
     }
 }
 

@@ -104,7 +104,7 @@ pub fn run(gpu_options: &GpuOptions, args: &Args) -> Result<()> {
     for (l, s) in parsed.selected.iter().enumerate() {
         net.write(&gpu, Tensor::W, l, &s.gemm)?;
     }
-    net.zero_dual(&gpu);
+    net.zero_dual(&gpu)?;
     net.run(&gpu)?;
     let matrices = (specs.iter().enumerate())
         .map(|(l, spec)| Ok(net.read_layer(&gpu, l)?.compress(spec)?))
