@@ -104,61 +104,7 @@ fn a_gathered_conv_matches_im2col_gemm_and_pool() {
             gemm.run(&gpu).unwrap();
             let got = gemm.read_y(&gpu).unwrap();
 
-            let n = batch * oh * ow;
-            let p = Im2colParams {
-                channels: c as u32,
-                height: h as u32,
-                width: w as u32,
-                batch: batch as u32,
-                kh: kh as u32,
-                kw: kw as u32,
-                stride_y: sy as u32,
-                stride_x: 1,
-                out_h: oh as u32,
-                out_w: ow as u32,
-                in_stride: in_stride as u32,
-                rows: k as u32,
-                cols: n as u32,
-                out_stride: n as u32,
-                total: (k * n) as u32,
-                position_major: u32::from(position_major),
-                ..Default::default()
-            };
-            let ones = vec![1.0f32; c.max(m)];
-            let zeros = vec![0.0f32; c.max(m)];
-            let x = cpu::im2col::im2col(&p, &input, &ones, &zeros);
-            let y = cpu::gemm::gemm(m, k, n, &wv, &x, &epi).unwrap();
-            let scale = abs_sums(m, k, n, &wv, &x, &epi).unwrap();
-            let (want, scale) = if mode.pools() {
-                let (ph, pw) = (oh / 2, ow / 2);
-                let pooled = batch * ph * pw;
-                let pp = Pool2dParams {
-                    channels: m as u32,
-                    height: oh as u32,
-                    width: ow as u32,
-                    batch: batch as u32,
-                    kh: 2,
-                    kw: 2,
-                    stride_y: 2,
-                    stride_x: 2,
-                    out_h: ph as u32,
-                    out_w: pw as u32,
-                    in_stride: n as u32,
-                    out_stride: pooled as u32,
-                    total: (m * pooled) as u32,
-                    average: u32::from(mode == Gather::AvgPool),
-                    ..Default::default()
-                };
-                let s32: Vec<f32> = scale.iter().map(|&v| v as f32).collect();
-                let pool = |v: &[f32], average: u32| {
-                    let q = Pool2dParams { average, ..pp };
-                    cpu::pool2d::pool2d(&q, v, &ones, &zeros, m * pooled, 0.0)
-                };
-                let ps = pool(&s32, 0).iter().map(|&v| f64::from(v)).collect();
-                (pool(&y, pp.average), ps)
-            } else {
-                (y, scale)
-            };
+            let (want, scale) = reference(&conv, &input, m, &wv, &epi);
             assert_eq!(got.len(), want.len(), "{what}");
             for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
                 let err = (f64::from(*g) - f64::from(*w)).abs();
@@ -168,6 +114,79 @@ fn a_gathered_conv_matches_im2col_gemm_and_pool() {
                     g.to_bits()
                 );
             }
+        }
+    }
+}
+
+/// Every block side the host samples gathered variants at (1, 2, 3, 4, 5, 8, 16, 32, each
+/// as rows and as columns) on one max-pooled convolution of K = 6·3·3 = 54 rows, and the other two modes at
+/// 3×5 (plain rows with a 3×5 kernel, so that the output is 4 wide).
+#[test]
+fn every_gathered_micro_variant_matches_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng(42);
+    let (c, h, w, batch, m) = (6, 10, 8, 2, 37);
+    let in_stride = batch * h * w;
+    let input: Vec<f32> = (0..c * in_stride)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect();
+    let buffer = storage_init(&gpu, "conv input", &input);
+    // Each side of the sample once as rows and once as columns, and the extremes (a
+    // pipeline each: lavapipe compiles about one a second).
+    let shapes = [
+        (1, 32),
+        (2, 16),
+        (3, 5),
+        (4, 4),
+        (5, 3),
+        (8, 8),
+        (16, 2),
+        (32, 1),
+        (1, 1),
+        (32, 32),
+        (4, 8),
+        (8, 4),
+    ];
+    let mut cases: Vec<(usize, usize, Gather)> = shapes
+        .iter()
+        .map(|&(br, bc)| (br, bc, Gather::MaxPool))
+        .collect();
+    cases.extend([(3, 5, Gather::Row), (3, 5, Gather::AvgPool)]);
+    for (s, (br, bc, mode)) in cases.into_iter().enumerate() {
+        let kw = if mode == Gather::Row { 5 } else { 3 };
+        let conv = ConvGather {
+            input: [c, h, w],
+            in_stride,
+            batch,
+            kernel: [3, kw],
+            stride: [1, 1],
+            out: [h - 2, w - kw + 1],
+            position_major: s % 3 == 0,
+            mode,
+        };
+        let block = BlockShape::new(br, bc).unwrap();
+        let cm = random_compressed(500 + s as u64, m, conv.rows(), block, 0.3, 0.4).unwrap();
+        let bias: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let epi = Epilogue {
+            bias: Some(&bias),
+            relu: s % 2 == 0,
+        };
+        let what = format!("{br}x{bc} {conv:?}");
+        let g = Gemm::conv_micro(&gpu, &cm, &conv, &buffer, &epi)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: declined"));
+        g.fill_y(&gpu, POISON);
+        g.run(&gpu).unwrap();
+        let got = g.read_y(&gpu).unwrap();
+        let (want, scale) = reference(&conv, &input, m, &cm.to_dense(), &epi);
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+            let err = (f64::from(*g) - f64::from(*w)).abs();
+            assert!(
+                err <= 1e-5 * s.max(1e-30),
+                "{what}: output {j}: GPU {g} ({:#x}), CPU {w}, scale {s}",
+                g.to_bits()
+            );
         }
     }
 }
@@ -209,4 +228,73 @@ fn the_gather_declines_what_it_cannot_read_in_place() {
         let g = Gemm::conv_dense(&gpu, 1, &w, &conv, &buffer, &epi).unwrap();
         assert!(g.is_none(), "{conv:?}");
     }
+}
+
+/// The CPU twins in sequence: im2col, the f64 GEMM (and each output's Σ|w·x|, the scale of
+/// its rounding), pool2d when the gather pools; Y as the gathered GEMM's `read_y` gives it.
+fn reference(
+    conv: &ConvGather,
+    input: &[f32],
+    m: usize,
+    wv: &[f32],
+    epi: &Epilogue,
+) -> (Vec<f32>, Vec<f64>) {
+    let [c, h, w] = conv.input;
+    let [kh, kw] = conv.kernel;
+    let [oh, ow] = conv.out;
+    let (batch, k, mode) = (conv.batch, conv.rows(), conv.mode);
+    let n = batch * oh * ow;
+    let p = Im2colParams {
+        channels: c as u32,
+        height: h as u32,
+        width: w as u32,
+        batch: batch as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        stride_y: conv.stride[0] as u32,
+        stride_x: 1,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        in_stride: conv.in_stride as u32,
+        rows: k as u32,
+        cols: n as u32,
+        out_stride: n as u32,
+        total: (k * n) as u32,
+        position_major: u32::from(conv.position_major),
+        ..Default::default()
+    };
+    let ones = vec![1.0f32; c.max(m)];
+    let zeros = vec![0.0f32; c.max(m)];
+    let x = cpu::im2col::im2col(&p, input, &ones, &zeros);
+    let y = cpu::gemm::gemm(m, k, n, wv, &x, epi).unwrap();
+    let scale = abs_sums(m, k, n, wv, &x, epi).unwrap();
+    if !mode.pools() {
+        return (y, scale);
+    }
+    let (ph, pw) = (oh / 2, ow / 2);
+    let pooled = batch * ph * pw;
+    let pp = Pool2dParams {
+        channels: m as u32,
+        height: oh as u32,
+        width: ow as u32,
+        batch: batch as u32,
+        kh: 2,
+        kw: 2,
+        stride_y: 2,
+        stride_x: 2,
+        out_h: ph as u32,
+        out_w: pw as u32,
+        in_stride: n as u32,
+        out_stride: pooled as u32,
+        total: (m * pooled) as u32,
+        average: u32::from(mode == Gather::AvgPool),
+        ..Default::default()
+    };
+    let s32: Vec<f32> = scale.iter().map(|&v| v as f32).collect();
+    let pool = |v: &[f32], average: u32| {
+        let q = Pool2dParams { average, ..pp };
+        cpu::pool2d::pool2d(&q, v, &ones, &zeros, m * pooled, 0.0)
+    };
+    let ps = pool(&s32, 0).iter().map(|&v| f64::from(v)).collect();
+    (pool(&y, pp.average), ps)
 }
