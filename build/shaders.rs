@@ -31,6 +31,14 @@ struct Binding {
     kind: &'static str,
 }
 
+/// A named WGSL struct: size, and each member's name and byte offset.
+#[derive(Debug, PartialEq, Eq)]
+struct Struct {
+    name: String,
+    size: u32,
+    members: Vec<(String, u32)>,
+}
+
 struct Kernel {
     stem: String,
     file: String,
@@ -39,8 +47,9 @@ struct Kernel {
     overrides: Vec<String>,
     bindings: Vec<Binding>,
     workgroup_size: Vec<String>,
-    /// Named structs of the composed module and their sizes in bytes (for the Rust twins).
-    structs: Vec<(String, u32)>,
+    /// Named structs of the composed module: size in bytes and each member's name and
+    /// offset (for the Rust twins).
+    structs: Vec<Struct>,
 }
 
 /// Reflects every shader and writes the generated file; a failure is a message for the
@@ -219,7 +228,14 @@ fn reflect(
         .types
         .iter()
         .filter_map(|(_, t)| match (&t.name, &t.inner) {
-            (Some(n), naga::TypeInner::Struct { span, .. }) => Some((n.clone(), *span)),
+            (Some(n), naga::TypeInner::Struct { span, members }) => Some(Struct {
+                name: n.clone(),
+                size: *span,
+                members: members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                    .collect(),
+            }),
             _ => None,
         })
         .collect();
@@ -281,10 +297,36 @@ fn render(kernels: &[Kernel], files: &BTreeMap<String, String>, preludes: &[&str
             wg = k.workgroup_size.join(", "),
         );
     }
-    let mut structs: BTreeMap<&str, u32> = BTreeMap::new();
-    for (n, span) in kernels.iter().flat_map(|k| &k.structs) {
-        structs.insert(n, *span);
+    // One layout per struct name across the kernels (a prelude's struct is the same in
+    // each kernel that requires it); two layouts under one name would leave a twin
+    // checked against one of them only.
+    let mut structs: BTreeMap<&str, &Struct> = BTreeMap::new();
+    for s in kernels.iter().flat_map(|k| &k.structs) {
+        if let Some(other) = structs.insert(&s.name, s)
+            && other != s
+        {
+            panic!(
+                "shaders/: two different layouts of struct {} (rename one)",
+                s.name
+            );
+        }
     }
+    let structs: Vec<String> = structs
+        .values()
+        .map(|s| {
+            let members: Vec<String> = s
+                .members
+                .iter()
+                .map(|(n, o)| format!("({n:?}, {o})"))
+                .collect();
+            format!(
+                "ReflectedStruct {{ name: {:?}, size: {}, members: &[{}] }}",
+                s.name,
+                s.size,
+                members.join(", ")
+            )
+        })
+        .collect();
     let all: Vec<String> = kernels.iter().map(|k| k.stem.to_uppercase()).collect();
     let files: Vec<&String> = files.keys().collect();
     let _ = write!(
@@ -292,12 +334,12 @@ fn render(kernels: &[Kernel], files: &BTreeMap<String, String>, preludes: &[&str
         "/// Every kernel under shaders/, by file name.\npub const KERNELS: &[&Reflection] = &[{}];\n\n\
          /// Every prelude (a file that kernels require and that has no entry point).\npub const PRELUDES: &[&str] = &{preludes:?};\n\n\
          /// Every `.wgsl` file under shaders/ when the crate was built.\npub const WGSL_FILES: &[&str] = &{files:?};\n\n\
-         /// Every named struct of the kernels and its size in bytes (naga's layout).\npub const STRUCTS: &[(&str, u32)] = &{structs:?};\n",
+         /// Every named struct of the kernels: its size in bytes and each member's name and\n/// offset (naga's layout).\npub const STRUCTS: &[ReflectedStruct] = &[{structs}];\n",
         all.iter()
             .map(|c| format!("&{c}"))
             .collect::<Vec<_>>()
             .join(", "),
-        structs = structs.into_iter().collect::<Vec<_>>(),
+        structs = structs.join(", "),
     );
     out
 }

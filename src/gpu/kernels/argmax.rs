@@ -37,10 +37,14 @@ pub fn workgroups(cols: u32, max_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("ArgmaxParams"),
-            Some(size_of::<super::ArgmaxParams>() as u32)
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(
+            super::ArgmaxParams,
+            "ArgmaxParams",
+            classes,
+            cols,
+            in_stride,
+            relu
         );
     }
 }

@@ -85,20 +85,61 @@ pub struct PassParams {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::gpu::kernels::reflection::struct_size;
-
     #[test]
-    fn the_twins_have_the_size_of_their_wgsl_structs() {
-        for (name, size) in [
-            ("Layer", size_of::<Layer>()),
-            ("Piece", size_of::<Piece>()),
-            ("ChunkParams", size_of::<ChunkParams>()),
-            ("Group", size_of::<Group>()),
-            ("SelState", size_of::<SelState>()),
-            ("PassParams", size_of::<PassParams>()),
-        ] {
-            assert_eq!(struct_size(name), Some(size as u32), "{name}");
-        }
+    fn the_twins_match_their_wgsl_structs() {
+        crate::twin_layout!(
+            super::Layer,
+            "Layer",
+            rows,
+            cols,
+            br,
+            bc,
+            block_cols,
+            num_blocks,
+            block_start,
+            sign_offset,
+            words_per_block,
+            normalise,
+            vec4_rows,
+            _pad1
+        );
+        crate::twin_layout!(
+            super::Piece,
+            "Piece",
+            layer,
+            block_row0,
+            elem_offset,
+            block_begin,
+            block_end,
+            thread_begin,
+            _pad0,
+            _pad1
+        );
+        crate::twin_layout!(
+            super::ChunkParams,
+            "ChunkParams",
+            piece_begin,
+            piece_end,
+            num_threads,
+            max_groups
+        );
+        crate::twin_layout!(super::Group, "Group", block_begin, block_end, prune, unify);
+        crate::twin_layout!(super::SelState, "SelState", k, rem, key, idx);
+        crate::twin_layout!(
+            super::PassParams,
+            "PassParams",
+            which,
+            on_index,
+            shift,
+            key_mask,
+            idx_mask,
+            num_groups,
+            num_workgroups,
+            next_args,
+            grid_x,
+            grid_y,
+            _pad0,
+            _pad1
+        );
     }
 }

@@ -34,10 +34,7 @@ pub fn workgroups(vec4s: u32, max_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("CopyParams"),
-            Some(size_of::<super::CopyParams>() as u32)
-        );
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(super::CopyParams, "CopyParams", len, _pad0, _pad1, _pad2);
     }
 }

@@ -35,10 +35,30 @@ pub struct GemmParams {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("GemmParams"),
-            Some(size_of::<super::GemmParams>() as u32)
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(
+            super::GemmParams,
+            "GemmParams",
+            m,
+            k4,
+            n4,
+            n,
+            groups,
+            relu,
+            slice_len,
+            slice,
+            last,
+            _pad0,
+            _pad1,
+            _pad2,
+            g_w,
+            g_rows,
+            in_plane,
+            step_y,
+            cols4,
+            out_w,
+            y_stride,
+            _pad3
         );
     }
 }

@@ -79,10 +79,30 @@ pub fn workgroups(p: &Im2colParams, max_dim: u32) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("Im2colParams"),
-            Some(size_of::<super::Im2colParams>() as u32)
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(
+            super::Im2colParams,
+            "Im2colParams",
+            channels,
+            height,
+            width,
+            batch,
+            kh,
+            kw,
+            stride_y,
+            stride_x,
+            pad_y,
+            pad_x,
+            out_h,
+            out_w,
+            in_stride,
+            rows,
+            cols,
+            out_stride,
+            total,
+            transposed,
+            position_major,
+            relu
         );
     }
 }

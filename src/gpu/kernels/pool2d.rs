@@ -56,10 +56,30 @@ pub fn workgroups(total: u32, max_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("Pool2dParams"),
-            Some(size_of::<super::Pool2dParams>() as u32)
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(
+            super::Pool2dParams,
+            "Pool2dParams",
+            channels,
+            height,
+            width,
+            batch,
+            kh,
+            kw,
+            stride_y,
+            stride_x,
+            pad_y,
+            pad_x,
+            out_h,
+            out_w,
+            in_stride,
+            out_stride,
+            total,
+            average,
+            relu,
+            _pad0,
+            _pad1,
+            _pad2
         );
     }
 }

@@ -37,10 +37,7 @@ pub fn workgroups(len: u32, max_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_twin_has_the_size_of_its_wgsl_struct() {
-        assert_eq!(
-            crate::gpu::kernels::reflection::struct_size("ScaleParams"),
-            Some(size_of::<super::ScaleParams>() as u32)
-        );
+    fn the_twin_matches_its_wgsl_struct() {
+        crate::twin_layout!(super::ScaleParams, "ScaleParams", len, factor, _pad0, _pad1);
     }
 }
