@@ -167,11 +167,30 @@ enum Net {
 
 impl ModelSource {
     /// The description of the network `filter` selects from (loads a TorchScript file on
-    /// the CPU to read it).
+    /// the CPU to read it, once per process for the same file as it is on disk and the
+    /// same filter: the settings, the layer plan and the run folder each ask, and a large
+    /// model takes seconds to load).
     pub fn info(&self, filter: &LayerFilter) -> Result<ModelInfo> {
+        type Key = (PathBuf, u64, Option<std::time::SystemTime>, LayerFilter);
+        static SEEN: std::sync::Mutex<Vec<(Key, ModelInfo)>> = std::sync::Mutex::new(Vec::new());
         match self {
             Self::Builtin(k) => k.info(filter),
-            Self::Script(_) => Ok(Model::load(self, filter, Device::Cpu, 0)?.info),
+            Self::Script(path) => {
+                let meta = std::fs::metadata(path).ok();
+                let key: Key = (
+                    path.clone(),
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.and_then(|m| m.modified().ok()),
+                    filter.clone(),
+                );
+                let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, info)) = seen.iter().find(|(k, _)| *k == key) {
+                    return Ok(info.clone());
+                }
+                let info = Model::load(self, filter, Device::Cpu, 0)?.info;
+                seen.push((key, info.clone()));
+                Ok(info)
+            }
         }
     }
 }
