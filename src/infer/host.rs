@@ -15,7 +15,7 @@ use crate::cpu::gemm::Epilogue;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::autotune;
-use crate::gpu::buffers::{read_ranges, storage, storage_init};
+use crate::gpu::buffers::{Staging, read_ranges, storage, storage_init};
 use crate::gpu::conv_gather::ConvGather;
 use crate::gpu::gemm::{Gemm, Path};
 use crate::gpu::kernels::argmax::ArgmaxParams;
@@ -358,16 +358,22 @@ impl Plan {
         gpu.submit_and_wait("the network batch", encoder.finish())
     }
 
-    /// The predicted class of each of `n` images `[n, C, H, W]`.
+    /// The predicted class of each of `n` images `[n, C, H, W]`: the network and the copy
+    /// of the classes in one submission, one wait.
     pub fn classify(&self, gpu: &Gpu, images: &[f32]) -> Result<Vec<u32>> {
         let n = self.write_input(gpu, images)?;
-        self.run(gpu)?;
-        let mut p = read_ranges::<u32>(
-            gpu,
-            "the predicted classes",
-            &[(&self.predictions, 0, (n * 4) as u64)],
-        )?;
-        Ok(p.swap_remove(0))
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("network batch"),
+            });
+        for s in &self.steps {
+            s.record(&mut encoder);
+        }
+        let staging = Staging::record(gpu, &mut encoder, &[(&self.predictions, 0, (n * 4) as u64)]);
+        let step = "the network batch and its classes";
+        let index = gpu.submit(step, encoder.finish())?;
+        Ok(staging.finish::<u32>(gpu, step, index)?.swap_remove(0))
     }
 
     /// The logits `[n, classes]` of `n` images (the pending transform applied).
