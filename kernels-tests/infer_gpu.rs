@@ -407,47 +407,66 @@ fn a_gathered_network_matches_the_reference_forward() {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng(15);
     // conv1: 16×20 → 12×16 (rows of 4 whole vec4s), pooled 6×8; conv2 3×3: 6×8 → 4×6,
-    // avg-pooled 2×3 (an odd pooled width); fc over 5·2·3 = 30 features.
-    let mut f = CompressedFile::default();
-    let c1 = random_compressed(3, 6, 50, BlockShape::new(4, 4).unwrap(), 0.3, 0.4).unwrap();
-    f.layers.push(
-        CompressedLayer::new("conv1.weight", &[6, 2, 5, 5], ConvLayout::ChannelMajor, c1).unwrap(),
-    );
-    let fc = random_compressed(4, 3, 30, BlockShape::new(2, 3).unwrap(), 0.2, 0.3).unwrap();
-    f.layers
-        .push(CompressedLayer::new("fc.weight", &[3, 30], ConvLayout::ChannelMajor, fc).unwrap());
-    let mut put = |name: &str, shape: &[usize], v: Vec<f32>| {
-        f.passthrough
-            .insert(name.to_string(), f32_tensor(shape, &v));
-    };
-    put("conv1.bias", &[6], values(&mut rng, 6));
-    put("conv2.weight", &[5, 6, 3, 3], values(&mut rng, 270));
-    put("conv2.bias", &[5], values(&mut rng, 5));
-    put("fc.bias", &[3], values(&mut rng, 3));
-    let def = NetworkDef::parse(GATHERED, "gathered network").unwrap();
-    let net = Network::resolve(&def, &f, [2, 16, 20]).unwrap();
-    for (batch, n) in [(1, 1), (3, 2), (5, 5)] {
-        let images = values(&mut rng, n * 2 * 16 * 20);
-        let want = cpu::forward::forward(&net, &images, n);
-        let top = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
-        for mode in [WeightMode::Compressed, WeightMode::Dense] {
-            let plan = Plan::new(&gpu, &net, batch, mode).unwrap();
-            let steps = plan.step_labels();
-            assert_eq!(
-                steps
+    // avg-pooled 2×3 (an odd pooled width); fc over 5·2·3 = 30 features. Then the same
+    // with conv2 padded: im2col reads conv1's pooled activation, conv2 6×8 → 3×4 pooled
+    // by pool2d, fc over 60 features.
+    for padded in [false, true] {
+        let features = if padded { 60 } else { 30 };
+        let mut f = CompressedFile::default();
+        let c1 = random_compressed(3, 6, 50, BlockShape::new(4, 4).unwrap(), 0.3, 0.4).unwrap();
+        f.layers.push(
+            CompressedLayer::new("conv1.weight", &[6, 2, 5, 5], ConvLayout::ChannelMajor, c1)
+                .unwrap(),
+        );
+        let fc =
+            random_compressed(4, 3, features, BlockShape::new(2, 3).unwrap(), 0.2, 0.3).unwrap();
+        f.layers.push(
+            CompressedLayer::new("fc.weight", &[3, features], ConvLayout::ChannelMajor, fc)
+                .unwrap(),
+        );
+        let mut put = |name: &str, shape: &[usize], v: Vec<f32>| {
+            f.passthrough
+                .insert(name.to_string(), f32_tensor(shape, &v));
+        };
+        put("conv1.bias", &[6], values(&mut rng, 6));
+        put("conv2.weight", &[5, 6, 3, 3], values(&mut rng, 270));
+        put("conv2.bias", &[5], values(&mut rng, 5));
+        put("fc.bias", &[3], values(&mut rng, 3));
+        let text = if padded {
+            GATHERED.replace(
+                "weight = \"conv2.weight\"\n",
+                "weight = \"conv2.weight\"\npadding = 1\n",
+            )
+        } else {
+            GATHERED.to_string()
+        };
+        let def = NetworkDef::parse(&text, "gathered network").unwrap();
+        let net = Network::resolve(&def, &f, [2, 16, 20]).unwrap();
+        for (batch, n) in [(1, 1), (3, 2), (5, 5)] {
+            let images = values(&mut rng, n * 2 * 16 * 20);
+            let want = cpu::forward::forward(&net, &images, n);
+            let top = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            for mode in [WeightMode::Compressed, WeightMode::Dense] {
+                let plan = Plan::new(&gpu, &net, batch, mode).unwrap();
+                let steps = plan.step_labels();
+                let fused = steps
                     .iter()
                     .filter(|s| s.contains("(gathered, pooled)"))
-                    .count(),
-                2,
-                "both convolutions gathered with their poolings fused: {steps:?}"
-            );
-            let got = plan.logits(&gpu, &images).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(*g) - w).abs() <= 1e-4 * top,
-                    "batch {batch} ({n} images), {mode:?}: logit {i}: GPU {g}, reference {w}"
+                    .count();
+                assert_eq!(
+                    fused,
+                    if padded { 1 } else { 2 },
+                    "padded conv2 {padded}: {steps:?}"
                 );
+                let got = plan.logits(&gpu, &images).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*g) - w).abs() <= 1e-4 * top,
+                        "padded {padded}, batch {batch} ({n} images), {mode:?}: logit {i}: \
+                         GPU {g}, reference {w}"
+                    );
+                }
             }
         }
     }
