@@ -228,6 +228,22 @@ fn the_gather_declines_what_it_cannot_read_in_place() {
         let g = Gemm::conv_dense(&gpu, 1, &w, &conv, &buffer, &epi).unwrap();
         assert!(g.is_none(), "{conv:?}");
     }
+    // An input buffer smaller than the activation it is said to hold is an error.
+    let taken = ConvGather {
+        out: [6, 4],
+        kernel: [3, 5],
+        ..base
+    };
+    assert!(taken.takes());
+    let small = storage_init(&gpu, "conv input", &[0.0f32; 60]);
+    match Gemm::conv_dense(&gpu, 1, &[0.5f32; 15], &taken, &small, &epi) {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("needs 64 values, its buffer holds 60"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a 60-value buffer taken for a 64-value input"),
+    }
 }
 
 /// The CPU twins in sequence: im2col, the f64 GEMM (and each output's Σ|w·x|, the scale of

@@ -55,6 +55,8 @@ impl ConvGather {
             .checked_mul(c + 1)
             .is_some_and(|v| v <= u32::MAX as usize);
         indices
+            && c >= 1
+            && self.batch >= 1
             && self.batch * h * w <= self.in_stride
             && self.stride[1] == 1
             && w.is_multiple_of(4)

@@ -507,6 +507,21 @@ pub fn all_variants() -> Vec<Variant> {
     out
 }
 
+/// Refuses an input buffer that does not hold the activation `conv` describes (the
+/// gather would read past it: wgpu keeps such reads inside the buffer, but the values
+/// would be wrong).
+fn check_input(conv: &ConvGather, input: &wgpu::Buffer) -> Result<()> {
+    let [c, h, w] = conv.input;
+    let values = (c - 1) * conv.in_stride + conv.batch * h * w;
+    if input.size() < 4 * values as u64 {
+        return Err(bad(format!(
+            "the convolution's input needs {values} values, its buffer holds {}",
+            input.size() / 4
+        )));
+    }
+    Ok(())
+}
+
 /// A GEMM that reads its own X always builds ([`Gemm::build`] declines fused poolings
 /// only).
 fn built(g: Option<Gemm>) -> Result<Gemm> {
@@ -577,9 +592,10 @@ impl Gemm {
     }
 
     /// A convolution's `Y = W·X` reading X from its input activation `input` (`conv`
-    /// says how): W dense (`m × C·kh·kw`, rows in `conv`'s layout). `None` when the
-    /// gather cannot take this convolution (`ConvGather::takes`, or a fused pooling of a
-    /// K that needs more than one slice): the caller runs an im2col and [`Gemm::dense`].
+    /// says how): W dense, `m × C·kh·kw`, its columns in `conv`'s row order. `None` when
+    /// the gather cannot take this convolution (`ConvGather::takes`, or a fused pooling of
+    /// a K that needs more than one slice): the caller runs an im2col and [`Gemm::dense`].
+    /// An `input` smaller than the activation `conv` describes is an error.
     pub fn conv_dense(
         gpu: &Gpu,
         m: usize,
@@ -593,6 +609,7 @@ impl Gemm {
             return Ok(None);
         }
         check_shapes(m, k, n, Some(w.len()), None, epi)?;
+        check_input(conv, input)?;
         Self::dense_with(gpu, m, k, w, n, epi, Path::Tiled, Some((conv, input)))
     }
 
@@ -701,6 +718,7 @@ impl Gemm {
             )));
         }
         check_shapes(m, k, n, None, None, epi)?;
+        check_input(conv, input)?;
         let gather = Some((conv, input));
         if all_dense(w) {
             return Ok(Self::conv_dense(gpu, m, &w.to_dense(), conv, input, epi)?.map(as_dense));
