@@ -104,16 +104,7 @@ fn a_gathered_conv_matches_im2col_gemm_and_pool() {
             gemm.run(&gpu).unwrap();
             let got = gemm.read_y(&gpu).unwrap();
 
-            let (want, scale) = reference(&conv, &input, m, &wv, &epi);
-            assert_eq!(got.len(), want.len(), "{what}");
-            for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
-                let err = (f64::from(*g) - f64::from(*w)).abs();
-                assert!(
-                    err <= 1e-5 * s.max(1e-30),
-                    "{what}: output {j}: GPU {g} ({:#x}), CPU {w}, scale {s}",
-                    g.to_bits()
-                );
-            }
+            assert_close(&what, &got, reference(&conv, &input, m, &wv, &epi));
         }
     }
 }
@@ -178,16 +169,11 @@ fn every_gathered_micro_variant_matches_the_reference() {
         g.fill_y(&gpu, POISON);
         g.run(&gpu).unwrap();
         let got = g.read_y(&gpu).unwrap();
-        let (want, scale) = reference(&conv, &input, m, &cm.to_dense(), &epi);
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
-            let err = (f64::from(*g) - f64::from(*w)).abs();
-            assert!(
-                err <= 1e-5 * s.max(1e-30),
-                "{what}: output {j}: GPU {g} ({:#x}), CPU {w}, scale {s}",
-                g.to_bits()
-            );
-        }
+        assert_close(
+            &what,
+            &got,
+            reference(&conv, &input, m, &cm.to_dense(), &epi),
+        );
     }
 }
 
@@ -243,6 +229,20 @@ fn the_gather_declines_what_it_cannot_read_in_place() {
             "{e}"
         ),
         Ok(_) => panic!("a 60-value buffer taken for a 64-value input"),
+    }
+}
+
+/// The GPU's outputs against the reference's `(values, scales)`: each within 1e-5 of its
+/// output's Σ|w·x| (a NaN, an unwritten poisoned output, fails).
+fn assert_close(what: &str, got: &[f32], (want, scale): (Vec<f32>, Vec<f64>)) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (j, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+        let err = (f64::from(*g) - f64::from(*w)).abs();
+        assert!(
+            err <= 1e-5 * s.max(1e-30),
+            "{what}: output {j}: GPU {g} ({:#x}), CPU {w}, scale {s}",
+            g.to_bits()
+        );
     }
 }
 

@@ -717,13 +717,13 @@ impl Gemm {
                 conv.rows()
             )));
         }
-        check_shapes(m, k, n, None, None, epi)?;
-        check_input(conv, input)?;
-        let gather = Some((conv, input));
         if all_dense(w) {
+            // conv_dense checks the shapes and the input itself.
             return Ok(Self::conv_dense(gpu, m, &w.to_dense(), conv, input, epi)?.map(as_dense));
         }
-        Self::micro_with(gpu, w, n, epi, Path::Tiled, gather)
+        check_shapes(m, k, n, None, None, epi)?;
+        check_input(conv, input)?;
+        Self::micro_with(gpu, w, n, epi, Path::Tiled, Some((conv, input)))
     }
 
     fn micro_with(

@@ -347,6 +347,11 @@ impl Plan {
 
     /// Runs the network on the uploaded batch: one submission, waited for.
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        gpu.submit_and_wait("the network batch", self.record(gpu).finish())
+    }
+
+    /// An encoder with every step of the network recorded, not yet submitted.
+    fn record(&self, gpu: &Gpu) -> wgpu::CommandEncoder {
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -355,21 +360,14 @@ impl Plan {
         for s in &self.steps {
             s.record(&mut encoder);
         }
-        gpu.submit_and_wait("the network batch", encoder.finish())
+        encoder
     }
 
     /// The predicted class of each of `n` images `[n, C, H, W]`: the network and the copy
     /// of the classes in one submission, one wait.
     pub fn classify(&self, gpu: &Gpu, images: &[f32]) -> Result<Vec<u32>> {
         let n = self.write_input(gpu, images)?;
-        let mut encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("network batch"),
-            });
-        for s in &self.steps {
-            s.record(&mut encoder);
-        }
+        let mut encoder = self.record(gpu);
         let staging = Staging::record(gpu, &mut encoder, &[(&self.predictions, 0, (n * 4) as u64)]);
         let step = "the network batch and its classes";
         let index = gpu.submit(step, encoder.finish())?;
